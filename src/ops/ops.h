@@ -1,0 +1,110 @@
+// The op contract: every op a transformer forward needs, as raw pointers plus a params struct.
+// A backend (ops/ref: the scalar oracle; ops/cpu: threaded SIMD; later ops/cuda) implements the
+// whole interface. Kernels never see a model; models only see this interface.
+//
+// Conventions: activations are float32, row-major; weights may be F32, F16 or BF16 and are
+// widened to float32 inside the op (float32 math everywhere, so results match torch float32).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "core/dtype.h"
+
+namespace lathe::ops {
+
+// A row-major weight matrix [rows, cols] in any float dtype.
+struct Weight {
+  const void* data = nullptr;
+  DType dtype = DType::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+};
+
+enum class Activation : uint8_t { kSilu, kGeluTanh, kGelu, kRelu };
+
+struct MatmulParams {
+  const float* x = nullptr;     // [n, k]
+  Weight w;                     // [m, k]
+  const float* bias = nullptr;  // [m] or null
+  float* y = nullptr;           // [n, m] = x @ w^T (+ bias); overwritten
+  int64_t n = 0;                // rows of x (tokens)
+};
+
+struct RmsNormParams {
+  const float* x = nullptr;  // [n, dim]
+  Weight w;                  // [1, dim] (rows = 1, cols = dim)
+  float* y = nullptr;        // [n, dim]; may alias x
+  int64_t n = 0;
+  int64_t dim = 0;
+  float eps = 1e-6f;
+  float weight_offset = 0.f;  // Gemma scales by (1 + w): offset 1
+};
+
+// Rotary embedding, "rotate_half" (GPT-NeoX) pairing: element i pairs with i + rot_dim/2.
+// Only the first rot_dim elements of each head rotate (partial rotary); the rest pass through.
+struct RopeParams {
+  float* x = nullptr;          // [n, n_heads, head_dim], rotated in place
+  const float* cos = nullptr;  // [n, rot_dim / 2], attention scaling already folded in
+  const float* sin = nullptr;  // [n, rot_dim / 2]
+  int64_t n = 0;
+  int64_t n_heads = 0;
+  int64_t head_dim = 0;
+  int64_t rot_dim = 0;
+};
+
+// Causal self-attention of n new queries against a KV cache holding kv_len positions, the last n
+// of which belong to the queries (query i sits at position kv_len - n + i).
+struct AttentionParams {
+  const float* q = nullptr;  // [n, n_heads, head_dim]
+  const float* k = nullptr;  // [>= kv_len, n_kv_heads, head_dim]  (position-major cache)
+  const float* v = nullptr;  // [>= kv_len, n_kv_heads, head_dim]
+  float* out = nullptr;      // [n, n_heads, head_dim]
+  int64_t n = 0;
+  int64_t kv_len = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;    // n_heads % n_kv_heads == 0 (GQA/MQA)
+  int64_t head_dim = 0;
+  float scale = 1.f;         // multiplies q.k
+  float softcap = 0.f;       // > 0: score = softcap * tanh(score / softcap) (Gemma 2)
+  int64_t window = 0;        // > 0: key j visible to query at p iff p - window < j <= p
+};
+
+struct GluParams {
+  const float* gate = nullptr;  // [n, dim]
+  const float* up = nullptr;    // [n, dim]
+  float* out = nullptr;         // [n, dim] = act(gate) * up; may alias gate or up
+  int64_t n = 0;
+  int64_t dim = 0;
+  Activation act = Activation::kSilu;
+};
+
+struct EmbeddingParams {
+  Weight table;                    // [vocab, dim]
+  const int32_t* ids = nullptr;    // [n], each in [0, vocab)
+  float* out = nullptr;            // [n, dim]
+  int64_t n = 0;
+  float scale = 1.f;               // Gemma multiplies by sqrt(hidden)
+};
+
+class Ops {
+ public:
+  virtual ~Ops() = default;
+  virtual const char* name() const = 0;
+
+  virtual void matmul(const MatmulParams& p) = 0;
+  virtual void rms_norm(const RmsNormParams& p) = 0;
+  virtual void rope(const RopeParams& p) = 0;
+  virtual void attention(const AttentionParams& p) = 0;
+  virtual void glu(const GluParams& p) = 0;
+  virtual void embedding(const EmbeddingParams& p) = 0;
+  // y[i] += x[i]
+  virtual void add(float* y, const float* x, int64_t n) = 0;
+  // x[i] = cap * tanh(x[i] / cap)
+  virtual void softcap(float* x, int64_t n, float cap) = 0;
+};
+
+std::unique_ptr<Ops> make_ref_ops();
+std::unique_ptr<Ops> make_cpu_ops();
+
+}  // namespace lathe::ops
