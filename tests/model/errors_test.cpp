@@ -1,1 +1,108 @@
+// Bad model folders fail with one clear error naming the problem, never a crash.
 #include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "io/json_file.h"
+#include "io/safetensors.h"
+#include "model/model.h"
+#include "test_paths.h"
+
+namespace lathe::model {
+namespace {
+
+namespace fs = std::filesystem;
+
+// A writable copy of a fixture model folder.
+fs::path copy_fixture(const fs::path& src, const std::string& tag) {
+  const auto dst = fs::temp_directory_path() / ("lathe_err_" + tag + "_" + std::to_string(::getpid()));
+  fs::remove_all(dst);
+  fs::create_directories(dst);
+  for (auto& e : fs::directory_iterator(src)) fs::copy_file(e.path(), dst / e.path().filename());
+  return dst;
+}
+
+std::string error_of(const fs::path& dir) {
+  try {
+    Model::load(dir);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelErrors, MissingFolderAndConfig) {
+  EXPECT_NE(error_of("/nonexistent/model").find("not found"), std::string::npos);
+  const auto d = fs::temp_directory_path() / "lathe_err_noconfig";
+  fs::create_directories(d);
+  EXPECT_NE(error_of(d).find("config.json"), std::string::npos);
+}
+
+TEST(ModelErrors, MissingAndTruncatedSafetensors) {
+  LATHE_REQUIRE_SHARED(src, "fixtures/models/llama");
+  auto d = copy_fixture(src, "trunc");
+  fs::resize_file(d / "model.safetensors", fs::file_size(d / "model.safetensors") / 2);
+  EXPECT_NE(error_of(d).find("truncated"), std::string::npos) << error_of(d);
+  fs::remove(d / "model.safetensors");
+  EXPECT_NE(error_of(d).find("model.safetensors"), std::string::npos) << error_of(d);
+}
+
+TEST(ModelErrors, WrongShapeNamesTensorAndBothShapes) {
+  LATHE_REQUIRE_SHARED(src, "fixtures/models/llama");
+  auto d = copy_fixture(src, "shape");
+  auto cfg = io::read_json_file(d / "config.json");
+  cfg["intermediate_size"] = 96;  // weights are [160, 64]
+  std::ofstream(d / "config.json") << cfg.dump();
+  const std::string m = error_of(d);
+  EXPECT_NE(m.find("mlp.gate_proj.weight"), std::string::npos) << m;
+  EXPECT_NE(m.find("[160, 64]"), std::string::npos) << m;
+  EXPECT_NE(m.find("[96, 64]"), std::string::npos) << m;
+}
+
+TEST(ModelErrors, MissingTensorIsNamed) {
+  LATHE_REQUIRE_SHARED(src, "fixtures/models/llama");
+  auto d = copy_fixture(src, "missing");
+  auto cfg = io::read_json_file(d / "config.json");
+  cfg["num_hidden_layers"] = 3;  // the file has 2 layers
+  std::ofstream(d / "config.json") << cfg.dump();
+  const std::string m = error_of(d);
+  EXPECT_NE(m.find("model.layers.2."), std::string::npos) << m;
+}
+
+TEST(ModelErrors, UnsupportedArchitecture) {
+  LATHE_REQUIRE_SHARED(src, "fixtures/models/llama");
+  auto d = copy_fixture(src, "arch");
+  auto cfg = io::read_json_file(d / "config.json");
+  cfg["architectures"] = {"BertModel"};
+  std::ofstream(d / "config.json") << cfg.dump();
+  const std::string m = error_of(d);
+  EXPECT_NE(m.find("BertModel"), std::string::npos) << m;
+  EXPECT_NE(m.find("LlamaForCausalLM"), std::string::npos) << m;
+}
+
+TEST(ModelErrors, TokenIdOutOfRange) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto model = Model::load(dir);
+  auto ops = ops::make_cpu_ops();
+  KvCache cache(model->config(), 8);
+  Workspace ws;
+  Tensor logits;
+  const int32_t bad[] = {0, 512};
+  try {
+    model->forward(*ops, bad, cache, ws, LogitsFor::kLast, &logits);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
+    EXPECT_NE(std::string(e.what()).find("512"), std::string::npos);
+  }
+  const int32_t neg[] = {-1};
+  EXPECT_THROW(model->forward(*ops, neg, cache, ws, LogitsFor::kLast, &logits), Error);
+  // Over capacity.
+  const int32_t many[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
+  EXPECT_THROW(model->forward(*ops, many, cache, ws, LogitsFor::kLast, &logits), Error);
+}
+
+}  // namespace
+}  // namespace lathe::model

@@ -1,9 +1,92 @@
+// lathe chat -m DIR: interactive multi-turn chat. Each turn renders the whole conversation with the
+// model's chat template; the session's KV cache keeps the previous turns, so only the new part of
+// the prompt is prefilled. Lines starting with '/' are commands (/reset, /exit).
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "cli_common.h"
 #include "commands.h"
-#include "core/error.h"
+#include "core/log.h"
+#include "engine/generator.h"
+#include "model/model.h"
+#include "sampling_options.h"
+#include "template/chat_template.h"
 
 namespace lathe::cli {
+
 void add_chat_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("chat", "(not yet implemented)");
-  cmd->callback([] { fail(ErrorKind::kUnsupported, "'lathe chat' is not implemented yet"); });
+  struct Opts {
+    std::string model, system, backend = "cpu";
+    int64_t n = 512, ctx = 0;
+    SamplingOptions sampling;
+  };
+  auto opts = std::make_shared<Opts>();
+  auto* cmd = app.add_subcommand("chat", "Chat with a model (its chat template applied; multi-turn)");
+  cmd->add_option("-m,--model", opts->model, "Hugging Face model folder")->required();
+  cmd->add_option("-s,--system", opts->system, "system prompt");
+  cmd->add_option("-n,--max-tokens", opts->n, "most tokens per reply")->capture_default_str();
+  cmd->add_option("--ctx", opts->ctx, "conversation length limit in tokens (default: the model's context)");
+  opts->sampling.add_to(cmd);
+  add_backend_option(cmd, opts->backend);
+  cmd->callback([opts] {
+    auto model = model::Model::load(opts->model);
+    auto tokenizer = require_tokenizer(opts->model);
+    const auto tmpl = tmpl::load_chat_template(opts->model);
+    auto backend = make_backend(opts->backend);
+    const auto& c = model->config();
+    const int64_t ctx = opts->ctx > 0 ? std::min(opts->ctx, c.max_position_embeddings) : c.max_position_embeddings;
+    engine::GenerateConfig g;
+    g.max_new_tokens = opts->n;
+    g.sampler = opts->sampling.resolve(c.generation);
+    g.eos_ids = c.eos_token_ids;
+    if (auto eos = tokenizer.eos_id()) g.eos_ids.push_back(*eos);
+    engine::Generator gen(*model, *backend, &tokenizer);
+    engine::Session session(c, ctx);
+    const bool tty = isatty(STDIN_FILENO) != 0;
+    nlohmann::json messages = nlohmann::json::array();
+    auto reset = [&] {
+      messages = nlohmann::json::array();
+      if (!opts->system.empty()) messages.push_back({{"role", "system"}, {"content", opts->system}});
+    };
+    reset();
+    if (tty) fmt::print(stderr, "lathe chat: {} ({}). /reset clears the conversation, /exit or Ctrl-D quits.\n",
+                        opts->model, c.architecture);
+    std::string line;
+    while (true) {
+      if (tty) {
+        fmt::print("> ");
+        std::fflush(stdout);
+      }
+      if (!std::getline(std::cin, line)) break;
+      if (line == "/exit" || line == "/quit") break;
+      if (line == "/reset") {
+        reset();
+        continue;
+      }
+      if (line.empty()) continue;
+      messages.push_back({{"role", "user"}, {"content", line}});
+      const std::string prompt_text = tmpl::render_chat(tmpl, messages, /*add_generation_prompt=*/true);
+      // The rendered template already holds BOS and the turn markers: add no special tokens again.
+      const auto prompt = tokenizer.encode(prompt_text, /*add_special=*/false, /*parse_special=*/true);
+      if (int64_t(prompt.size()) + 1 >= ctx) {
+        fmt::print(stderr, "lathe chat: the conversation is {} tokens, past the {}-token limit; /reset to start over\n",
+                   prompt.size(), ctx);
+        messages.erase(messages.end() - 1);
+        continue;
+      }
+      auto r = gen.generate(prompt, g, [](std::string_view piece) {
+        std::fwrite(piece.data(), 1, piece.size(), stdout);
+        std::fflush(stdout);
+      }, &session);
+      fmt::print("\n");
+      messages.push_back({{"role", "assistant"}, {"content", r.text}});
+      log(LogLevel::kInfo, "chat", "{} prompt tokens ({} reused from cache), {} generated, {:.1f} tok/s", r.prompt_tokens,
+          r.reused_tokens, r.ids.size(), r.ids.size() > 1 ? double(r.ids.size() - 1) / r.decode_seconds : 0.0);
+    }
+  });
 }
+
 }  // namespace lathe::cli

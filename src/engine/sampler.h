@@ -1,0 +1,42 @@
+// The sampler chain: penalties -> temperature -> top-k -> top-p -> min-p -> draw. Greedy (argmax,
+// first index on ties, like torch.argmax) when temperature is 0. Seeded, so a seed reproduces a run.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+#include <vector>
+
+namespace lathe::engine {
+
+struct SamplerConfig {
+  float temperature = 1.f;        // 0: greedy
+  int64_t top_k = 0;              // 0: off
+  float top_p = 1.f;              // 1: off
+  float min_p = 0.f;              // 0: off (keep tokens with p >= min_p * p_max)
+  float repetition_penalty = 1.f; // HF/CTRL style: logit > 0 ? logit / p : logit * p, once per seen token
+  float presence_penalty = 0.f;   // OpenAI style: logit -= presence if seen
+  float frequency_penalty = 0.f;  // OpenAI style: logit -= frequency * count
+  int64_t penalty_last_n = 0;     // window of history the penalties look at (0: all of it)
+  uint64_t seed = 0;
+};
+
+class Sampler {
+ public:
+  explicit Sampler(const SamplerConfig& config);
+  // history: every token so far (prompt + generated), the penalties' input.
+  int32_t sample(std::span<const float> logits, std::span<const int32_t> history);
+  const SamplerConfig& config() const { return config_; }
+
+ private:
+  double uniform();  // [0, 1), 53 random bits: identical on every platform for a seed
+
+  SamplerConfig config_;
+  std::mt19937_64 rng_;
+  std::vector<float> work_;
+  std::vector<int32_t> idx_;
+};
+
+int32_t argmax(std::span<const float> logits);
+
+}  // namespace lathe::engine

@@ -1,0 +1,44 @@
+// Scoring a sequence (per-token negative log-likelihood) and perplexity over a long token stream
+// with the protocol of shared/models/ref-llama-14m/reference.json: non-overlapping windows of ctx
+// tokens, tail dropped, every window scored from its second token on, exp(mean NLL).
+#pragma once
+
+#include <functional>
+#include <span>
+#include <vector>
+
+#include "core/tensor.h"
+#include "model/model.h"
+#include "ops/ops.h"
+
+namespace lathe::engine {
+
+// -log softmax(row)[target], in double for the reduction.
+double token_nll(std::span<const float> row, int32_t target);
+
+struct ScoreResult {
+  std::vector<double> nll;        // [n - 1]: -log p(ids[j+1] | ids[..j])
+  std::vector<float> last_logits; // [vocab], after the last id
+};
+
+ScoreResult score(const model::Model& model, ops::Ops& ops, std::span<const int32_t> ids);
+
+struct PerplexityResult {
+  double ppl = 0;
+  double mean_nll = 0;
+  int64_t tokens = 0;   // tokens scored
+  int64_t windows = 0;
+  double seconds = 0;
+};
+
+struct PerplexityOptions {
+  int64_t ctx = 512;
+  int64_t max_windows = 0;  // 0: all
+  // Called after each window with (done, total).
+  std::function<void(int64_t, int64_t)> progress;
+};
+
+PerplexityResult perplexity(const model::Model& model, ops::Ops& ops, std::span<const int32_t> tokens,
+                            const PerplexityOptions& options);
+
+}  // namespace lathe::engine

@@ -1,0 +1,94 @@
+#include "cli_common.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <charconv>
+#include <cstdio>
+
+#include "core/error.h"
+
+namespace lathe::cli {
+
+std::unique_ptr<ops::Ops> make_backend(const std::string& name) {
+  if (name == "cpu") return ops::make_cpu_ops();
+  if (name == "ref") return ops::make_ref_ops();
+  fail(ErrorKind::kInvalidArgument, "unknown backend '{}' (choose cpu or ref)", name);
+}
+
+void add_backend_option(CLI::App* cmd, std::string& backend) {
+  cmd->add_option("--backend", backend, "compute backend: cpu (fast, default) or ref (scalar reference)")
+      ->capture_default_str();
+}
+
+std::vector<int32_t> parse_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  size_t pos = 0;
+  while (pos <= text.size()) {
+    size_t end = text.find(',', pos);
+    if (end == std::string::npos) end = text.size();
+    std::string item = text.substr(pos, end - pos);
+    while (!item.empty() && isspace(static_cast<unsigned char>(item.front()))) item.erase(0, 1);
+    while (!item.empty() && isspace(static_cast<unsigned char>(item.back()))) item.pop_back();
+    if (item.empty()) {
+      if (end == text.size() && pos == end && !ids.empty()) break;  // tolerate a trailing comma
+      fail(ErrorKind::kInvalidArgument, "--ids: empty entry in '{}' (expected comma-separated integers)", text);
+    }
+    int64_t v = 0;
+    auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+    if (ec != std::errc() || p != item.data() + item.size() || v < INT32_MIN || v > INT32_MAX)
+      fail(ErrorKind::kInvalidArgument, "--ids: '{}' is not a token id (expected comma-separated integers)", item);
+    ids.push_back(int32_t(v));
+    pos = end + 1;
+  }
+  if (ids.empty()) fail(ErrorKind::kInvalidArgument, "--ids: no token ids given");
+  return ids;
+}
+
+std::optional<tok::Tokenizer> load_tokenizer_if_present(const std::filesystem::path& dir) {
+  if (!std::filesystem::exists(dir / "tokenizer.json")) return std::nullopt;
+  return tok::Tokenizer::load(dir);
+}
+
+tok::Tokenizer require_tokenizer(const std::filesystem::path& dir) {
+  if (!std::filesystem::exists(dir / "tokenizer.json"))
+    fail(ErrorKind::kNotFound, "{} has no tokenizer.json: text input needs one (or pass token ids with --ids)",
+         dir.string());
+  return tok::Tokenizer::load(dir);
+}
+
+namespace {
+double now_seconds() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+std::string fmt_duration(double s) {
+  if (s < 0 || s > 1e7) return "?";
+  const int64_t t = int64_t(s + 0.5);
+  if (t >= 3600) return fmt::format("{}h{:02}m", t / 3600, (t / 60) % 60);
+  if (t >= 60) return fmt::format("{}m{:02}s", t / 60, t % 60);
+  return fmt::format("{}s", t);
+}
+}  // namespace
+
+ProgressBar::ProgressBar(std::string label, int64_t total)
+    : label_(std::move(label)), total_(total), start_(now_seconds()), tty_(isatty(STDERR_FILENO) != 0) {}
+
+void ProgressBar::update(int64_t done) {
+  if (!tty_ || total_ <= 0) return;
+  const double elapsed = now_seconds() - start_;
+  const double frac = double(done) / double(total_);
+  const int width = 30;
+  const int filled = int(frac * width);
+  const double eta = done > 0 ? elapsed * double(total_ - done) / double(done) : -1;
+  std::fprintf(stderr, "\r%s [%s%s] %lld/%lld  %s elapsed, ETA %s   ", label_.c_str(),
+               std::string(size_t(filled), '#').c_str(), std::string(size_t(width - filled), ' ').c_str(),
+               static_cast<long long>(done), static_cast<long long>(total_), fmt_duration(elapsed).c_str(),
+               fmt_duration(eta).c_str());
+  std::fflush(stderr);
+}
+
+void ProgressBar::finish() {
+  if (tty_) std::fprintf(stderr, "\n");
+}
+
+}  // namespace lathe::cli

@@ -1,0 +1,43 @@
+// Pieces every model-facing subcommand shares: the -m option, backend choice, id lists, loading the
+// tokenizer next to the model, a progress bar.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "ops/ops.h"
+#include "tokenizer/tokenizer.h"
+
+namespace lathe::cli {
+
+// --backend: "cpu" (threaded SIMD, default) or "ref" (the scalar oracle; slow, for checking).
+std::unique_ptr<ops::Ops> make_backend(const std::string& name);
+void add_backend_option(CLI::App* cmd, std::string& backend);
+
+// "0,5,7" -> {0, 5, 7}; errors name the bad entry.
+std::vector<int32_t> parse_ids(const std::string& text);
+
+// The tokenizer of a model folder, or nullopt when it has no tokenizer.json.
+std::optional<tok::Tokenizer> load_tokenizer_if_present(const std::filesystem::path& dir);
+// The tokenizer, or an error saying text input needs one.
+tok::Tokenizer require_tokenizer(const std::filesystem::path& dir);
+
+// A one-line progress bar with rate and ETA on stderr; silent when stderr is not a terminal.
+class ProgressBar {
+ public:
+  ProgressBar(std::string label, int64_t total);
+  void update(int64_t done);
+  void finish();
+
+ private:
+  std::string label_;
+  int64_t total_;
+  double start_;
+  bool tty_;
+};
+
+}  // namespace lathe::cli
