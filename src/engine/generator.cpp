@@ -19,17 +19,17 @@ const char* to_string(FinishReason r) {
   return "?";
 }
 
-Generator::Generator(const model::Model& model, ops::Ops& ops, const tok::Tokenizer* tokenizer)
-    : model_(model), ops_(ops), tokenizer_(tokenizer) {}
+Generator::Generator(const model::Runner& runner, const tok::Tokenizer* tokenizer)
+    : runner_(runner), tokenizer_(tokenizer) {}
 
 GenerateResult Generator::generate(std::span<const int32_t> prompt, const GenerateConfig& cfg,
                                    const std::function<void(std::string_view)>& on_text, Session* session) {
   using clock = std::chrono::steady_clock;
-  const auto& c = model_.config();
+  const auto& c = runner_.config();
   if (prompt.empty()) fail(ErrorKind::kInvalidArgument, "the prompt is empty: give at least one token");
   if (cfg.max_new_tokens < 0) fail(ErrorKind::kInvalidArgument, "the number of tokens to generate must be >= 0");
   if (!cfg.stop.empty() && !tokenizer_)
-    fail(ErrorKind::kInvalidArgument, "stop strings need a tokenizer, and {} has none", model_.dir().string());
+    fail(ErrorKind::kInvalidArgument, "stop strings need a tokenizer, and {} has none", runner_.model().dir().string());
   const int64_t max_ctx = c.max_position_embeddings;
   if (int64_t(prompt.size()) > max_ctx)
     fail(ErrorKind::kOutOfRange, "the prompt has {} tokens but the model's context is {} tokens; shorten it",
@@ -37,7 +37,7 @@ GenerateResult Generator::generate(std::span<const int32_t> prompt, const Genera
   const int64_t capacity = std::min<int64_t>(max_ctx, int64_t(prompt.size()) + std::max<int64_t>(cfg.max_new_tokens, 1));
 
   std::optional<Session> own;
-  if (!session) own.emplace(c, capacity);
+  if (!session) own.emplace(runner_, capacity);
   Session& s = session ? *session : *own;
   model::KvCache& cache = s.cache;
   if (int64_t(prompt.size()) > cache.capacity())
@@ -49,7 +49,7 @@ GenerateResult Generator::generate(std::span<const int32_t> prompt, const Genera
   if (reuse == prompt.size()) --reuse;
   cache.truncate(int64_t(reuse));
   s.tokens.resize(reuse);
-  model::Workspace ws;
+  model::Workspace ws(runner_.ops());
   Tensor logits;
   Sampler sampler(cfg.sampler);
   StopMatcher stops(cfg.stop);
@@ -67,7 +67,7 @@ GenerateResult Generator::generate(std::span<const int32_t> prompt, const Genera
   };
 
   const auto t0 = clock::now();
-  model_.forward(ops_, prompt.subspan(reuse), cache, ws, model::LogitsFor::kLast, &logits);
+  runner_.forward(prompt.subspan(reuse), cache, ws, model::LogitsFor::kLast, &logits);
   s.tokens.assign(prompt.begin(), prompt.end());
   const auto t1 = clock::now();
   res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
@@ -96,7 +96,7 @@ GenerateResult Generator::generate(std::span<const int32_t> prompt, const Genera
       res.finish = FinishReason::kContext;
       break;
     }
-    model_.forward(ops_, std::span<const int32_t>(&history.back(), 1), cache, ws, model::LogitsFor::kLast, &logits);
+    runner_.forward(std::span<const int32_t>(&history.back(), 1), cache, ws, model::LogitsFor::kLast, &logits);
     s.tokens.push_back(history.back());
   }
   if (decoder && !stops.stopped()) {

@@ -39,7 +39,7 @@ struct GenerateResult {
 // A conversation's KV cache and the tokens it holds, kept across generate() calls so a prompt that
 // extends the previous one (multi-turn chat) only prefills the new part.
 struct Session {
-  Session(const model::ModelConfig& config, int64_t capacity) : cache(config, capacity) {}
+  Session(const model::Runner& runner, int64_t capacity) : cache(runner.config(), capacity, runner.ops()) {}
   model::KvCache cache;
   std::vector<int32_t> tokens;  // exactly the tokens whose K/V are in the cache
 };
@@ -47,7 +47,7 @@ struct Session {
 class Generator {
  public:
   // `tokenizer` may be null: then no text is produced and stop strings are not available.
-  Generator(const model::Model& model, ops::Ops& ops, const tok::Tokenizer* tokenizer);
+  Generator(const model::Runner& runner, const tok::Tokenizer* tokenizer);
 
   // on_text receives text pieces as they become final (may be null).
   // With a session, the longest common prefix of session->tokens and the prompt is reused.
@@ -56,8 +56,7 @@ class Generator {
                           Session* session = nullptr);
 
  private:
-  const model::Model& model_;
-  ops::Ops& ops_;
+  const model::Runner& runner_;
   const tok::Tokenizer* tokenizer_;
 };
 

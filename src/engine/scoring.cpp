@@ -16,15 +16,15 @@ double token_nll(std::span<const float> row, int32_t target) {
   return std::log(sum) + double(mx) - double(row[size_t(target)]);
 }
 
-ScoreResult score(const model::Model& model, ops::Ops& ops, std::span<const int32_t> ids) {
+ScoreResult score(const model::Runner& runner, std::span<const int32_t> ids) {
   if (ids.empty()) fail(ErrorKind::kInvalidArgument, "nothing to score: give at least one token id");
-  const auto& c = model.config();
+  const auto& c = runner.config();
   if (int64_t(ids.size()) > c.max_position_embeddings)
     fail(ErrorKind::kOutOfRange, "{} ids exceed the model's context of {} tokens", ids.size(), c.max_position_embeddings);
-  model::KvCache cache(c, int64_t(ids.size()));
-  model::Workspace ws;
+  model::KvCache cache(c, int64_t(ids.size()), runner.ops());
+  model::Workspace ws(runner.ops());
   Tensor logits;
-  model.forward(ops, ids, cache, ws, model::LogitsFor::kAll, &logits);
+  runner.forward(ids, cache, ws, model::LogitsFor::kAll, &logits);
   const int64_t V = c.vocab_size, n = int64_t(ids.size());
   ScoreResult r;
   r.nll.resize(size_t(n - 1));
@@ -36,9 +36,9 @@ ScoreResult score(const model::Model& model, ops::Ops& ops, std::span<const int3
   return r;
 }
 
-PerplexityResult perplexity(const model::Model& model, ops::Ops& ops, std::span<const int32_t> tokens,
+PerplexityResult perplexity(const model::Runner& runner, std::span<const int32_t> tokens,
                             const PerplexityOptions& opt) {
-  const auto& c = model.config();
+  const auto& c = runner.config();
   if (opt.ctx < 2) fail(ErrorKind::kInvalidArgument, "--ctx must be at least 2 (got {})", opt.ctx);
   if (opt.ctx > c.max_position_embeddings)
     fail(ErrorKind::kOutOfRange, "--ctx {} exceeds the model's context of {} tokens", opt.ctx, c.max_position_embeddings);
@@ -47,8 +47,8 @@ PerplexityResult perplexity(const model::Model& model, ops::Ops& ops, std::span<
     fail(ErrorKind::kInvalidArgument, "the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), opt.ctx);
   if (opt.max_windows > 0) windows = std::min(windows, opt.max_windows);
   const auto t0 = std::chrono::steady_clock::now();
-  model::KvCache cache(c, opt.ctx);
-  model::Workspace ws;
+  model::KvCache cache(c, opt.ctx, runner.ops());
+  model::Workspace ws(runner.ops());
   Tensor logits;
   const int64_t V = c.vocab_size;
   double total = 0;
@@ -56,7 +56,7 @@ PerplexityResult perplexity(const model::Model& model, ops::Ops& ops, std::span<
   for (int64_t w = 0; w < windows; ++w) {
     cache.clear();
     const auto win = tokens.subspan(size_t(w * opt.ctx), size_t(opt.ctx));
-    model.forward(ops, win, cache, ws, model::LogitsFor::kAll, &logits);
+    runner.forward(win, cache, ws, model::LogitsFor::kAll, &logits);
     parallel_for(opt.ctx - 1, 8, [&](int64_t b, int64_t e) {
       for (int64_t j = b; j < e; ++j)
         row_nll[size_t(j)] = token_nll(std::span<const float>(logits.as<float>() + j * V, size_t(V)), win[size_t(j + 1)]);

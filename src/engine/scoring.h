@@ -21,7 +21,7 @@ struct ScoreResult {
   std::vector<float> last_logits; // [vocab], after the last id
 };
 
-ScoreResult score(const model::Model& model, ops::Ops& ops, std::span<const int32_t> ids);
+ScoreResult score(const model::Runner& runner, std::span<const int32_t> ids);
 
 struct PerplexityResult {
   double ppl = 0;
@@ -38,7 +38,7 @@ struct PerplexityOptions {
   std::function<void(int64_t, int64_t)> progress;
 };
 
-PerplexityResult perplexity(const model::Model& model, ops::Ops& ops, std::span<const int32_t> tokens,
+PerplexityResult perplexity(const model::Runner& runner, std::span<const int32_t> tokens,
                             const PerplexityOptions& options);
 
 }  // namespace lathe::engine

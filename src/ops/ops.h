@@ -87,10 +87,40 @@ struct EmbeddingParams {
   float scale = 1.f;               // Gemma multiplies by sqrt(hidden)
 };
 
+// Gather/scatter of rows for sparse (MoE) routing.
+struct GatherRowsParams {
+  const float* src = nullptr;    // [>= max(idx) + 1, dim]
+  const int32_t* idx = nullptr;  // [n] row indices into src (backend memory)
+  float* dst = nullptr;          // [n, dim] = src[idx[i]]
+  int64_t n = 0;
+  int64_t dim = 0;
+};
+
+struct ScatterAddRowsParams {
+  float* dst = nullptr;            // [>= max(idx) + 1, dim]; dst[idx[i]] += weight[i] * src[i]
+  const int32_t* idx = nullptr;    // [n] (backend memory); an index may repeat only across calls
+  const float* weight = nullptr;   // [n] (backend memory)
+  const float* src = nullptr;      // [n, dim]
+  int64_t n = 0;
+  int64_t dim = 0;
+};
+
 class Ops {
  public:
   virtual ~Ops() = default;
   virtual const char* name() const = 0;
+
+  // ---- Memory the ops of this backend read and write -------------------------------------
+  // Host backends (ref, cpu) use 64-byte aligned host memory and plain copies: the defaults.
+  // A device backend overrides all of these; then every pointer passed to an op (weights
+  // included) must come from alloc() or point into such memory.
+  virtual bool host_memory() const { return true; }
+  virtual void* alloc(size_t bytes);  // zero-filled; throws on failure
+  virtual void free(void* p) noexcept;
+  virtual void copy_to_backend(void* dst, const void* host_src, size_t bytes);
+  virtual void copy_to_host(void* host_dst, const void* src, size_t bytes);
+  virtual void copy(void* dst, const void* src, size_t bytes);  // within backend memory
+  virtual void synchronize() {}
 
   virtual void matmul(const MatmulParams& p) = 0;
   virtual void rms_norm(const RmsNormParams& p) = 0;
@@ -102,9 +132,51 @@ class Ops {
   virtual void add(float* y, const float* x, int64_t n) = 0;
   // x[i] = cap * tanh(x[i] / cap)
   virtual void softcap(float* x, int64_t n, float cap) = 0;
+  // Row gather / weighted scatter-add (MoE token routing). Defaults are host loops.
+  virtual void gather_rows(const GatherRowsParams& p);
+  virtual void scatter_add_rows(const ScatterAddRowsParams& p);
+};
+
+// Backend memory with an owner: freed through the backend that allocated it.
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Ops& ops, size_t bytes) : ops_(&ops), data_(ops.alloc(bytes)), bytes_(bytes) {}
+  ~Buffer() { reset(); }
+  Buffer(Buffer&& o) noexcept : ops_(o.ops_), data_(o.data_), bytes_(o.bytes_) { o.data_ = nullptr; o.bytes_ = 0; }
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ops_ = o.ops_;
+      data_ = o.data_;
+      bytes_ = o.bytes_;
+      o.data_ = nullptr;
+      o.bytes_ = 0;
+    }
+    return *this;
+  }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+
+  void reset() noexcept {
+    if (data_) ops_->free(data_);
+    data_ = nullptr;
+    bytes_ = 0;
+  }
+  void* data() const { return data_; }
+  float* f32() const { return static_cast<float*>(data_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  Ops* ops_ = nullptr;
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
 };
 
 std::unique_ptr<Ops> make_ref_ops();
 std::unique_ptr<Ops> make_cpu_ops();
+// The CUDA backend when lathe was built with it and a GPU is present, else null.
+std::unique_ptr<Ops> make_cuda_ops();
+bool cuda_available();
 
 }  // namespace lathe::ops

@@ -16,18 +16,19 @@ namespace {
 using nlohmann::json;
 
 struct Fixture {
+  explicit Fixture(const std::filesystem::path& dir)
+      : model(model::Model::load(dir)), ops(ops::make_cpu_ops()), runner(*model, *ops), tokenizer(tok::Tokenizer::load(dir)) {
+    std::ifstream in(dir / "golden.json");
+    golden = json::parse(in);
+  }
   std::unique_ptr<model::Model> model;
-  std::unique_ptr<ops::Ops> ops = ops::make_cpu_ops();
+  std::unique_ptr<ops::Ops> ops;
+  model::Runner runner;
   tok::Tokenizer tokenizer;
   json golden;
 };
 
-std::unique_ptr<Fixture> load(const std::filesystem::path& dir) {
-  auto f = std::make_unique<Fixture>(Fixture{model::Model::load(dir), ops::make_cpu_ops(), tok::Tokenizer::load(dir), {}});
-  std::ifstream in(dir / "golden.json");
-  f->golden = json::parse(in);
-  return f;
-}
+std::unique_ptr<Fixture> load(const std::filesystem::path& dir) { return std::make_unique<Fixture>(dir); }
 
 GenerateConfig greedy(int64_t n) {
   GenerateConfig g;
@@ -40,7 +41,7 @@ GenerateConfig greedy(int64_t n) {
 TEST(Generator, GreedyEqualsTransformers) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto f = load(dir);
-  Generator gen(*f->model, *f->ops, &f->tokenizer);
+  Generator gen(f->runner, &f->tokenizer);
   for (const auto& cs : f->golden["cases"]) {
     const auto ids = cs["ids"].get<std::vector<int32_t>>();
     const auto want = cs["greedy_ids"].get<std::vector<int32_t>>();
@@ -56,7 +57,7 @@ TEST(Generator, GreedyEqualsTransformers) {
 TEST(Generator, StopsAtEosUnlessIgnored) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto f = load(dir);
-  Generator gen(*f->model, *f->ops, &f->tokenizer);
+  Generator gen(f->runner, &f->tokenizer);
   const auto ids = f->golden["cases"][0]["ids"].get<std::vector<int32_t>>();
   const auto want = f->golden["cases"][0]["greedy_ids"].get<std::vector<int32_t>>();
   auto g = greedy(24);
@@ -72,7 +73,7 @@ TEST(Generator, StopsAtEosUnlessIgnored) {
 TEST(Generator, StopStringEndsAndIsNotPrinted) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto f = load(dir);
-  Generator gen(*f->model, *f->ops, &f->tokenizer);
+  Generator gen(f->runner, &f->tokenizer);
   const auto ids = f->golden["cases"][2]["ids"].get<std::vector<int32_t>>();
   const auto full = gen.generate(ids, greedy(24));
   ASSERT_GT(full.text.size(), 6u);
@@ -88,9 +89,9 @@ TEST(Generator, StopStringEndsAndIsNotPrinted) {
 TEST(Generator, SessionReuseGivesSameTokens) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/mistral");
   auto f = load(dir);
-  Generator gen(*f->model, *f->ops, &f->tokenizer);
+  Generator gen(f->runner, &f->tokenizer);
   const auto ids = f->golden["cases"][1]["ids"].get<std::vector<int32_t>>();
-  Session session(f->model->config(), 256);
+  Session session(f->runner, 256);
   const auto first = gen.generate(ids, greedy(10), nullptr, &session);
   EXPECT_EQ(session.tokens.size(), ids.size() + 9);
   // Second turn: the previous prompt + reply + more tokens; only the new part is prefilled.
@@ -107,7 +108,7 @@ TEST(Generator, SessionReuseGivesSameTokens) {
 TEST(Generator, PromptLongerThanContextIsAnError) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto f = load(dir);
-  Generator gen(*f->model, *f->ops, &f->tokenizer);
+  Generator gen(f->runner, &f->tokenizer);
   std::vector<int32_t> ids(size_t(f->model->config().max_position_embeddings + 1), 5);
   try {
     gen.generate(ids, greedy(4));

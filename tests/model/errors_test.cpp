@@ -86,22 +86,23 @@ TEST(ModelErrors, TokenIdOutOfRange) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto model = Model::load(dir);
   auto ops = ops::make_cpu_ops();
-  KvCache cache(model->config(), 8);
-  Workspace ws;
+  KvCache cache(model->config(), 8, *ops);
+  Workspace ws(*ops);
+  Runner runner(*model, *ops);
   Tensor logits;
   const int32_t bad[] = {0, 512};
   try {
-    model->forward(*ops, bad, cache, ws, LogitsFor::kLast, &logits);
+    runner.forward(bad, cache, ws, LogitsFor::kLast, &logits);
     FAIL();
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kInvalidArgument);
     EXPECT_NE(std::string(e.what()).find("512"), std::string::npos);
   }
   const int32_t neg[] = {-1};
-  EXPECT_THROW(model->forward(*ops, neg, cache, ws, LogitsFor::kLast, &logits), Error);
+  EXPECT_THROW(runner.forward(neg, cache, ws, LogitsFor::kLast, &logits), Error);
   // Over capacity.
   const int32_t many[] = {1, 2, 3, 4, 5, 6, 7, 8, 9};
-  EXPECT_THROW(model->forward(*ops, many, cache, ws, LogitsFor::kLast, &logits), Error);
+  EXPECT_THROW(runner.forward(many, cache, ws, LogitsFor::kLast, &logits), Error);
 }
 
 }  // namespace

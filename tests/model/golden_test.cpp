@@ -56,15 +56,16 @@ TEST_P(GoldenTest, MatchesTransformers) {
   LATHE_REQUIRE_SHARED(dir, std::string("fixtures/models/") + arch);
   auto model = Model::load(dir);
   auto ops = backend.make();
+  Runner runner(*model, *ops);
   const json golden = read_json(dir / "golden.json");
   const int64_t V = model->config().vocab_size;
   for (const auto& cs : golden["cases"]) {
     const auto ids = cs["ids"].get<std::vector<int32_t>>();
     SCOPED_TRACE(cs["text"].get<std::string>().substr(0, 40));
-    KvCache cache(model->config(), int64_t(ids.size()) + 32);
-    Workspace ws;
+    KvCache cache(model->config(), int64_t(ids.size()) + 32, *ops);
+    Workspace ws(*ops);
     Tensor logits;
-    model->forward(*ops, ids, cache, ws, LogitsFor::kAll, &logits);
+    runner.forward(ids, cache, ws, LogitsFor::kAll, &logits);
     const auto nll = nll_of(logits, ids);
     const auto want_nll = cs["nll"].get<std::vector<double>>();
     ASSERT_EQ(nll.size(), want_nll.size());
@@ -87,7 +88,7 @@ TEST_P(GoldenTest, MatchesTransformers) {
     Tensor step_logits;
     for (size_t t = 0; t < want.size(); ++t) {
       got.push_back(next);
-      model->forward(*ops, std::span<const int32_t>(&next, 1), cache, ws, LogitsFor::kLast, &step_logits);
+      runner.forward(std::span<const int32_t>(&next, 1), cache, ws, LogitsFor::kLast, &step_logits);
       next = argmax(step_logits.as<float>(), V);
     }
     for (size_t t = 0; t < must_match; ++t) EXPECT_EQ(got[t], want[t]) << "greedy token " << t;
@@ -99,27 +100,28 @@ TEST_P(GoldenTest, KvCacheDecodeEqualsRecompute) {
   LATHE_REQUIRE_SHARED(dir, std::string("fixtures/models/") + arch);
   auto model = Model::load(dir);
   auto ops = backend.make();
+  Runner runner(*model, *ops);
   const json golden = read_json(dir / "golden.json");
   // The middle case (44 tokens) crosses the 16-token sliding windows of mistral/gemma2.
   auto seq = golden["cases"][1]["ids"].get<std::vector<int32_t>>();
   const int64_t V = model->config().vocab_size;
-  KvCache cache(model->config(), 128);
-  Workspace ws;
+  KvCache cache(model->config(), 128, *ops);
+  Workspace ws(*ops);
   Tensor logits;
-  model->forward(*ops, seq, cache, ws, LogitsFor::kLast, &logits);
+  runner.forward(seq, cache, ws, LogitsFor::kLast, &logits);
   for (int step = 0; step < 12; ++step) {
     const int32_t cached_next = argmax(logits.as<float>(), V);
-    KvCache fresh(model->config(), 128);
-    Workspace ws2;
+    KvCache fresh(model->config(), 128, *ops);
+    Workspace ws2(*ops);
     Tensor full;
-    model->forward(*ops, seq, fresh, ws2, LogitsFor::kLast, &full);
+    runner.forward(seq, fresh, ws2, LogitsFor::kLast, &full);
     const int32_t recomputed_next = argmax(full.as<float>(), V);
     ASSERT_EQ(cached_next, recomputed_next) << "step " << step;
     double worst = 0;
     for (int64_t i = 0; i < V; ++i) worst = std::max(worst, double(std::fabs(full.as<float>()[i] - logits.as<float>()[i])));
     EXPECT_LT(worst, 1e-4) << "step " << step;
     seq.push_back(cached_next);
-    model->forward(*ops, std::span<const int32_t>(&seq.back(), 1), cache, ws, LogitsFor::kLast, &logits);
+    runner.forward(std::span<const int32_t>(&seq.back(), 1), cache, ws, LogitsFor::kLast, &logits);
   }
 }
 

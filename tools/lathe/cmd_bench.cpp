@@ -44,22 +44,23 @@ void add_bench_command(CLI::App& app) {
     std::uniform_int_distribution<int32_t> pick(1, int32_t(c.vocab_size - 1));
     std::vector<int32_t> ids(size_t(opts->prompt));
     for (auto& t : ids) t = pick(rng);
-    model::KvCache cache(c, std::max(opts->prompt, opts->gen) + 1);
-    model::Workspace ws;
+    model::Runner runner(*model, *backend);
+    model::KvCache cache(c, std::max(opts->prompt, opts->gen) + 1, *backend);
+    model::Workspace ws(*backend);
     Tensor logits;
     // Warm-up: touch every weight page once.
-    model->forward(*backend, std::span<const int32_t>(ids.data(), std::min<size_t>(ids.size(), 16)), cache, ws,
+    runner.forward(std::span<const int32_t>(ids.data(), std::min<size_t>(ids.size(), 16)), cache, ws,
                    model::LogitsFor::kLast, &logits);
     std::vector<double> pp, tg;
     for (int64_t r = 0; r < opts->reps; ++r) {
       cache.clear();
       auto t0 = clock::now();
-      model->forward(*backend, ids, cache, ws, model::LogitsFor::kLast, &logits);
+      runner.forward(ids, cache, ws, model::LogitsFor::kLast, &logits);
       pp.push_back(double(opts->prompt) / std::chrono::duration<double>(clock::now() - t0).count());
       cache.clear();
       t0 = clock::now();
       for (int64_t i = 0; i < opts->gen; ++i)
-        model->forward(*backend, std::span<const int32_t>(&ids[size_t(i) % ids.size()], 1), cache, ws,
+        runner.forward(std::span<const int32_t>(&ids[size_t(i) % ids.size()], 1), cache, ws,
                        model::LogitsFor::kLast, &logits);
       tg.push_back(double(opts->gen) / std::chrono::duration<double>(clock::now() - t0).count());
     }

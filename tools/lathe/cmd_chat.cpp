@@ -43,8 +43,9 @@ void add_chat_command(CLI::App& app) {
     g.sampler = opts->sampling.resolve(c.generation);
     g.eos_ids = c.eos_token_ids;
     if (auto eos = tokenizer.eos_id()) g.eos_ids.push_back(*eos);
-    engine::Generator gen(*model, *backend, &tokenizer);
-    engine::Session session(c, ctx);
+    model::Runner runner(*model, *backend);
+    engine::Generator gen(runner, &tokenizer);
+    engine::Session session(runner, ctx);
     const bool tty = isatty(STDIN_FILENO) != 0;
     nlohmann::json messages = nlohmann::json::array();
     auto reset = [&] {

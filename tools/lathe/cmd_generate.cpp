@@ -51,7 +51,8 @@ void add_generate_command(CLI::App& app) {
     g.ignore_eos = opts->ignore_eos;
     g.eos_ids = model->config().eos_token_ids;
     g.stop = opts->stop;
-    engine::Generator gen(*model, *backend, tokenizer ? &*tokenizer : nullptr);
+    model::Runner runner(*model, *backend);
+    engine::Generator gen(runner, tokenizer ? &*tokenizer : nullptr);
     std::function<void(std::string_view)> stream;
     if (!opts->json) stream = [](std::string_view piece) {
       std::fwrite(piece.data(), 1, piece.size(), stdout);

@@ -35,7 +35,8 @@ void add_perplexity_command(CLI::App& app) {
     po.ctx = opts->ctx;
     po.max_windows = opts->max_windows;
     po.progress = [&](int64_t done, int64_t) { bar.update(done); };
-    const auto r = engine::perplexity(*model, *backend, tokens, po);
+    model::Runner runner(*model, *backend);
+    const auto r = engine::perplexity(runner, tokens, po);
     bar.finish();
     if (opts->json) {
       nlohmann::ordered_json j;

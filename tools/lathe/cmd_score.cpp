@@ -28,7 +28,8 @@ void add_score_command(CLI::App& app) {
     if (*ids) tokens = parse_ids(opts->ids);
     else tokens = require_tokenizer(opts->model).encode(opts->prompt, /*add_special=*/true);
     auto backend = make_backend(opts->backend);
-    const auto r = engine::score(*model, *backend, tokens);
+    model::Runner runner(*model, *backend);
+    const auto r = engine::score(runner, tokens);
     if (opts->json) {
       nlohmann::json j;
       j["nll"] = r.nll;
