@@ -11,13 +11,24 @@
 namespace lathe::cli {
 
 std::unique_ptr<ops::Ops> make_backend(const std::string& name) {
+  if (name == "auto") {
+    if (auto cuda = ops::make_cuda_ops()) return cuda;
+    return ops::make_cpu_ops();
+  }
   if (name == "cpu") return ops::make_cpu_ops();
   if (name == "ref") return ops::make_ref_ops();
-  fail(ErrorKind::kInvalidArgument, "unknown backend '{}' (choose cpu or ref)", name);
+  if (name == "cuda") {
+    if (auto cuda = ops::make_cuda_ops()) return cuda;
+    fail(ErrorKind::kUnsupported,
+         "--device cuda: no usable GPU ({}); use --device cpu",
+         ops::cuda_available() ? "the CUDA backend failed to start" : "this lathe was built without CUDA or no GPU is present");
+  }
+  fail(ErrorKind::kInvalidArgument, "unknown device '{}' (choose auto, cuda, cpu or ref)", name);
 }
 
 void add_backend_option(CLI::App* cmd, std::string& backend) {
-  cmd->add_option("--backend", backend, "compute backend: cpu (fast, default) or ref (scalar reference)")
+  cmd->add_option("--device,--backend", backend,
+                  "compute backend: auto (cuda when a GPU is present, else cpu), cuda, cpu, or ref (scalar reference)")
       ->capture_default_str();
 }
 

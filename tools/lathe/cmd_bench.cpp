@@ -21,7 +21,7 @@ double median(std::vector<double> v) {
 
 void add_bench_command(CLI::App& app) {
   struct Opts {
-    std::string model, backend = "cpu";
+    std::string model, backend = "auto";
     int64_t prompt = 512, gen = 128, reps = 3;
     bool json = false;
   };

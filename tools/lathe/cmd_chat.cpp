@@ -19,7 +19,7 @@ namespace lathe::cli {
 
 void add_chat_command(CLI::App& app) {
   struct Opts {
-    std::string model, system, backend = "cpu";
+    std::string model, system, backend = "auto";
     int64_t n = 512, ctx = 0;
     SamplingOptions sampling;
   };

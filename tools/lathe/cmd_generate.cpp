@@ -13,7 +13,7 @@ namespace lathe::cli {
 
 void add_generate_command(CLI::App& app) {
   struct Opts {
-    std::string model, ids, prompt, backend = "cpu";
+    std::string model, ids, prompt, backend = "auto";
     int64_t n = 128;
     bool ignore_eos = false, json = false, raw = false;
     std::vector<std::string> stop;

@@ -12,7 +12,7 @@ namespace lathe::cli {
 
 void add_perplexity_command(CLI::App& app) {
   struct Opts {
-    std::string model, file, backend = "cpu";
+    std::string model, file, backend = "auto";
     int64_t ctx = 512, max_windows = 0;
     bool json = false;
   };

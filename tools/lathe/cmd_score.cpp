@@ -10,7 +10,7 @@ namespace lathe::cli {
 
 void add_score_command(CLI::App& app) {
   struct Opts {
-    std::string model, ids, prompt, backend = "cpu";
+    std::string model, ids, prompt, backend = "auto";
     bool json = false;
   };
   auto opts = std::make_shared<Opts>();
