@@ -175,8 +175,17 @@ class Buffer {
 
 std::unique_ptr<Ops> make_ref_ops();
 std::unique_ptr<Ops> make_cpu_ops();
+// Choices a device backend offers; host backends always compute in full float32.
+struct BackendOptions {
+  // true: matmuls keep float32 activations (bf16/f16 weights meet x split into hi + lo halves,
+  //   two tensor-core GEMMs: ~fp32 accuracy at twice the GEMM cost; for scoring/evaluation).
+  // false: x is rounded to the weight dtype before the GEMM (the usual bf16 engine numerics,
+  //   fastest prefill; decode GEMVs stay float32 either way).
+  bool exact_matmul = true;
+};
+
 // The CUDA backend when lathe was built with it and a GPU is present, else null.
-std::unique_ptr<Ops> make_cuda_ops();
+std::unique_ptr<Ops> make_cuda_ops(const BackendOptions& options = {});
 bool cuda_available();
 
 }  // namespace lathe::ops

@@ -10,15 +10,21 @@
 
 namespace lathe::cli {
 
-std::unique_ptr<ops::Ops> make_backend(const std::string& name) {
+std::unique_ptr<ops::Ops> make_backend(const DeviceOptions& options, bool exact_by_default) {
+  const std::string& name = options.device;
+  ops::BackendOptions bo;
+  if (options.precision == "exact") bo.exact_matmul = true;
+  else if (options.precision == "fast") bo.exact_matmul = false;
+  else if (options.precision == "auto") bo.exact_matmul = exact_by_default;
+  else fail(ErrorKind::kInvalidArgument, "unknown precision '{}' (choose auto, exact or fast)", options.precision);
   if (name == "auto") {
-    if (auto cuda = ops::make_cuda_ops()) return cuda;
+    if (auto cuda = ops::make_cuda_ops(bo)) return cuda;
     return ops::make_cpu_ops();
   }
   if (name == "cpu") return ops::make_cpu_ops();
   if (name == "ref") return ops::make_ref_ops();
   if (name == "cuda") {
-    if (auto cuda = ops::make_cuda_ops()) return cuda;
+    if (auto cuda = ops::make_cuda_ops(bo)) return cuda;
     fail(ErrorKind::kUnsupported,
          "--device cuda: no usable GPU ({}); use --device cpu",
          ops::cuda_available() ? "the CUDA backend failed to start" : "this lathe was built without CUDA or no GPU is present");
@@ -26,9 +32,13 @@ std::unique_ptr<ops::Ops> make_backend(const std::string& name) {
   fail(ErrorKind::kInvalidArgument, "unknown device '{}' (choose auto, cuda, cpu or ref)", name);
 }
 
-void add_backend_option(CLI::App* cmd, std::string& backend) {
-  cmd->add_option("--device,--backend", backend,
+void add_backend_option(CLI::App* cmd, DeviceOptions& options) {
+  cmd->add_option("--device,--backend", options.device,
                   "compute backend: auto (cuda when a GPU is present, else cpu), cuda, cpu, or ref (scalar reference)")
+      ->capture_default_str();
+  cmd->add_option("--precision", options.precision,
+                  "GPU matmul activations: exact (float32-accurate, split bf16 GEMMs), fast (rounded to bf16), or "
+                  "auto (exact for score/perplexity, fast for generation); the CPU is always exact")
       ->capture_default_str();
 }
 

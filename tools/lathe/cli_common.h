@@ -9,14 +9,21 @@
 #include <string>
 #include <vector>
 
+#include "core/error.h"
 #include "ops/ops.h"
 #include "tokenizer/tokenizer.h"
 
 namespace lathe::cli {
 
-// --backend: "cpu" (threaded SIMD, default) or "ref" (the scalar oracle; slow, for checking).
-std::unique_ptr<ops::Ops> make_backend(const std::string& name);
-void add_backend_option(CLI::App* cmd, std::string& backend);
+// --device auto|cuda|cpu|ref and --precision auto|exact|fast (what a GPU's matmuls do with
+// activations: keep float32 accuracy, or round to bf16 for speed). `exact_by_default` is the
+// command's choice for --precision auto: scoring commands want exact, generation wants fast.
+struct DeviceOptions {
+  std::string device = "auto";
+  std::string precision = "auto";
+};
+std::unique_ptr<ops::Ops> make_backend(const DeviceOptions& options, bool exact_by_default);
+void add_backend_option(CLI::App* cmd, DeviceOptions& options);
 
 // "0,5,7" -> {0, 5, 7}; errors name the bad entry.
 std::vector<int32_t> parse_ids(const std::string& text);

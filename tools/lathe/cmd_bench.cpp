@@ -21,7 +21,8 @@ double median(std::vector<double> v) {
 
 void add_bench_command(CLI::App& app) {
   struct Opts {
-    std::string model, backend = "auto";
+    std::string model;
+    DeviceOptions device;
     int64_t prompt = 512, gen = 128, reps = 3;
     bool json = false;
   };
@@ -32,11 +33,11 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-n,--gen-tokens", opts->gen, "decode length (tg)")->capture_default_str();
   cmd->add_option("-r,--reps", opts->reps, "repetitions (median reported)")->capture_default_str();
   cmd->add_flag("--json", opts->json, "print one JSON object");
-  add_backend_option(cmd, opts->backend);
+  add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
     using clock = std::chrono::steady_clock;
     auto model = model::Model::load(opts->model);
-    auto backend = make_backend(opts->backend);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     const auto& c = model->config();
     if (opts->prompt < 1 || opts->gen < 1 || opts->reps < 1)
       fail(ErrorKind::kInvalidArgument, "bench: token counts and repetitions must be positive");

@@ -19,7 +19,8 @@ namespace lathe::cli {
 
 void add_chat_command(CLI::App& app) {
   struct Opts {
-    std::string model, system, backend = "auto";
+    std::string model, system;
+    DeviceOptions device;
     int64_t n = 512, ctx = 0;
     SamplingOptions sampling;
   };
@@ -30,12 +31,12 @@ void add_chat_command(CLI::App& app) {
   cmd->add_option("-n,--max-tokens", opts->n, "most tokens per reply")->capture_default_str();
   cmd->add_option("--ctx", opts->ctx, "conversation length limit in tokens (default: the model's context)");
   opts->sampling.add_to(cmd);
-  add_backend_option(cmd, opts->backend);
+  add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
     auto model = model::Model::load(opts->model);
     auto tokenizer = require_tokenizer(opts->model);
     const auto tmpl = tmpl::load_chat_template(opts->model);
-    auto backend = make_backend(opts->backend);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     const auto& c = model->config();
     const int64_t ctx = opts->ctx > 0 ? std::min(opts->ctx, c.max_position_embeddings) : c.max_position_embeddings;
     engine::GenerateConfig g;

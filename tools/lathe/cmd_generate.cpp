@@ -13,7 +13,8 @@ namespace lathe::cli {
 
 void add_generate_command(CLI::App& app) {
   struct Opts {
-    std::string model, ids, prompt, backend = "auto";
+    std::string model, ids, prompt;
+    DeviceOptions device;
     int64_t n = 128;
     bool ignore_eos = false, json = false, raw = false;
     std::vector<std::string> stop;
@@ -31,7 +32,7 @@ void add_generate_command(CLI::App& app) {
   cmd->add_flag("--raw", opts->raw, "with -p: do not add the tokenizer's special tokens (BOS)");
   cmd->add_flag("--json", opts->json, "print one object {\"ids\": [...], \"text\": ...} at the end instead of streaming");
   opts->sampling.add_to(cmd);
-  add_backend_option(cmd, opts->backend);
+  add_backend_option(cmd, opts->device);
   cmd->callback([opts, ids, text] {
     if (!*ids && !*text) fail(ErrorKind::kInvalidArgument, "generate needs a prompt: -p TEXT or --ids 1,2,3");
     auto model = model::Model::load(opts->model);
@@ -44,7 +45,7 @@ void add_generate_command(CLI::App& app) {
         fail(ErrorKind::kNotFound, "{} has no tokenizer.json: pass the prompt as --ids", opts->model);
       prompt = tokenizer->encode(opts->prompt, /*add_special=*/!opts->raw);
     }
-    auto backend = make_backend(opts->backend);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     engine::GenerateConfig g;
     g.max_new_tokens = opts->n;
     g.sampler = opts->sampling.resolve(model->config().generation);

@@ -12,7 +12,8 @@ namespace lathe::cli {
 
 void add_perplexity_command(CLI::App& app) {
   struct Opts {
-    std::string model, file, backend = "auto";
+    std::string model, file;
+    DeviceOptions device;
     int64_t ctx = 512, max_windows = 0;
     bool json = false;
   };
@@ -23,13 +24,13 @@ void add_perplexity_command(CLI::App& app) {
   cmd->add_option("--ctx", opts->ctx, "window length in tokens")->capture_default_str();
   cmd->add_option("--max-windows", opts->max_windows, "score only the first N windows (0: all)");
   cmd->add_flag("--json", opts->json, "print {\"ppl\", \"tokens\", \"windows\", ...}");
-  add_backend_option(cmd, opts->backend);
+  add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
     auto model = model::Model::load(opts->model);
     auto tokenizer = require_tokenizer(opts->model);
     const std::string text = io::read_text_file(opts->file);
     const auto tokens = tokenizer.encode(text, /*add_special=*/false);
-    auto backend = make_backend(opts->backend);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
     ProgressBar bar("perplexity", int64_t(tokens.size()) / std::max<int64_t>(opts->ctx, 1));
     engine::PerplexityOptions po;
     po.ctx = opts->ctx;

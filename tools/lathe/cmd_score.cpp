@@ -10,7 +10,8 @@ namespace lathe::cli {
 
 void add_score_command(CLI::App& app) {
   struct Opts {
-    std::string model, ids, prompt, backend = "auto";
+    std::string model, ids, prompt;
+    DeviceOptions device;
     bool json = false;
   };
   auto opts = std::make_shared<Opts>();
@@ -20,14 +21,14 @@ void add_score_command(CLI::App& app) {
   auto* text = cmd->add_option("-p,--prompt", opts->prompt, "text to score (tokenized with BOS as the model's tokenizer adds it)");
   ids->excludes(text);
   cmd->add_flag("--json", opts->json, "print {\"nll\": [...], \"last_logits\": [...]}");
-  add_backend_option(cmd, opts->backend);
+  add_backend_option(cmd, opts->device);
   cmd->callback([opts, ids, text] {
     if (!*ids && !*text) fail(ErrorKind::kInvalidArgument, "score needs --ids or -p");
     auto model = model::Model::load(opts->model);
     std::vector<int32_t> tokens;
     if (*ids) tokens = parse_ids(opts->ids);
     else tokens = require_tokenizer(opts->model).encode(opts->prompt, /*add_special=*/true);
-    auto backend = make_backend(opts->backend);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
     model::Runner runner(*model, *backend);
     const auto r = engine::score(runner, tokens);
     if (opts->json) {

@@ -43,7 +43,7 @@ void Ops::scatter_add_rows(const ScatterAddRowsParams& p) {
 }
 
 #ifndef LATHE_HAVE_CUDA
-std::unique_ptr<Ops> make_cuda_ops() { return nullptr; }
+std::unique_ptr<Ops> make_cuda_ops(const BackendOptions&) { return nullptr; }
 bool cuda_available() { return false; }
 #endif
 

@@ -1,0 +1,202 @@
+// CUDA op benchmark at Llama-3-8B shapes, through the Ops interface (what the model actually calls):
+//   GEMV  n = 1 / 8 (custom kernel) and 32 (cuBLAS), bf16 weights: GB/s and % of H100 SXM's 3.35 TB/s
+//   GEMM  n = 512 / 2048 (cuBLAS, x rounded to bf16 inside the op): TFLOP/s
+//   attention decode (n = 1, 32 heads / 8 kv heads, head_dim 128) at kv_len 128 / 4096 / 16384: GB/s of K/V
+//   attention prefill 2048 causal, same heads: TFLOP/s
+// Each measurement: 3 warm-up calls, then 20 calls each bracketed by CUDA events on the backend's
+// stream; the median is reported. Weights are random (never zeros) and, where one matrix would fit
+// in L2, several copies are cycled so every call streams from DRAM.
+//
+// Usage: cuda_ops_bench [--quick]   (--quick: fewer shapes, for smoke runs)
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "ops/cuda/cuda_ops.h"
+#include "ops/ops.h"
+
+using namespace lathe;
+using namespace lathe::ops;
+
+namespace {
+
+constexpr double kPeakBytesPerS = 3.35e12;  // H100 SXM HBM3
+constexpr int kWarmup = 3;
+constexpr int kIters = 20;
+
+#define BENCH_CHECK(expr)                                                                      \
+  do {                                                                                         \
+    const cudaError_t e_ = (expr);                                                             \
+    if (e_ != cudaSuccess) {                                                                   \
+      std::fprintf(stderr, "CUDA error %s at %s:%d: %s\n", cudaGetErrorString(e_), __FILE__, __LINE__, #expr); \
+      std::exit(1);                                                                            \
+    }                                                                                          \
+  } while (0)
+
+// Uniform values in [-1, 1) from a hash of the index: random-looking, reproducible, never all zero.
+__device__ float hash_uniform(uint64_t i, uint32_t seed) {
+  uint64_t z = i * 0x9E3779B97F4A7C15ull + seed;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return float(uint32_t(z >> 40)) / float(1u << 23) - 1.f;
+}
+
+__global__ void fill_f32(float* p, size_t n, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x)
+    p[i] = hash_uniform(i, seed) * scale;
+}
+
+__global__ void fill_bf16(uint16_t* p, size_t n, uint32_t seed, float scale) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n; i += size_t(gridDim.x) * blockDim.x) {
+    const uint32_t u = __float_as_uint(hash_uniform(i, seed) * scale);
+    p[i] = uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+  }
+}
+
+void fill(Ops& ops, Buffer& b, DType dt, float scale, uint32_t seed) {
+  cudaStream_t s = cuda_stream(ops);
+  if (dt == DType::kBF16) fill_bf16<<<1024, 256, 0, s>>>(static_cast<uint16_t*>(b.data()), b.bytes() / 2, seed, scale);
+  else fill_f32<<<1024, 256, 0, s>>>(b.f32(), b.bytes() / 4, seed, scale);
+  BENCH_CHECK(cudaGetLastError());
+}
+
+// Median milliseconds of fn() over kIters event-bracketed calls on the backend's stream.
+double time_ms(Ops& ops, const std::function<void(int)>& fn) {
+  cudaStream_t s = cuda_stream(ops);
+  for (int i = 0; i < kWarmup; ++i) fn(i);
+  ops.synchronize();
+  std::vector<cudaEvent_t> ev(2 * kIters);
+  for (auto& e : ev) BENCH_CHECK(cudaEventCreate(&e));
+  for (int i = 0; i < kIters; ++i) {
+    BENCH_CHECK(cudaEventRecord(ev[2 * i], s));
+    fn(kWarmup + i);
+    BENCH_CHECK(cudaEventRecord(ev[2 * i + 1], s));
+  }
+  ops.synchronize();
+  std::vector<double> ms(kIters);
+  for (int i = 0; i < kIters; ++i) {
+    float t = 0;
+    BENCH_CHECK(cudaEventElapsedTime(&t, ev[2 * i], ev[2 * i + 1]));
+    ms[size_t(i)] = t;
+  }
+  for (auto& e : ev) cudaEventDestroy(e);
+  std::sort(ms.begin(), ms.end());
+  return ms[kIters / 2];
+}
+
+struct Linear {
+  const char* name;
+  int64_t k, m;
+};
+
+void print_header(const char* title, const char* cols) {
+  std::printf("\n%s\n%s\n", title, cols);
+}
+
+void bench_matmul(Ops& ops, const std::vector<Linear>& shapes, const std::vector<int64_t>& ns) {
+  print_header("matmul (bf16 weights, fp32 activations)",
+               "  shape                 n      time(us)   GB/s    %peak   TFLOP/s  path");
+  const int64_t max_n = *std::max_element(ns.begin(), ns.end());
+  for (const Linear& L : shapes) {
+    const size_t wbytes = size_t(L.m * L.k) * 2;
+    // Cycle copies so their sum is well beyond L2 (50 MB on H100).
+    const int copies = int(std::max<size_t>(1, (size_t(256) << 20) / wbytes + 1));
+    std::vector<Buffer> ws;
+    for (int c = 0; c < copies; ++c) {
+      ws.emplace_back(ops, wbytes);
+      fill(ops, ws.back(), DType::kBF16, 0.05f, 17u + uint32_t(c));
+    }
+    Buffer x(ops, size_t(max_n * L.k) * 4), y(ops, size_t(max_n * L.m) * 4);
+    fill(ops, x, DType::kF32, 1.f, 3u);
+    for (int64_t n : ns) {
+      MatmulParams p;
+      p.x = x.f32();
+      p.y = y.f32();
+      p.n = n;
+      p.w.dtype = DType::kBF16;
+      p.w.rows = L.m;
+      p.w.cols = L.k;
+      const double ms = time_ms(ops, [&](int i) {
+        p.w.data = ws[size_t(i % copies)].data();
+        ops.matmul(p);
+      });
+      const double bytes = double(wbytes) + double(n * L.k) * 4 + double(n * L.m) * 4;
+      const double gbs = bytes / (ms * 1e-3) / 1e9;
+      const double tflops = 2.0 * double(n) * double(L.m) * double(L.k) / (ms * 1e-3) / 1e12;
+      std::printf("  %-8s %6lldx%-6lld %5lld %10.1f %8.0f %7.1f%% %8.1f  %s\n", L.name, (long long)L.k, (long long)L.m,
+                  (long long)n, ms * 1e3, gbs, 100.0 * gbs * 1e9 / kPeakBytesPerS, tflops, n <= 8 ? "gemv" : "cublas");
+    }
+  }
+}
+
+void bench_attention(Ops& ops, const std::vector<int64_t>& decode_lens, int64_t prefill_len) {
+  const int64_t nh = 32, nkv = 8, hd = 128;
+  const int64_t max_len = std::max(*std::max_element(decode_lens.begin(), decode_lens.end()), prefill_len);
+  Buffer k(ops, size_t(max_len * nkv * hd) * 4), v(ops, size_t(max_len * nkv * hd) * 4);
+  Buffer q(ops, size_t(prefill_len * nh * hd) * 4), out(ops, size_t(prefill_len * nh * hd) * 4);
+  fill(ops, k, DType::kF32, 1.f, 5u);
+  fill(ops, v, DType::kF32, 1.f, 6u);
+  fill(ops, q, DType::kF32, 1.f, 7u);
+  AttentionParams p;
+  p.q = q.f32();
+  p.k = k.f32();
+  p.v = v.f32();
+  p.out = out.f32();
+  p.n_heads = nh;
+  p.n_kv_heads = nkv;
+  p.head_dim = hd;
+  p.scale = 1.f / std::sqrt(float(hd));
+
+  print_header("attention decode (n=1, 32 heads / 8 kv heads, head_dim 128, fp32 K/V)",
+               "  kv_len      time(us)   GB/s    %peak");
+  for (int64_t len : decode_lens) {
+    p.n = 1;
+    p.kv_len = len;
+    const double ms = time_ms(ops, [&](int) { ops.attention(p); });
+    const double bytes = double(len * nkv * hd) * 4 * 2;
+    const double gbs = bytes / (ms * 1e-3) / 1e9;
+    std::printf("  %6lld %13.1f %8.0f %7.1f%%\n", (long long)len, ms * 1e3, gbs, 100.0 * gbs * 1e9 / kPeakBytesPerS);
+  }
+
+  print_header("attention prefill (causal, 32 heads / 8 kv heads, head_dim 128)", "  n=kv_len    time(us)  TFLOP/s");
+  p.n = prefill_len;
+  p.kv_len = prefill_len;
+  const double ms = time_ms(ops, [&](int) { ops.attention(p); });
+  // QK^T and PV over the causal half: 2 matmuls x 2 flops x n(n+1)/2 x head_dim x heads.
+  const double flops = 4.0 * double(prefill_len) * double(prefill_len + 1) / 2 * double(hd) * double(nh);
+  std::printf("  %6lld %13.1f %8.2f\n", (long long)prefill_len, ms * 1e3, flops / (ms * 1e-3) / 1e12);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  auto ops = make_cuda_ops();
+  if (!ops) {
+    std::fprintf(stderr, "cuda_ops_bench: no usable CUDA device\n");
+    return 1;
+  }
+  cudaDeviceProp prop{};
+  BENCH_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("device: %s, %d SMs, %.0f MB L2; %%peak is against %.2f TB/s; median of %d calls\n", prop.name,
+              prop.multiProcessorCount, prop.l2CacheSize / 1e6, kPeakBytesPerS / 1e12, kIters);
+  try {
+    const std::vector<Linear> gemv_shapes = {
+        {"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}, {"lm_head", 4096, 128256}};
+    bench_matmul(*ops, quick ? std::vector<Linear>{gemv_shapes[1]} : gemv_shapes, {1, 8, 32});
+    const std::vector<Linear> gemm_shapes = {{"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
+    bench_matmul(*ops, quick ? std::vector<Linear>{gemm_shapes[1]} : gemm_shapes, {512, 2048});
+    bench_attention(*ops, {128, 4096, 16384}, 2048);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "cuda_ops_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,173 @@
+#!/usr/bin/env bash
+# CUDA checks for a GPU machine, over a build made elsewhere with -DLATHE_CUDA=ON.
+#
+#   scripts/gpu-check.sh --pack [BUILD_DIR]   (on the build machine) bundles the four binaries below
+#                                             and their non-system shared libraries into
+#                                             carry/gpu-check.tgz (~20 MB; carry/ is git-ignored)
+#   scripts/gpu-check.sh [BUILD_DIR | carry/gpu-check.tgz]   (on the GPU machine, from any directory)
+#                                             default: carry/gpu-check.tgz if present, else build-cuda
+#
+# Runs, each under a time limit, logging to $OUT (the device tool's return folder) or /tmp/gpu-check:
+#   1. ops_cuda_test     every CUDA op against the scalar reference ("[ worst ]" lines: worst error per op)
+#   2. cuda_model_test   every fixture model on the CUDA backend against golden.json
+#   3. cuda_ops_bench    GEMV/GEMM/attention timings at Llama-3-8B shapes
+#   4. lathe CLI         `lathe score/generate --device cuda` on every fixture case, if bin/lathe exists
+# then prints a summary table. Exit status: 0 when every step that ran passed.
+#
+# Environment: LATHE_SHARED (fixtures folder; default: the first of ./shared, ./carry/shared,
+# /work/shared, ../shared holding fixtures/models), CHECK_TIMEOUT (seconds per step, default 400).
+# LD_LIBRARY_PATH gets /usr/local/cuda/lib64, carry/lib and the bundle's lib/ (host libraries built
+# against: fmt, gtest, hwy, ...); cuBLAS comes from the GPU machine (its CUDA toolkit, else the
+# nvidia-cublas wheel beside PyTorch).
+set -u
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+BINARIES=(bin/lathe bin/cuda_ops_bench tests/ops_cuda/ops_cuda_test tests/ops_cuda/cuda_model_test)
+
+if [ "${1:-}" = "--pack" ]; then
+  BUILD=${2:-build-cuda}
+  stage=$(mktemp -d)
+  mkdir -p "$stage/build" "$stage/lib"
+  for b in "${BINARIES[@]}"; do
+    [ -x "$BUILD/$b" ] || { echo "missing $BUILD/$b (build it first)"; continue; }
+    mkdir -p "$stage/build/$(dirname "$b")"
+    cp "$BUILD/$b" "$stage/build/$b"
+    # Shared libraries except the C/C++ runtime (the GPU machine's are as new or newer) and CUDA's own.
+    ldd "$BUILD/$b" | awk '$3 ~ /^\// {print $3}' |
+      grep -v -E '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|libcu(blas|blasLt|dart)' |
+      while read -r lib; do cp -L -n "$lib" "$stage/lib/"; done
+  done
+  mkdir -p carry
+  tar czf carry/gpu-check.tgz -C "$stage" build lib
+  rm -rf "$stage"
+  echo "packed: $(ls -la carry/gpu-check.tgz | awk '{print $5}') bytes in carry/gpu-check.tgz"
+  tar tzf carry/gpu-check.tgz | sed 's/^/  /'
+  exit 0
+fi
+
+BUILD=${1:-}
+if [ -z "$BUILD" ]; then
+  if [ -f carry/gpu-check.tgz ]; then BUILD=carry/gpu-check.tgz; else BUILD=build-cuda; fi
+fi
+if [ -f "$BUILD" ]; then  # a --pack bundle
+  unpack=/tmp/gpu-check-build
+  rm -rf "$unpack" && mkdir -p "$unpack" && tar xzf "$BUILD" -C "$unpack" || { echo "cannot unpack $BUILD"; exit 2; }
+  export LD_LIBRARY_PATH="$unpack/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  BUILD="$unpack/build"
+fi
+case "$BUILD" in /*) ;; *) BUILD="$ROOT/$BUILD" ;; esac
+LOGS=${OUT:-/tmp/gpu-check}
+mkdir -p "$LOGS"
+TIMEOUT=${CHECK_TIMEOUT:-400}
+
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[ -d "$ROOT/carry/lib" ] && export LD_LIBRARY_PATH="$ROOT/carry/lib:$LD_LIBRARY_PATH"
+if [ ! -e /usr/local/cuda/lib64/libcublas.so.13 ] && command -v python3 >/dev/null; then
+  wheel_lib=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)
+  [ -n "$wheel_lib" ] && export LD_LIBRARY_PATH="$LD_LIBRARY_PATH:$wheel_lib"
+fi
+if [ -z "${LATHE_SHARED:-}" ]; then
+  for d in "$ROOT/shared" "$ROOT/carry/shared" /work/shared "$ROOT/../shared"; do
+    if [ -d "$d/fixtures/models" ]; then LATHE_SHARED=$(cd "$d" && pwd); break; fi
+  done
+fi
+export LATHE_SHARED=${LATHE_SHARED:-}
+
+echo "== gpu-check: build $BUILD, fixtures ${LATHE_SHARED:-<none found>}, logs $LOGS"
+nvidia-smi -L 2>/dev/null || echo "(nvidia-smi not available)"
+if [ -x "$BUILD/tests/ops_cuda/ops_cuda_test" ] && ldd "$BUILD/tests/ops_cuda/ops_cuda_test" | grep -q "not found"; then
+  echo "!! unresolved shared libraries:"; ldd "$BUILD/tests/ops_cuda/ops_cuda_test" | grep "not found"
+fi
+
+NAMES=() STATUS=() SECS=() NOTES=()
+FAILED=0
+record() {  # name status seconds note
+  NAMES+=("$1") STATUS+=("$2") SECS+=("$3") NOTES+=("$4")
+  [ "$2" = FAIL ] && FAILED=1
+}
+
+# run_step NAME LOG CMD...: runs CMD with the time limit, output to the console and LOG.
+run_step() {
+  local name=$1 log=$2
+  shift 2
+  if [ ! -x "$1" ]; then
+    record "$name" SKIP 0 "not built: $1"
+    return
+  fi
+  echo
+  echo "== $name: $*"
+  local t0=$SECONDS rc
+  timeout "$TIMEOUT" "$@" >"$log" 2>&1
+  rc=$?
+  cat "$log"
+  local dt=$((SECONDS - t0)) note=""
+  [ $rc -eq 124 ] && note="timed out after ${TIMEOUT}s"
+  [ $rc -ne 0 ] && [ -z "$note" ] && note="exit $rc"
+  local skipped
+  skipped=$(grep -m1 -oE "^\[  SKIPPED \] [0-9]+ test" "$log" | grep -oE "[0-9]+")
+  [ -n "$skipped" ] && note="${note:+$note; }$skipped skipped (see log)"
+  if [ $rc -eq 0 ]; then record "$name" PASS "$dt" "$note"; else record "$name" FAIL "$dt" "$note"; fi
+}
+
+run_step ops_cuda_test "$LOGS/ops_cuda_test.log" "$BUILD/tests/ops_cuda/ops_cuda_test" --gtest_color=no
+run_step cuda_model_test "$LOGS/cuda_model_test.log" "$BUILD/tests/ops_cuda/cuda_model_test" --gtest_color=no
+BENCH="$BUILD/bin/cuda_ops_bench"
+[ -x "$BENCH" ] || BENCH="$BUILD/tests/ops_cuda/cuda_bench/cuda_ops_bench"
+run_step cuda_ops_bench "$LOGS/cuda_ops_bench.log" "$BENCH"
+
+# ---- lathe CLI on the fixtures: score NLL within 3e-2, first 8 greedy ids ------------------------
+LATHE="$BUILD/bin/lathe"
+if [ -x "$LATHE" ] && [ -n "$LATHE_SHARED" ] && command -v python3 >/dev/null; then
+  echo
+  echo "== lathe CLI golden checks (--device cuda)"
+  t0=$SECONDS
+  LATHE="$LATHE" timeout "$TIMEOUT" python3 - "$LATHE_SHARED/fixtures/models" >"$LOGS/lathe_cli.log" 2>&1 <<'PY'
+import json, os, subprocess, sys
+models, lathe = sys.argv[1], os.environ["LATHE"]
+bad = 0
+for arch in sorted(os.listdir(models)):
+    gpath = os.path.join(models, arch, "golden.json")
+    if not os.path.exists(gpath):
+        continue
+    for i, case in enumerate(json.load(open(gpath))["cases"]):
+        ids = ",".join(map(str, case["ids"]))
+        d = os.path.join(models, arch)
+        r = subprocess.run([lathe, "score", "-m", d, "--ids", ids, "--json", "--device", "cuda"], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"FAIL {arch}[{i}] score: {r.stderr.strip()}"); bad += 1; continue
+        nll = json.loads(r.stdout)["nll"]
+        err = max(abs(a - b) for a, b in zip(nll, case["nll"])) if nll else 0.0
+        g = subprocess.run([lathe, "generate", "-m", d, "--ids", ids, "-n", "8", "--temperature", "0",
+                            "--ignore-eos", "--json", "--device", "cuda"], capture_output=True, text=True)
+        if g.returncode != 0:
+            print(f"FAIL {arch}[{i}] generate: {g.stderr.strip()}"); bad += 1; continue
+        got, want = json.loads(g.stdout)["ids"][:8], case["greedy_ids"][:8]
+        margin = case["greedy_min_margin"]
+        greedy = "ok" if got == want else ("near-tie flip (margin %.2g)" % margin if margin < 3e-2 else "MISMATCH")
+        ok = err < 3e-2 and greedy != "MISMATCH"
+        bad += 0 if ok else 1
+        print(f"{'ok  ' if ok else 'FAIL'} {arch:12s}[{i}] {len(case['ids']):3d} tokens  nll err {err:.2e}  greedy8 {greedy}")
+print(f"lathe CLI: {bad} failing case(s)")
+sys.exit(1 if bad else 0)
+PY
+  rc=$?
+  cat "$LOGS/lathe_cli.log"
+  if [ $rc -eq 0 ]; then record "lathe CLI golden" PASS $((SECONDS - t0)) ""; else record "lathe CLI golden" FAIL $((SECONDS - t0)) "exit $rc"; fi
+else
+  record "lathe CLI golden" SKIP 0 "needs $LATHE, fixtures and python3"
+fi
+
+# ---- summary ----------------------------------------------------------------------------------------
+{
+  echo
+  echo "== summary"
+  printf "  %-20s %-6s %6s  %s\n" step status secs note
+  for i in "${!NAMES[@]}"; do printf "  %-20s %-6s %6s  %s\n" "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${NOTES[$i]}"; done
+  if [ -f "$LOGS/ops_cuda_test.log" ]; then echo; echo "  worst errors (ops_cuda_test):"; grep -h "^\[ worst \]" "$LOGS/ops_cuda_test.log" | sed 's/^/    /'; fi
+  if [ -f "$LOGS/cuda_model_test.log" ]; then echo; echo "  fixtures (cuda_model_test):"; grep -h -E "^\[ (golden|note) \]" "$LOGS/cuda_model_test.log" | sed 's/^/    /'; fi
+  if [ -f "$LOGS/ops_cuda_test.log" ] || [ -f "$LOGS/cuda_model_test.log" ]; then
+    echo; echo "  failed tests:"; grep -h "^\[  FAILED  \]" "$LOGS"/ops_cuda_test.log "$LOGS"/cuda_model_test.log 2>/dev/null | sort -u | sed 's/^/    /' || true
+  fi
+} | tee "$LOGS/summary.txt"
+exit $FAILED

@@ -1,0 +1,279 @@
+// matmul y[n, m] = x[n, k] W[m, k]^T (+ bias) for the CUDA backend.
+//
+// n <= kGemvMaxTokens (decode, small batches): a custom GEMV. Each warp owns RW output rows and
+// streams those weight rows once with 16-byte loads (8 bf16/f16 or 4 f32 per lane), keeping several
+// loads in flight per lane; activations stay fp32 and are read through the read-only/L1 path (every
+// warp of the SM reads the same x, so after the first warp they hit L1/L2: no shared-memory staging,
+// no block barriers, no limit on k). Accumulation is fp32 per lane, then a warp-shuffle reduction.
+// Rows whose length or base is not 16-byte aligned take the same kernel with scalar loads.
+//
+// n > kGemvMaxTokens (prefill): cuBLAS. F32 weights run cublasSgemm in default math (no TF32), so the
+// result is a plain fp32 GEMM. BF16/F16 weights run cublasGemmEx on the tensor cores with fp32
+// accumulation and fp32 output; x is rounded to the weight dtype first (one small kernel), which is
+// the one place the backend departs from fp32 activations (relative error ~2^-9 per x element).
+//
+// Layout: cuBLAS is column-major. Row-major y[n, m] is column-major C = y^T [m x n] with ldc = m;
+// row-major W[m, k] is column-major [k x m] (lda = k), used transposed; row-major x[n, k] is
+// column-major [k x n] (ldb = k). So C = op_T(A) * B with A = W, B = x.
+#include <climits>
+#include <type_traits>
+
+#include "ops/cuda/check.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_internal.h"
+
+namespace lathe::ops::cuda {
+namespace {
+
+constexpr int kGemvWarps = 8;  // 256 threads per block
+
+// VEC weight elements of type T held as raw bits until they are used, so the loads of several
+// vectors can all be issued before the first conversion (memory-level parallelism).
+template <typename T, int VEC>
+struct RawVec;
+
+template <>
+struct RawVec<Bf16, 8> {
+  uint4 v;
+  __device__ __forceinline__ void load(const Bf16* p) { v = __ldcs(reinterpret_cast<const uint4*>(p)); }
+  __device__ __forceinline__ void widen(float (&f)[8]) const {
+    f[0] = bf16_lo(v.x), f[1] = bf16_hi(v.x), f[2] = bf16_lo(v.y), f[3] = bf16_hi(v.y);
+    f[4] = bf16_lo(v.z), f[5] = bf16_hi(v.z), f[6] = bf16_lo(v.w), f[7] = bf16_hi(v.w);
+  }
+};
+
+template <>
+struct RawVec<F16, 8> {
+  uint4 v;
+  __device__ __forceinline__ void load(const F16* p) { v = __ldcs(reinterpret_cast<const uint4*>(p)); }
+  __device__ __forceinline__ void widen(float (&f)[8]) const {
+    f[0] = f16_lo(v.x), f[1] = f16_hi(v.x), f[2] = f16_lo(v.y), f[3] = f16_hi(v.y);
+    f[4] = f16_lo(v.z), f[5] = f16_hi(v.z), f[6] = f16_lo(v.w), f[7] = f16_hi(v.w);
+  }
+};
+
+template <>
+struct RawVec<float, 4> {
+  float4 v;
+  __device__ __forceinline__ void load(const float* p) { v = __ldcs(reinterpret_cast<const float4*>(p)); }
+  __device__ __forceinline__ void widen(float (&f)[4]) const { f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w; }
+};
+
+template <typename T>
+struct RawVec<T, 1> {
+  T v;
+  __device__ __forceinline__ void load(const T* p) { v = *p; }
+  __device__ __forceinline__ void widen(float (&f)[1]) const { f[0] = cuda::widen(v); }
+};
+
+template <int VEC>
+__device__ __forceinline__ void load_x(const float* p, float (&f)[VEC]) {
+  if constexpr (VEC == 8) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+    const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+  } else if constexpr (VEC == 4) {
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
+  } else {
+    f[0] = __ldg(p);
+  }
+}
+
+// acc[r][t] += dot(w_r[c .. c+VEC), x_t[c .. c+VEC)) for the RW rows and NT tokens of this warp.
+template <typename T, int NT, int VEC, int RW>
+__device__ __forceinline__ void gemv_step(float (&acc)[RW][NT], const RawVec<T, VEC> (&raw)[RW], const float* x,
+                                          int64_t c, int64_t k) {
+  float wf[RW][VEC];
+#pragma unroll
+  for (int r = 0; r < RW; ++r) raw[r].widen(wf[r]);
+#pragma unroll
+  for (int t = 0; t < NT; ++t) {
+    float xv[VEC];
+    load_x<VEC>(x + t * k + c, xv);
+#pragma unroll
+    for (int r = 0; r < RW; ++r)
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[r][t] = fmaf(wf[r][i], xv[i], acc[r][t]);
+  }
+}
+
+// One warp per RW consecutive rows; lane l covers columns l*VEC + j*32*VEC. Requires k % VEC == 0
+// and 16-byte aligned rows when VEC > 1 (checked by the launcher).
+template <typename T, int NT, int VEC, int RW>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* __restrict__ x,
+                                                                const T* __restrict__ w,
+                                                                const float* __restrict__ bias,
+                                                                float* __restrict__ y, int64_t m, int64_t k) {
+  constexpr int U = RW >= 4 ? 1 : 4 / RW;  // vectors in flight per lane: U * RW = 4
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int warp = threadIdx.x / kWarp;
+  const int64_t row0 = (int64_t(blockIdx.x) * kGemvWarps + warp) * RW;
+  if (row0 >= m) return;
+  const T* wr[RW];
+#pragma unroll
+  for (int r = 0; r < RW; ++r) wr[r] = w + (row0 + r < m ? row0 + r : m - 1) * k;  // clamp: read, never write
+
+  float acc[RW][NT];
+#pragma unroll
+  for (int r = 0; r < RW; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = 0.f;
+
+  const int64_t step = int64_t(kWarp) * VEC;
+  int64_t c = int64_t(lane) * VEC;
+  for (; c + (U - 1) * step < k; c += U * step) {
+    RawVec<T, VEC> raw[U][RW];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < RW; ++r) raw[u][r].load(wr[r] + c + u * step);
+#pragma unroll
+    for (int u = 0; u < U; ++u) gemv_step<T, NT, VEC, RW>(acc, raw[u], x, c + u * step, k);
+  }
+  for (; c < k; c += step) {
+    RawVec<T, VEC> raw[RW];
+#pragma unroll
+    for (int r = 0; r < RW; ++r) raw[r].load(wr[r] + c);
+    gemv_step<T, NT, VEC, RW>(acc, raw, x, c, k);
+  }
+
+#pragma unroll
+  for (int r = 0; r < RW; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = warp_sum(acc[r][t]);
+  // Every lane now holds every sum; lane r*NT + t stores (r, t) so the stores go out in parallel.
+#pragma unroll
+  for (int r = 0; r < RW; ++r) {
+    const int64_t row = row0 + r;
+#pragma unroll
+    for (int t = 0; t < NT; ++t)
+      if (lane == (r * NT + t) % kWarp && row < m) y[t * m + row] = acc[r][t] + (bias ? bias[row] : 0.f);
+  }
+}
+
+template <typename T, int VEC, int NT>
+void launch_gemv_nt(Context& ctx, const MatmulParams& p) {
+  // More rows per warp as the token count grows, so each x load feeds more weight vectors.
+  constexpr int RW = NT <= 2 ? 1 : NT <= 4 ? 2 : 4;
+  const int64_t m = p.w.rows, k = p.w.cols;
+  const int64_t rows_per_block = int64_t(kGemvWarps) * RW;
+  const int64_t blocks = (m + rows_per_block - 1) / rows_per_block;
+  if (blocks > INT_MAX) raise(ErrorKind::kUnsupported, "cuda matmul: ", m, " output rows is too many for one launch");
+  gemv_kernel<T, NT, VEC, RW><<<unsigned(blocks), kGemvWarps * kWarp, 0, ctx.stream>>>(
+      p.x, static_cast<const T*>(p.w.data), p.bias, p.y, m, k);
+  LATHE_CUDA_CHECK_LAUNCH("gemv_kernel");
+}
+
+template <typename T, int VEC>
+void launch_gemv(Context& ctx, const MatmulParams& p) {
+  switch (p.n) {
+    case 1: return launch_gemv_nt<T, VEC, 1>(ctx, p);
+    case 2: return launch_gemv_nt<T, VEC, 2>(ctx, p);
+    case 3: return launch_gemv_nt<T, VEC, 3>(ctx, p);
+    case 4: return launch_gemv_nt<T, VEC, 4>(ctx, p);
+    case 5: return launch_gemv_nt<T, VEC, 5>(ctx, p);
+    case 6: return launch_gemv_nt<T, VEC, 6>(ctx, p);
+    case 7: return launch_gemv_nt<T, VEC, 7>(ctx, p);
+    case 8: return launch_gemv_nt<T, VEC, 8>(ctx, p);
+    default: raise(ErrorKind::kInternal, "cuda gemv: n=", p.n, " is above the GEMV limit");
+  }
+}
+
+template <typename T, int VEC>
+void gemv_vec_or_scalar(Context& ctx, const MatmulParams& p) {
+  const int64_t k = p.w.cols;
+  const bool vec = k % VEC == 0 && aligned16(p.w.data) && aligned16(p.x);
+  if (vec) launch_gemv<T, VEC>(ctx, p);
+  else launch_gemv<T, 1>(ctx, p);
+}
+
+// ---- cuBLAS path helpers ---------------------------------------------------------------------
+
+__global__ void fill_bias_kernel(float* __restrict__ y, const float* __restrict__ bias, int64_t n, int64_t m) {
+  const int64_t total = n * m;
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
+    y[i] = bias ? bias[i % m] : 0.f;
+}
+
+template <typename T>
+__device__ __forceinline__ T round_to(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else return __float2half_rn(v);
+}
+template <typename T>
+__device__ __forceinline__ float widen(T v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else return __half2float(v);
+}
+
+// out = round(x); with lo: lo = round(x - round(x)), so hi + lo carries ~16 mantissa bits (bf16)
+// and W.hi + W.lo is float32-accurate up to the accumulation order.
+template <typename T>
+__global__ void round_x_kernel(const float* __restrict__ x, T* __restrict__ out, T* __restrict__ lo, int64_t total) {
+  for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x) {
+    const T hi = round_to<T>(x[i]);
+    out[i] = hi;
+    if (lo) lo[i] = round_to<T>(x[i] - widen(hi));
+  }
+}
+
+void fill_bias(Context& ctx, float* y, const float* bias, int64_t n, int64_t m) {
+  fill_bias_kernel<<<elementwise_blocks(n * m, 256), 256, 0, ctx.stream>>>(y, bias, n, m);
+  LATHE_CUDA_CHECK_LAUNCH("fill_bias_kernel");
+}
+
+void cublas_matmul(Context& ctx, const MatmulParams& p) {
+  const int64_t m = p.w.rows, k = p.w.cols, n = p.n;
+  if (m > INT_MAX || k > INT_MAX || n > INT_MAX)
+    raise(ErrorKind::kUnsupported, "cuda matmul: shape n=", n, " m=", m, " k=", k, " exceeds cuBLAS int dimensions");
+  // Bias first, then C = A B + 1 * C: one pass over y for the bias, no epilogue kernel after.
+  const float alpha = 1.f;
+  const float beta = p.bias ? 1.f : 0.f;
+  if (p.bias) fill_bias(ctx, p.y, p.bias, n, m);
+  if (p.w.dtype == DType::kF32) {
+    LATHE_CUBLAS_CHECK(cublasSgemm(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha,
+                                   static_cast<const float*>(p.w.data), int(k), p.x, int(k), &beta, p.y, int(m)));
+    return;
+  }
+  const bool bf16 = p.w.dtype == DType::kBF16;
+  const bool split = ctx.exact_matmul;
+  char* xs = static_cast<char*>(ctx.scratch(Scratch::kMatmulX, size_t(n * k) * 2 * (split ? 2 : 1)));
+  char* lo = split ? xs + size_t(n * k) * 2 : nullptr;
+  if (bf16)
+    round_x_kernel<<<elementwise_blocks(n * k, 256), 256, 0, ctx.stream>>>(
+        p.x, reinterpret_cast<__nv_bfloat16*>(xs), reinterpret_cast<__nv_bfloat16*>(lo), n * k);
+  else
+    round_x_kernel<<<elementwise_blocks(n * k, 256), 256, 0, ctx.stream>>>(p.x, reinterpret_cast<__half*>(xs),
+                                                                            reinterpret_cast<__half*>(lo), n * k);
+  LATHE_CUDA_CHECK_LAUNCH("round_x_kernel");
+  const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
+  LATHE_CUBLAS_CHECK(cublasGemmEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha, p.w.data, type,
+                                  int(k), xs, type, int(k), &beta, p.y, CUDA_R_32F, int(m), CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+  if (split) {  // + W . lo: the part of x that bf16 rounding dropped
+    const float one = 1.f;
+    LATHE_CUBLAS_CHECK(cublasGemmEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha, p.w.data,
+                                    type, int(k), lo, type, int(k), &one, p.y, CUDA_R_32F, int(m),
+                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+  }
+}
+
+}  // namespace
+
+void matmul(Context& ctx, const MatmulParams& p) {
+  const int64_t m = p.w.rows, k = p.w.cols;
+  if (p.n < 0 || m < 0 || k < 0) raise(ErrorKind::kInvalidArgument, "cuda matmul: negative shape");
+  if (p.w.dtype != DType::kF32 && p.w.dtype != DType::kF16 && p.w.dtype != DType::kBF16)
+    raise(ErrorKind::kUnsupported, "cuda matmul: weight dtype ", dtype_name(p.w.dtype), " is not supported");
+  if (p.n == 0 || m == 0) return;
+  if (k == 0) return fill_bias(ctx, p.y, p.bias, p.n, m);  // empty sum: y = bias (or 0)
+  if (p.n > kGemvMaxTokens) return cublas_matmul(ctx, p);
+  switch (p.w.dtype) {
+    case DType::kF32: return gemv_vec_or_scalar<float, 4>(ctx, p);
+    case DType::kF16: return gemv_vec_or_scalar<F16, 8>(ctx, p);
+    default: return gemv_vec_or_scalar<Bf16, 8>(ctx, p);
+  }
+}
+
+}  // namespace lathe::ops::cuda

@@ -1,0 +1,92 @@
+// rms_norm and rope for the CUDA backend.
+//
+// rms_norm: one block per row (threads = the row length rounded up to a warp, at most 256), fp32
+// sum of squares reduced warp-then-block; y may alias x because each thread rereads exactly the
+// elements it later writes. The expression order matches the reference: (x * inv) * (offset + w).
+// rope: one thread per rotated pair (i, i + rot_dim/2) of each head; the pass-through tail of a
+// partial-rotary head is never touched.
+#include <algorithm>
+#include <climits>
+
+#include "ops/cuda/check.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_internal.h"
+
+namespace lathe::ops::cuda {
+namespace {
+
+template <typename T>
+__global__ void rms_norm_kernel(const float* x, const T* __restrict__ w, float* y, int64_t dim, float eps,
+                                float offset) {
+  __shared__ float partial[32];
+  const float* xr = x + int64_t(blockIdx.x) * dim;
+  float* yr = y + int64_t(blockIdx.x) * dim;
+  float ss = 0.f;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  ss = warp_sum(ss);
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
+  if (lane == 0) partial[warp] = ss;
+  __syncthreads();
+  if (warp == 0) {
+    float v = lane < warps ? partial[lane] : 0.f;
+    v = warp_sum(v);
+    if (lane == 0) partial[0] = v;
+  }
+  __syncthreads();
+  const float inv = 1.f / sqrtf(partial[0] / float(dim) + eps);
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * inv * (offset + widen(w[i]));
+}
+
+__global__ void rope_kernel(float* __restrict__ x, const float* __restrict__ cos, const float* __restrict__ sin,
+                            int64_t n, int64_t n_heads, int64_t head_dim, int64_t half) {
+  const int64_t total = n * n_heads * half;
+  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
+       idx += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t i = idx % half, head = idx / half, t = head / n_heads;
+    float* xh = x + head * head_dim;
+    const float c = cos[t * half + i], s = sin[t * half + i];
+    const float a = xh[i], b = xh[i + half];
+    xh[i] = a * c - b * s;
+    xh[i + half] = b * c + a * s;
+  }
+}
+
+}  // namespace
+
+void rms_norm(Context& ctx, const RmsNormParams& p) {
+  if (p.n <= 0 || p.dim <= 0) return;
+  if (p.w.cols != p.dim)
+    raise(ErrorKind::kInvalidArgument, "cuda rms_norm: weight has ", p.w.cols, " columns, dim is ", p.dim);
+  if (p.n > INT_MAX) raise(ErrorKind::kUnsupported, "cuda rms_norm: ", p.n, " rows is too many for one launch");
+  const int threads = int(std::min<int64_t>(256, (p.dim + kWarp - 1) / kWarp * kWarp));
+  const unsigned blocks = unsigned(p.n);
+  switch (p.w.dtype) {
+    case DType::kF32:
+      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(p.x, static_cast<const float*>(p.w.data), p.y, p.dim,
+                                                          p.eps, p.weight_offset);
+      break;
+    case DType::kF16:
+      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(p.x, static_cast<const F16*>(p.w.data), p.y, p.dim, p.eps,
+                                                          p.weight_offset);
+      break;
+    case DType::kBF16:
+      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(p.x, static_cast<const Bf16*>(p.w.data), p.y, p.dim,
+                                                          p.eps, p.weight_offset);
+      break;
+    default: raise(ErrorKind::kUnsupported, "cuda rms_norm: weight dtype ", dtype_name(p.w.dtype), " is not supported");
+  }
+  LATHE_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void rope(Context& ctx, const RopeParams& p) {
+  const int64_t half = p.rot_dim / 2;
+  if (p.n <= 0 || p.n_heads <= 0 || half <= 0) return;
+  if (p.rot_dim > p.head_dim || p.rot_dim % 2 != 0)
+    raise(ErrorKind::kInvalidArgument, "cuda rope: rot_dim ", p.rot_dim, " must be even and <= head_dim ", p.head_dim);
+  const int64_t total = p.n * p.n_heads * half;
+  rope_kernel<<<elementwise_blocks(total, 256), 256, 0, ctx.stream>>>(p.x, p.cos, p.sin, p.n, p.n_heads, p.head_dim,
+                                                                       half);
+  LATHE_CUDA_CHECK_LAUNCH("rope_kernel");
+}
+
+}  // namespace lathe::ops::cuda

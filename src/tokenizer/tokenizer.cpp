@@ -1,0 +1,226 @@
+// Tokenizer: loading tokenizer.json (+ tokenizer_config.json) and the encode/decode pipelines.
+#include "tokenizer.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "core/error.h"
+#include "tokenizer_impl.h"
+#include "unicode.h"
+
+namespace lathe::tok {
+
+using detail::json;
+
+namespace detail {
+
+const std::string* TokenizerImpl::token_of(int32_t id) const {
+  if (auto it = added_by_id.find(id); it != added_by_id.end()) return &added[it->second].content;
+  return model->id_to_token(id);
+}
+
+bool TokenizerImpl::is_special(int32_t id) const {
+  auto it = added_by_id.find(id);
+  return it != added_by_id.end() && added[it->second].special;
+}
+
+namespace {
+
+json parse_json(const std::string& text, const char* what) {
+  try {
+    return json::parse(text);
+  } catch (const json::parse_error& e) {
+    fail(ErrorKind::kFormat, "{} is not valid JSON: {} (re-download the tokenizer files)", what, e.what());
+  }
+}
+
+// tokenizer_config.json writes special tokens as a string or as {"content": ...}.
+std::string config_token(const json& cfg, const char* key) {
+  if (!cfg.is_object() || !cfg.contains(key)) return "";
+  const json& v = cfg.at(key);
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content") && v.at("content").is_string())
+    return v.at("content").get<std::string>();
+  return "";
+}
+
+void build(TokenizerImpl& t, const json& j, const json& cfg) {
+  if (!j.is_object()) fail(ErrorKind::kFormat, "tokenizer.json must hold a JSON object");
+  t.model = make_model(require(j, "model", "tokenizer.json"));
+  t.normalizer = make_normalizer(j.value("normalizer", json()));
+  t.pre_tokenizer = make_pre_tokenizer(j.value("pre_tokenizer", json()));
+  t.post_processor = make_post_processor(j.value("post_processor", json()));
+  t.decoder = make_decoder(j.value("decoder", json()));
+
+  int32_t max_id = t.model->id_bound() - 1;
+  if (j.contains("added_tokens") && j.at("added_tokens").is_array()) {
+    for (const auto& a : j.at("added_tokens")) {
+      AddedToken tok;
+      tok.content = require(a, "content", "added token").get<std::string>();
+      tok.id = require(a, "id", "added token").get<int32_t>();
+      tok.single_word = a.value("single_word", false);
+      tok.lstrip = a.value("lstrip", false);
+      tok.rstrip = a.value("rstrip", false);
+      tok.special = a.value("special", false);
+      tok.normalized = a.value("normalized", !tok.special);
+      t.added.push_back(std::move(tok));
+    }
+  }
+  for (size_t k = 0; k < t.added.size(); ++k) {
+    const AddedToken& tok = t.added[k];
+    t.added_by_id[tok.id] = k;
+    t.added_by_content[tok.content] = tok.id;
+    max_id = std::max(max_id, tok.id);
+    if (tok.normalized) {
+      std::string pattern = tok.content;
+      if (t.normalizer) t.normalizer->normalize(pattern);
+      t.normalized_matcher.add(std::move(pattern), &tok);
+    } else {
+      t.raw_matcher.add(tok.content, &tok);
+    }
+  }
+  t.vocab_size = max_id + 1;
+
+  auto lookup = [&](const std::string& s) -> std::optional<int32_t> {
+    if (s.empty()) return std::nullopt;
+    if (auto it = t.added_by_content.find(s); it != t.added_by_content.end()) return it->second;
+    return t.model->token_to_id(s);
+  };
+  t.bos_token = config_token(cfg, "bos_token");
+  t.eos_token = config_token(cfg, "eos_token");
+  t.bos_id = lookup(t.bos_token);
+  t.eos_id = lookup(t.eos_token);
+  if (t.bos_token.empty() && t.post_processor) {
+    // No config: the first special token the post-processor prepends is the BOS.
+    auto pre = t.post_processor->prefix_ids();
+    if (!pre.empty()) {
+      t.bos_id = pre.front();
+      if (const auto* s = t.token_of(pre.front())) t.bos_token = *s;
+    }
+  }
+  if (cfg.is_object()) {
+    t.add_bos = cfg.value("add_bos_token", false);
+    t.add_eos = cfg.value("add_eos_token", false);
+  }
+}
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) fail(ErrorKind::kIo, "cannot open {}: check the path and its permissions", p.string());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+}  // namespace
+}  // namespace detail
+
+Tokenizer Tokenizer::from_json(const std::string& tokenizer_json, const std::string& config_json) {
+  auto impl = std::make_shared<detail::TokenizerImpl>();
+  json j = detail::parse_json(tokenizer_json, "tokenizer.json");
+  json cfg = config_json.empty() ? json() : detail::parse_json(config_json, "tokenizer_config.json");
+  try {
+    detail::build(*impl, j, cfg);
+  } catch (const json::exception& e) {
+    fail(ErrorKind::kFormat, "tokenizer.json has an unexpected structure: {}", e.what());
+  }
+  return Tokenizer(std::move(impl));
+}
+
+Tokenizer Tokenizer::load(const std::filesystem::path& dir) {
+  auto tj = dir / "tokenizer.json";
+  if (!std::filesystem::exists(tj))
+    fail(ErrorKind::kNotFound, "no tokenizer.json in {}: point at a Hugging Face model folder that "
+         "holds one (older sentencepiece-only models need converting with transformers first)",
+         dir.string());
+  auto cj = dir / "tokenizer_config.json";
+  std::string cfg = std::filesystem::exists(cj) ? detail::read_file(cj) : std::string();
+  try {
+    return from_json(detail::read_file(tj), cfg);
+  } catch (const Error& e) {
+    throw Error(e.kind(), fmt::format("{} ({})", e.what(), dir.string()));
+  }
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view input, bool add_special, bool parse_special) const {
+  const auto& t = *impl_;
+  std::string lossy;
+  if (!detail::is_valid_utf8(input)) {
+    lossy = detail::utf8_lossy(input);
+    input = lossy;
+  }
+  std::vector<int32_t> ids;
+  std::vector<detail::Piece> pieces;
+  auto model_pieces = [&](std::string text, bool at_start) {
+    pieces.clear();
+    pieces.push_back({std::move(text), at_start});
+    if (t.pre_tokenizer) t.pre_tokenizer->pre_tokenize(pieces);
+    for (const auto& p : pieces) t.model->tokenize(p.text, ids);
+  };
+  for (const auto& seg : t.raw_matcher.split(input, !parse_special)) {
+    if (seg.id >= 0) {
+      ids.push_back(seg.id);
+      continue;
+    }
+    std::string text(input.substr(seg.b, seg.e - seg.b));
+    bool at_start = seg.b == 0;
+    if (t.normalizer) t.normalizer->normalize(text);
+    if (t.normalized_matcher.empty()) {
+      if (!text.empty()) model_pieces(std::move(text), at_start);
+      continue;
+    }
+    for (const auto& sub : t.normalized_matcher.split(text, !parse_special)) {
+      if (sub.id >= 0) ids.push_back(sub.id);
+      else model_pieces(text.substr(sub.b, sub.e - sub.b), at_start && sub.b == 0);
+    }
+  }
+  if (add_special && t.post_processor) t.post_processor->process(ids);
+  return ids;
+}
+
+std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) const {
+  const auto& t = *impl_;
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (int32_t id : ids) {
+    const std::string* s = t.token_of(id);
+    if (!s) continue;  // HF skips ids it does not know
+    if (skip_special && t.is_special(id)) continue;
+    tokens.push_back(*s);
+  }
+  if (!t.decoder) {
+    std::string out;
+    for (size_t k = 0; k < tokens.size(); ++k) {
+      if (k) out += ' ';
+      out += tokens[k];
+    }
+    return out;
+  }
+  t.decoder->decode_chain(tokens);
+  std::string out;
+  for (const auto& s : tokens) out += s;
+  return out;
+}
+
+int32_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
+
+std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
+  if (auto it = impl_->added_by_content.find(token); it != impl_->added_by_content.end()) return it->second;
+  return impl_->model->token_to_id(token);
+}
+
+std::string Tokenizer::id_to_token(int32_t id) const {
+  const std::string* s = impl_->token_of(id);
+  if (!s) fail(ErrorKind::kInvalidArgument, "token id {} is not in the vocabulary (size {})", id, vocab_size());
+  return *s;
+}
+
+bool Tokenizer::is_special(int32_t id) const { return impl_->is_special(id); }
+std::optional<int32_t> Tokenizer::bos_id() const { return impl_->bos_id; }
+std::optional<int32_t> Tokenizer::eos_id() const { return impl_->eos_id; }
+std::string Tokenizer::bos_token() const { return impl_->bos_id ? impl_->bos_token : std::string(); }
+std::string Tokenizer::eos_token() const { return impl_->eos_id ? impl_->eos_token : std::string(); }
+bool Tokenizer::add_bos_token() const { return impl_->add_bos; }
+bool Tokenizer::add_eos_token() const { return impl_->add_eos; }
+
+}  // namespace lathe::tok

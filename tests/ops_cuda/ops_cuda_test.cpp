@@ -1,0 +1,612 @@
+// Parity of the CUDA backend against the scalar reference: every Ops method on fresh seeded random
+// inputs (odd shapes, every weight dtype, GQA/MQA ratios, head dims, windows, soft-capping, decode
+// against long caches and full prefill), plus device memory round trips and errors. Skips (loudly)
+// when no GPU is present.
+//
+// Criterion, as in tests/ops: err = max|cuda - ref| / max(max|ref|, 1e-3), printed per test as
+// "[ worst ] <test>: <err> at <case>". Tolerances:
+//   * 1e-4 for matmul and attention (fp32 math vs the double-accumulating reference).
+//   * matmul with n > 8 and BF16/F16 weights runs cuBLAS on activations rounded to the weight dtype
+//     (by design: tensor cores, fp32 accumulate). There the reference is computed on x rounded the
+//     same way, so the comparison isolates the GEMM itself and stays at 1e-4.
+//   * 1e-5 for rms_norm / rope / embedding / glu / softcap / gather / scatter, 0 for add.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "core/error.h"
+#include "ops/ops.h"
+
+namespace lathe::ops {
+namespace {
+
+constexpr double kMatmulTol = 1e-4;
+constexpr double kAttentionTol = 1e-4;
+constexpr double kElementTol = 1e-5;
+
+std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(n);
+  for (auto& x : v) x = dist(rng);
+  return v;
+}
+
+struct HostWeight {
+  std::vector<float> f32;
+  std::vector<uint16_t> half;
+  Weight w;  // host pointer
+  size_t bytes() const { return w.dtype == DType::kF32 ? f32.size() * 4 : half.size() * 2; }
+};
+
+HostWeight random_weight(std::mt19937& rng, int64_t rows, int64_t cols, DType dtype, float lo = -1.f, float hi = 1.f) {
+  HostWeight hw;
+  hw.f32 = random_floats(rng, size_t(rows * cols), lo, hi);
+  hw.w.rows = rows;
+  hw.w.cols = cols;
+  hw.w.dtype = dtype;
+  if (dtype == DType::kF32) {
+    hw.w.data = hw.f32.data();
+  } else {
+    hw.half.resize(hw.f32.size());
+    for (size_t i = 0; i < hw.f32.size(); ++i)
+      hw.half[i] = dtype == DType::kBF16 ? f32_to_bf16(hw.f32[i]) : f32_to_f16(hw.f32[i]);
+    hw.w.data = hw.half.data();
+  }
+  return hw;
+}
+
+template <typename T>
+Buffer upload(Ops& ops, const std::vector<T>& v) {
+  Buffer b(ops, v.size() * sizeof(T));
+  ops.copy_to_backend(b.data(), v.data(), v.size() * sizeof(T));
+  return b;
+}
+
+std::vector<float> download(Ops& ops, const void* src, size_t n) {
+  std::vector<float> out(n, NAN);
+  ops.copy_to_host(out.data(), src, n * sizeof(float));
+  return out;
+}
+
+// A weight copied to the device; .w points at device memory.
+struct DeviceWeight {
+  Buffer buf;
+  Weight w;
+};
+DeviceWeight upload(Ops& ops, const HostWeight& hw) {
+  DeviceWeight d;
+  d.buf = Buffer(ops, hw.bytes());
+  ops.copy_to_backend(d.buf.data(), hw.w.data, hw.bytes());
+  d.w = hw.w;
+  d.w.data = d.buf.data();
+  return d;
+}
+
+double rel_error(const std::vector<float>& got, const std::vector<float>& ref) {
+  double max_err = 0, max_ref = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (std::isnan(got[i]) != std::isnan(ref[i])) return INFINITY;
+    max_err = std::max(max_err, std::abs(double(got[i]) - double(ref[i])));
+    max_ref = std::max(max_ref, std::abs(double(ref[i])));
+  }
+  return max_err / std::max(max_ref, 1e-3);
+}
+
+struct Worst {
+  std::string test, where;
+  double err = 0;
+  int cases = 0;
+  explicit Worst(std::string name) : test(std::move(name)) {}
+  void check(double e, double tol, const std::string& what) {
+    ++cases;
+    EXPECT_LE(e, tol) << what;
+    if (e > err || where.empty()) {
+      err = std::max(err, e);
+      where = what;
+    }
+  }
+  ~Worst() { std::printf("[ worst ] %s: %.3g at %s (%d cases)\n", test.c_str(), err, where.c_str(), cases); }
+};
+
+class CudaParity : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device (cudaGetDeviceCount found none): CUDA tests skipped";
+    cuda = make_cuda_ops();
+    ASSERT_NE(cuda, nullptr) << "a GPU is present but the CUDA backend failed to start (see stderr)";
+  }
+  std::unique_ptr<Ops> cuda;
+  std::unique_ptr<Ops> ref = make_ref_ops();
+  std::mt19937 rng{1234};
+};
+
+TEST_F(CudaParity, Name) { EXPECT_STREQ(cuda->name(), "cuda"); EXPECT_FALSE(cuda->host_memory()); }
+
+// ---- memory ---------------------------------------------------------------------------------
+
+TEST_F(CudaParity, MemoryRoundTripsAndZeroFill) {
+  for (size_t n : {size_t(1), size_t(3), size_t(1000), size_t(1) << 20}) {
+    Buffer z(*cuda, n * sizeof(float));
+    const auto zeros = download(*cuda, z.data(), n);
+    EXPECT_TRUE(std::all_of(zeros.begin(), zeros.end(), [](float v) { return v == 0.f; })) << "alloc not zeroed, n=" << n;
+    const auto src = random_floats(rng, n);
+    Buffer a = upload(*cuda, src);
+    EXPECT_EQ(download(*cuda, a.data(), n), src) << "H2D/D2H round trip, n=" << n;
+    // D2D into the middle of a bigger buffer (unaligned offset), then back.
+    Buffer b(*cuda, (n + 5) * sizeof(float));
+    cuda->copy(b.f32() + 3, a.data(), n * sizeof(float));
+    const auto back = download(*cuda, b.data(), n + 5);
+    EXPECT_EQ(std::vector<float>(back.begin() + 3, back.begin() + 3 + long(n)), src) << "D2D copy, n=" << n;
+    EXPECT_EQ(back[0], 0.f);
+    EXPECT_EQ(back[n + 4], 0.f);
+  }
+  Buffer empty(*cuda, 0);
+  EXPECT_NE(empty.data(), nullptr);
+  cuda->copy_to_backend(empty.data(), nullptr, 0);
+  cuda->synchronize();
+}
+
+TEST_F(CudaParity, OutOfMemoryIsOutOfRangeAndRecoverable) {
+  try {
+    Buffer huge(*cuda, size_t(1) << 50);  // 1 PiB
+    ADD_FAILURE() << "a 1 PiB allocation succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kOutOfRange) << e.what();
+    EXPECT_NE(std::string(e.what()).find("MiB"), std::string::npos) << e.what();
+    std::printf("[ info ] OOM message: %s\n", e.what());
+  }
+  // The backend keeps working afterwards.
+  const auto src = random_floats(rng, 100);
+  Buffer a = upload(*cuda, src);
+  cuda->add(a.f32(), a.f32(), 100);
+  const auto got = download(*cuda, a.data(), 100);
+  for (size_t i = 0; i < src.size(); ++i) EXPECT_EQ(got[i], src[i] + src[i]);
+}
+
+// ---- matmul ---------------------------------------------------------------------------------
+
+float round_to(DType dt, float v) {
+  if (dt == DType::kBF16) return bf16_to_f32(f32_to_bf16(v));
+  if (dt == DType::kF16) return f16_to_f32(f32_to_f16(v));
+  return v;
+}
+
+void check_matmul(Ops& cuda, Ops& ref, std::mt19937& rng, Worst& worst, int64_t n, int64_t m, int64_t k, DType dtype,
+                  bool with_bias, bool fast = false) {
+  const HostWeight w = random_weight(rng, m, k, dtype);
+  const std::vector<float> x = random_floats(rng, size_t(n * k));
+  const std::vector<float> bias = random_floats(rng, size_t(m));
+  // The fast cuBLAS path (n > 8, 16-bit weights, exact_matmul off) rounds x to the weight dtype:
+  // compare like with like. The exact path (default) splits x into hi + lo and must match unrounded.
+  std::vector<float> x_ref = x;
+  const bool rounded = fast && n > 8 && dtype != DType::kF32;
+  if (rounded)
+    for (auto& v : x_ref) v = round_to(dtype, v);
+  std::vector<float> y_ref(size_t(n * m), NAN);
+  MatmulParams p;
+  p.x = x_ref.data();
+  p.w = w.w;
+  p.bias = with_bias ? bias.data() : nullptr;
+  p.n = n;
+  p.y = y_ref.data();
+  ref.matmul(p);
+
+  DeviceWeight dw = upload(cuda, w);
+  Buffer dx = upload(cuda, x), db = upload(cuda, bias);
+  Buffer dy(cuda, size_t(n * m) * sizeof(float));
+  p.x = dx.f32();
+  p.w = dw.w;
+  p.bias = with_bias ? db.f32() : nullptr;
+  p.y = dy.f32();
+  cuda.matmul(p);
+  worst.check(rel_error(download(cuda, dy.data(), size_t(n * m)), y_ref), kMatmulTol,
+              "n=" + std::to_string(n) + " m=" + std::to_string(m) + " k=" + std::to_string(k) + " " +
+                  dtype_name(dtype) + (with_bias ? " bias" : "") + (rounded ? " (x rounded)" : ""));
+}
+
+TEST_F(CudaParity, MatmulOddShapesAllDtypes) {
+  Worst worst("matmul odd shapes");
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t k : {1, 3, 17, 257, 1000})
+      for (int64_t n : {1, 2, 3, 4, 5, 6, 7, 8, 9, 17, 130})
+        for (int64_t m : {1, 17, 131})
+          for (bool bias : {false, true}) check_matmul(*cuda, *ref, rng, worst, n, m, k, dt, bias);
+}
+
+TEST_F(CudaParity, MatmulLongReductionAndModelShapes) {
+  Worst worst("matmul long k / model shapes");
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16}) {
+    for (int64_t n : {1, 2, 4, 8, 9, 33}) check_matmul(*cuda, *ref, rng, worst, n, 67, 4096, dt, n % 2 == 1);
+    check_matmul(*cuda, *ref, rng, worst, 3, 1001, 2048, dt, true);
+  }
+  check_matmul(*cuda, *ref, rng, worst, 1, 4096, 1024, DType::kBF16, false);
+  check_matmul(*cuda, *ref, rng, worst, 512, 768, 256, DType::kBF16, false);
+  check_matmul(*cuda, *ref, rng, worst, 200, 256, 768, DType::kBF16, true);
+  check_matmul(*cuda, *ref, rng, worst, 130, 250, 1000, DType::kF32, true);
+}
+
+TEST_F(CudaParity, MatmulFastPathRoundsActivations) {
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  ASSERT_TRUE(fast);
+  Worst worst("matmul fast (bf16/f16 x)");
+  for (DType dt : {DType::kF16, DType::kBF16})
+    for (int64_t n : {9, 33, 130})
+      for (int64_t k : {17, 1000, 4096}) check_matmul(*fast, *ref, rng, worst, n, 67, k, dt, n % 2 == 1, /*fast=*/true);
+  check_matmul(*fast, *ref, rng, worst, 512, 768, 256, DType::kBF16, false, true);
+}
+
+TEST_F(CudaParity, MatmulUnalignedOperandsTakeScalarPath) {
+  // x starting one float into a buffer: the 16-byte GEMV loads are not allowed and must not be used.
+  Worst worst("matmul unaligned x");
+  for (DType dt : {DType::kF32, DType::kBF16}) {
+    const int64_t n = 3, m = 40, k = 64;
+    const HostWeight w = random_weight(rng, m, k, dt);
+    const std::vector<float> x = random_floats(rng, size_t(n * k));
+    std::vector<float> y_ref(size_t(n * m));
+    MatmulParams p;
+    p.x = x.data();
+    p.w = w.w;
+    p.n = n;
+    p.y = y_ref.data();
+    ref->matmul(p);
+    std::vector<float> padded(x.size() + 1, 0.f);
+    std::copy(x.begin(), x.end(), padded.begin() + 1);
+    Buffer dx = upload(*cuda, padded);
+    DeviceWeight dw = upload(*cuda, w);
+    Buffer dy(*cuda, size_t(n * m) * sizeof(float));
+    p.x = dx.f32() + 1;
+    p.w = dw.w;
+    p.y = dy.f32();
+    cuda->matmul(p);
+    worst.check(rel_error(download(*cuda, dy.data(), size_t(n * m)), y_ref), kMatmulTol, dtype_name(dt));
+  }
+}
+
+// ---- attention ------------------------------------------------------------------------------
+
+struct AttnCase {
+  int64_t n, kv_len, heads, kv_heads, head_dim, window;
+  float softcap;
+  int64_t kv_offset = 0;  // floats the cache starts into its buffer (misaligned K/V)
+};
+
+void check_attention(Ops& cuda, Ops& ref, std::mt19937& rng, Worst& worst, const AttnCase& c) {
+  const int64_t cap = c.kv_len + 3;  // ops must read only the first kv_len rows
+  const std::vector<float> q = random_floats(rng, size_t(c.n * c.heads * c.head_dim), -2.f, 2.f);
+  const std::vector<float> k = random_floats(rng, size_t(cap * c.kv_heads * c.head_dim + c.kv_offset), -2.f, 2.f);
+  const std::vector<float> v = random_floats(rng, size_t(cap * c.kv_heads * c.head_dim + c.kv_offset));
+  std::vector<float> o_ref(q.size(), NAN);
+  AttentionParams p;
+  p.q = q.data();
+  p.k = k.data() + c.kv_offset;
+  p.v = v.data() + c.kv_offset;
+  p.n = c.n;
+  p.kv_len = c.kv_len;
+  p.n_heads = c.heads;
+  p.n_kv_heads = c.kv_heads;
+  p.head_dim = c.head_dim;
+  p.scale = 1.f / std::sqrt(float(c.head_dim));
+  p.softcap = c.softcap;
+  p.window = c.window;
+  p.out = o_ref.data();
+  ref.attention(p);
+
+  Buffer dq = upload(cuda, q), dk = upload(cuda, k), dv = upload(cuda, v);
+  Buffer dout(cuda, q.size() * sizeof(float));
+  p.q = dq.f32();
+  p.k = dk.f32() + c.kv_offset;
+  p.v = dv.f32() + c.kv_offset;
+  p.out = dout.f32();
+  cuda.attention(p);
+  char what[200];
+  std::snprintf(what, sizeof what, "n=%lld kv=%lld heads=%lld/%lld d=%lld window=%lld softcap=%g%s", (long long)c.n,
+                (long long)c.kv_len, (long long)c.heads, (long long)c.kv_heads, (long long)c.head_dim,
+                (long long)c.window, c.softcap, c.kv_offset ? " misaligned" : "");
+  worst.check(rel_error(download(cuda, dout.data(), q.size()), o_ref), kAttentionTol, what);
+}
+
+TEST_F(CudaParity, AttentionGqaHeadDimsWindowsSoftcap) {
+  Worst worst("attention");
+  // (heads, kv_heads): MHA, GQA 2/4/8, MQA, odd MQA.
+  const int64_t head_configs[][2] = {{2, 2}, {4, 2}, {8, 2}, {16, 2}, {8, 1}, {3, 1}};
+  // (n, kv_len): decode against a cache, small chunk, chunked prefill, full prefill.
+  const int64_t lengths[][2] = {{1, 300}, {3, 90}, {20, 150}, {70, 70}};
+  for (int64_t hd : {16, 64, 80, 96, 128, 256})
+    for (const auto& h : head_configs)
+      for (const auto& len : lengths)
+        for (int64_t window : {0, 17})
+          for (float softcap : {0.f, 5.f}) {
+            if ((window || softcap > 0) && hd != 64 && hd != 80 && len[0] != 20) continue;
+            check_attention(*cuda, *ref, rng, worst, {len[0], len[1], h[0], h[1], hd, window, softcap});
+          }
+}
+
+TEST_F(CudaParity, AttentionDecodeLongContext) {
+  Worst worst("attention decode (split-KV)");
+  for (int64_t n : {1, 2, 3, 4})
+    for (int64_t kv : {1, 33, 1000, 5000}) {
+      if (kv < n) continue;
+      check_attention(*cuda, *ref, rng, worst, {n, kv, 8, 2, 128, 0, 0.f});
+      if (kv >= 1000) check_attention(*cuda, *ref, rng, worst, {n, kv, 4, 1, 64, 300, 0.f});
+    }
+  check_attention(*cuda, *ref, rng, worst, {1, 5000, 32, 8, 128, 0, 0.f});
+  check_attention(*cuda, *ref, rng, worst, {1, 4096, 8, 8, 256, 0, 30.f});
+  check_attention(*cuda, *ref, rng, worst, {1, 3000, 16, 2, 80, 1024, 0.f});
+  check_attention(*cuda, *ref, rng, worst, {2, 2500, 12, 4, 96, 0, 0.f});
+}
+
+TEST_F(CudaParity, AttentionPrefill) {
+  Worst worst("attention prefill");
+  for (int64_t n : {1, 2, 31, 32, 33, 130, 300})
+    check_attention(*cuda, *ref, rng, worst, {n, n, 8, 2, 128, 0, 0.f});
+  check_attention(*cuda, *ref, rng, worst, {300, 300, 32, 32, 64, 0, 0.f});   // enough blocks: no key split
+  check_attention(*cuda, *ref, rng, worst, {300, 300, 8, 1, 64, 64, 50.f});  // MQA + window + softcap
+  check_attention(*cuda, *ref, rng, worst, {200, 200, 4, 4, 256, 0, 0.f});
+  check_attention(*cuda, *ref, rng, worst, {130, 400, 4, 4, 128, 64, 30.f});  // chunked prefill
+  check_attention(*cuda, *ref, rng, worst, {250, 250, 6, 2, 80, 100, 0.f});
+}
+
+TEST_F(CudaParity, AttentionOddHeadDimsAndMisalignedCache) {
+  Worst worst("attention generic head_dim / misaligned");
+  for (int64_t hd : {1, 17, 72, 200})
+    for (int64_t n : {1, 4, 40}) check_attention(*cuda, *ref, rng, worst, {n, 100, 4, 2, hd, 0, 0.f});
+  // A cache starting 1 float into its buffer: the 16-byte tile loads must fall back to scalar.
+  check_attention(*cuda, *ref, rng, worst, {1, 700, 4, 2, 128, 0, 0.f, 1});
+  check_attention(*cuda, *ref, rng, worst, {50, 50, 4, 2, 64, 0, 0.f, 1});
+}
+
+TEST_F(CudaParity, AttentionRejectsUnsupported) {
+  AttentionParams p;
+  p.n = 1;
+  p.kv_len = 1;
+  p.n_heads = 2;
+  p.n_kv_heads = 2;
+  p.head_dim = 512;
+  try {
+    cuda->attention(p);
+    ADD_FAILURE() << "head_dim 512 was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kUnsupported) << e.what();
+  }
+  p.head_dim = 64;
+  p.n_kv_heads = 3;
+  EXPECT_THROW(cuda->attention(p), Error);
+}
+
+// ---- rms_norm / rope ------------------------------------------------------------------------
+
+TEST_F(CudaParity, RmsNormDtypesOffsetsAliasing) {
+  Worst worst("rms_norm");
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t dim : {1, 17, 256, 1000, 4096})
+      for (int64_t n : {1, 5, 33})
+        for (float offset : {0.f, 1.f})
+          for (bool alias : {false, true}) {
+            const HostWeight w = random_weight(rng, 1, dim, dt);
+            const std::vector<float> x = random_floats(rng, size_t(n * dim), -3.f, 3.f);
+            std::vector<float> y_ref(x.size(), NAN);
+            RmsNormParams p;
+            p.w = w.w;
+            p.n = n;
+            p.dim = dim;
+            p.eps = 1e-5f;
+            p.weight_offset = offset;
+            p.x = x.data();
+            p.y = y_ref.data();
+            ref->rms_norm(p);
+            DeviceWeight dw = upload(*cuda, w);
+            Buffer dx = upload(*cuda, x);
+            Buffer dy(*cuda, x.size() * sizeof(float));
+            p.w = dw.w;
+            p.x = dx.f32();
+            p.y = alias ? dx.f32() : dy.f32();
+            cuda->rms_norm(p);
+            worst.check(rel_error(download(*cuda, p.y, x.size()), y_ref), kElementTol,
+                        "dim=" + std::to_string(dim) + " n=" + std::to_string(n) + " " + dtype_name(dt) +
+                            (alias ? " in-place" : ""));
+          }
+}
+
+TEST_F(CudaParity, RopeFullAndPartial) {
+  Worst worst("rope");
+  for (int64_t hd : {16, 64, 80, 128, 256})
+    for (int64_t rot : {hd, hd / 2, int64_t(6)})
+      for (int64_t n : {1, 7, 130})
+        for (int64_t heads : {1, 3, 32}) {
+          const std::vector<float> x = random_floats(rng, size_t(n * heads * hd));
+          const std::vector<float> cs = random_floats(rng, size_t(n * rot / 2));
+          const std::vector<float> sn = random_floats(rng, size_t(n * rot / 2));
+          std::vector<float> x_ref = x;
+          RopeParams p;
+          p.cos = cs.data();
+          p.sin = sn.data();
+          p.n = n;
+          p.n_heads = heads;
+          p.head_dim = hd;
+          p.rot_dim = rot;
+          p.x = x_ref.data();
+          ref->rope(p);
+          Buffer dx = upload(*cuda, x), dc = upload(*cuda, cs), ds = upload(*cuda, sn);
+          p.x = dx.f32();
+          p.cos = dc.f32();
+          p.sin = ds.f32();
+          cuda->rope(p);
+          worst.check(rel_error(download(*cuda, dx.data(), x.size()), x_ref), kElementTol,
+                      "d=" + std::to_string(hd) + " rot=" + std::to_string(rot) + " n=" + std::to_string(n) +
+                          " heads=" + std::to_string(heads));
+        }
+}
+
+// ---- glu / embedding / add / softcap --------------------------------------------------------
+
+TEST_F(CudaParity, GluActivationsAndAliasing) {
+  Worst worst("glu");
+  const Activation acts[] = {Activation::kSilu, Activation::kGeluTanh, Activation::kGelu, Activation::kRelu};
+  const char* names[] = {"silu", "gelu_tanh", "gelu", "relu"};
+  for (int a = 0; a < 4; ++a)
+    for (int64_t dim : {1, 15, 17, 768, 40000})
+      for (int64_t n : {1, 3})
+        for (int alias : {0, 1, 2}) {  // 0: separate out, 1: out == gate, 2: out == up
+          std::vector<float> gate = random_floats(rng, size_t(n * dim), -9.f, 9.f);
+          if (gate.size() > 4) {  // saturation: exp overflow must give 0 / x, not NaN
+            gate[0] = -120.f;
+            gate[1] = 120.f;
+            gate[2] = -30.f;
+            gate[3] = 0.f;
+          }
+          const std::vector<float> up = random_floats(rng, size_t(n * dim), -2.f, 2.f);
+          std::vector<float> out_ref(gate.size(), NAN);
+          GluParams p;
+          p.n = n;
+          p.dim = dim;
+          p.act = acts[a];
+          p.gate = gate.data();
+          p.up = up.data();
+          p.out = out_ref.data();
+          ref->glu(p);
+          Buffer dg = upload(*cuda, gate), du = upload(*cuda, up);
+          Buffer dout(*cuda, gate.size() * sizeof(float));
+          p.gate = dg.f32();
+          p.up = du.f32();
+          p.out = alias == 1 ? dg.f32() : alias == 2 ? du.f32() : dout.f32();
+          cuda->glu(p);
+          worst.check(rel_error(download(*cuda, p.out, gate.size()), out_ref), kElementTol,
+                      std::string(names[a]) + " dim=" + std::to_string(dim) + " alias=" + std::to_string(alias));
+        }
+}
+
+TEST_F(CudaParity, EmbeddingDtypesAndClamping) {
+  Worst worst("embedding");
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t dim : {1, 17, 256, 4096})
+      for (float scale : {1.f, 16.f}) {
+        const int64_t vocab = 50;
+        const HostWeight table = random_weight(rng, vocab, dim, dt);
+        const std::vector<int32_t> ids = {0, 49, 7, 7, 23, 1, 48};
+        std::vector<float> o_ref(ids.size() * size_t(dim), NAN);
+        EmbeddingParams p;
+        p.table = table.w;
+        p.ids = ids.data();
+        p.n = int64_t(ids.size());
+        p.scale = scale;
+        p.out = o_ref.data();
+        ref->embedding(p);
+        DeviceWeight dt_w = upload(*cuda, table);
+        Buffer dids = upload(*cuda, ids);
+        Buffer dout(*cuda, o_ref.size() * sizeof(float));
+        p.table = dt_w.w;
+        p.ids = static_cast<const int32_t*>(dids.data());
+        p.out = dout.f32();
+        cuda->embedding(p);
+        worst.check(rel_error(download(*cuda, dout.data(), o_ref.size()), o_ref), kElementTol,
+                    std::string(dtype_name(dt)) + " dim=" + std::to_string(dim));
+        // Documented device behaviour: ids out of range are clamped (the model validates on the host).
+        const std::vector<int32_t> bad = {-1, 50};
+        Buffer dbad = upload(*cuda, bad);
+        p.ids = static_cast<const int32_t*>(dbad.data());
+        p.n = 2;
+        cuda->embedding(p);
+        const auto got = download(*cuda, dout.data(), size_t(2 * dim));
+        EXPECT_EQ(got[0], o_ref[0]) << "id -1 should clamp to row 0";
+        EXPECT_EQ(got[size_t(dim)], o_ref[size_t(dim)]) << "id 50 should clamp to row 49";
+      }
+}
+
+TEST_F(CudaParity, AddAndSoftcap) {
+  Worst worst("add/softcap");
+  for (int64_t n : {1, 15, 16, 17, 100003, 3000000}) {
+    const std::vector<float> x = random_floats(rng, size_t(n), -50.f, 50.f);
+    const std::vector<float> y = random_floats(rng, size_t(n), -50.f, 50.f);
+    std::vector<float> a_ref = y;
+    ref->add(a_ref.data(), x.data(), n);
+    Buffer dx = upload(*cuda, x), dy = upload(*cuda, y);
+    cuda->add(dy.f32(), dx.f32(), n);
+    worst.check(rel_error(download(*cuda, dy.data(), size_t(n)), a_ref), 0.0, "add n=" + std::to_string(n));
+    for (float cap : {30.f, 50.f}) {
+      std::vector<float> s_ref = x;
+      ref->softcap(s_ref.data(), n, cap);
+      Buffer ds = upload(*cuda, x);
+      cuda->softcap(ds.f32(), n, cap);
+      worst.check(rel_error(download(*cuda, ds.data(), size_t(n)), s_ref), kElementTol,
+                  "softcap n=" + std::to_string(n) + " cap=" + std::to_string(int(cap)));
+    }
+  }
+}
+
+// ---- gather / scatter -----------------------------------------------------------------------
+
+TEST_F(CudaParity, GatherAndScatterAddRows) {
+  Worst worst("gather/scatter rows");
+  for (int64_t dim : {1, 17, 4096})
+    for (int64_t rows : {1, 9, 200}) {
+      const std::vector<float> src = random_floats(rng, size_t(rows * dim));
+      std::vector<int32_t> perm(static_cast<size_t>(rows));
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      const int64_t n = std::max<int64_t>(1, rows / 2 + 1);
+      const std::vector<int32_t> idx(perm.begin(), perm.begin() + n);  // unique within the call
+      const std::vector<float> w = random_floats(rng, size_t(n), 0.f, 1.f);
+
+      std::vector<float> g_ref(size_t(n * dim), NAN);
+      GatherRowsParams g;
+      g.src = src.data();
+      g.idx = idx.data();
+      g.dst = g_ref.data();
+      g.n = n;
+      g.dim = dim;
+      ref->gather_rows(g);
+      Buffer dsrc = upload(*cuda, src), didx = upload(*cuda, idx), dw = upload(*cuda, w);
+      Buffer dg(*cuda, g_ref.size() * sizeof(float));
+      g.src = dsrc.f32();
+      g.idx = static_cast<const int32_t*>(didx.data());
+      g.dst = dg.f32();
+      cuda->gather_rows(g);
+      worst.check(rel_error(download(*cuda, dg.data(), g_ref.size()), g_ref), 0.0,
+                  "gather dim=" + std::to_string(dim) + " rows=" + std::to_string(rows));
+
+      const std::vector<float> contrib = random_floats(rng, size_t(n * dim));
+      std::vector<float> s_ref = src;
+      ScatterAddRowsParams s;
+      s.dst = s_ref.data();
+      s.idx = idx.data();
+      s.weight = w.data();
+      s.src = contrib.data();
+      s.n = n;
+      s.dim = dim;
+      ref->scatter_add_rows(s);
+      Buffer dcontrib = upload(*cuda, contrib);
+      s.dst = dsrc.f32();
+      s.idx = static_cast<const int32_t*>(didx.data());
+      s.weight = dw.f32();
+      s.src = dcontrib.f32();
+      cuda->scatter_add_rows(s);
+      worst.check(rel_error(download(*cuda, dsrc.data(), s_ref.size()), s_ref), kElementTol,
+                  "scatter dim=" + std::to_string(dim) + " rows=" + std::to_string(rows));
+    }
+}
+
+// A chain of ops with no explicit synchronize: stream order alone must make copy_to_host see it.
+TEST_F(CudaParity, StreamOrderWithoutSynchronize) {
+  const int64_t n = 1 << 20;
+  const auto x = random_floats(rng, size_t(n));
+  Buffer a = upload(*cuda, x);
+  Buffer b(*cuda, size_t(n) * sizeof(float));
+  for (int i = 0; i < 10; ++i) cuda->add(b.f32(), a.f32(), n);
+  const auto got = download(*cuda, b.data(), size_t(n));
+  for (int64_t i = 0; i < n; i += 4097) {
+    float want = 0.f;
+    for (int r = 0; r < 10; ++r) want += x[size_t(i)];
+    ASSERT_EQ(got[size_t(i)], want) << "element " << i;
+  }
+}
+
+}  // namespace
+}  // namespace lathe::ops
