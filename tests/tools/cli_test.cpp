@@ -21,11 +21,14 @@ struct Run {
   std::string out, err;
 };
 
-// Runs `lathe ARGS` capturing stdout and stderr.
-Run lathe_cli(const std::string& args) {
+// Runs `lathe ARGS` capturing stdout and stderr, with `input` as stdin.
+Run lathe_cli(const std::string& args, const std::string& input = "") {
   const auto bin = testing::binary_dir() / "bin" / "lathe";
-  const auto err_path = std::filesystem::temp_directory_path() / ("lathe_cli_err_" + std::to_string(::getpid()));
-  const std::string cmd = bin.string() + " " + args + " 2>" + err_path.string();
+  const auto tmp = std::filesystem::temp_directory_path();
+  const auto err_path = tmp / ("lathe_cli_err_" + std::to_string(::getpid()));
+  const auto in_path = tmp / ("lathe_cli_in_" + std::to_string(::getpid()));
+  std::ofstream(in_path) << input;
+  const std::string cmd = bin.string() + " " + args + " <" + in_path.string() + " 2>" + err_path.string();
   Run r;
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
@@ -121,6 +124,16 @@ TEST(Cli, ErrorsAreOneLineWithNonZeroExit) {
     EXPECT_NE(r.err.find(c.needle), std::string::npos) << c.args << "\n" << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << c.args << "\n" << r.err;
   }
+}
+
+TEST(Cli, ChatTakesTurnsFromStdin) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/qwen3");
+  const auto piped = lathe_cli("chat -m " + dir.string() + " -n 6 --temperature 0 -v", "Hello\nAgain\n");
+  ASSERT_EQ(piped.code, 0) << piped.err;
+  // Two replies, one line each, and the second turn reuses the first turn's cached prompt.
+  EXPECT_EQ(std::count(piped.out.begin(), piped.out.end(), '\n'), 2) << piped.out;
+  EXPECT_NE(piped.err.find("reused from cache"), std::string::npos) << piped.err;
+  EXPECT_EQ(piped.err.find("(0 reused"), piped.err.rfind("(0 reused")) << "only the first turn starts cold";
 }
 
 TEST(Cli, EveryCommandHasHelp) {
