@@ -105,6 +105,13 @@ struct ScatterAddRowsParams {
   int64_t dim = 0;
 };
 
+struct MemoryStats {
+  size_t in_use = 0;        // bytes of live alloc() buffers
+  size_t peak = 0;          // most bytes live at once since the backend started
+  size_t device_used = 0;   // device backends: what the whole device reports in use (0: host)
+  size_t device_total = 0;
+};
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -121,6 +128,7 @@ class Ops {
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes);
   virtual void copy(void* dst, const void* src, size_t bytes);  // within backend memory
   virtual void synchronize() {}
+  virtual MemoryStats memory_stats() const { return {}; }
 
   virtual void matmul(const MatmulParams& p) = 0;
   virtual void rms_norm(const RmsNormParams& p) = 0;

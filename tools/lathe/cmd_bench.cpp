@@ -1,5 +1,7 @@
 // lathe bench -m DIR: prefill and decode throughput (like llama-bench pp512 / tg128), median of
-// several repetitions, on random (non-zero) token ids.
+// several repetitions on random (non-zero) token ids. Decode can start from a filled context
+// (--decode-ctx), so long-context attention cost shows. Also: time to first token, memory, and the
+// fraction of the weight-streaming roofline reached at batch 1 (--bandwidth GB/s).
 #include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
@@ -23,15 +25,25 @@ void add_bench_command(CLI::App& app) {
   struct Opts {
     std::string model;
     DeviceOptions device;
-    int64_t prompt = 512, gen = 128, reps = 3;
+    std::vector<int64_t> prompt{512}, decode_ctx{0};
+    int64_t gen = 128, reps = 3;
+    double bandwidth = 0;
     bool json = false;
   };
   auto opts = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("bench", "Measure prefill and decode tokens/s");
   cmd->add_option("-m,--model", opts->model, "Hugging Face model folder")->required();
-  cmd->add_option("-p,--prompt-tokens", opts->prompt, "prefill length (pp)")->capture_default_str();
+  cmd->add_option("-p,--prompt-tokens", opts->prompt, "prefill lengths (pp), e.g. -p 512,2048")
+      ->delimiter(',')
+      ->capture_default_str();
   cmd->add_option("-n,--gen-tokens", opts->gen, "decode length (tg)")->capture_default_str();
+  cmd->add_option("-c,--decode-ctx", opts->decode_ctx, "tokens already in the cache when decoding starts, e.g. -c 128,4096")
+      ->delimiter(',')
+      ->capture_default_str();
   cmd->add_option("-r,--reps", opts->reps, "repetitions (median reported)")->capture_default_str();
+  cmd->add_option("--bandwidth", opts->bandwidth,
+                  "memory bandwidth in GB/s for the roofline column (default: 2990 on CUDA, the H100's measured copy "
+                  "rate; none on CPU)");
   cmd->add_flag("--json", opts->json, "print one JSON object");
   add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
@@ -39,48 +51,97 @@ void add_bench_command(CLI::App& app) {
     auto model = model::Model::load(opts->model);
     auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     const auto& c = model->config();
-    if (opts->prompt < 1 || opts->gen < 1 || opts->reps < 1)
-      fail(ErrorKind::kInvalidArgument, "bench: token counts and repetitions must be positive");
+    if (opts->gen < 1 || opts->reps < 1) fail(ErrorKind::kInvalidArgument, "bench: -n and -r must be positive");
+    for (auto p : opts->prompt)
+      if (p < 1) fail(ErrorKind::kInvalidArgument, "bench: prompt lengths must be positive");
+    const auto t_load = clock::now();
+    model::Runner runner(*model, *backend);
+    const double load_s = std::chrono::duration<double>(clock::now() - t_load).count();
+    int64_t longest = opts->gen + 1;
+    for (auto p : opts->prompt) longest = std::max(longest, p);
+    for (auto d : opts->decode_ctx) longest = std::max(longest, d + opts->gen + 1);
+    if (longest > c.max_position_embeddings)
+      fail(ErrorKind::kOutOfRange, "bench needs {} positions but the model's context is {}", longest,
+           c.max_position_embeddings);
     std::mt19937 rng(1234);
     std::uniform_int_distribution<int32_t> pick(1, int32_t(c.vocab_size - 1));
-    std::vector<int32_t> ids(size_t(opts->prompt));
+    std::vector<int32_t> ids(static_cast<size_t>(longest));
     for (auto& t : ids) t = pick(rng);
-    model::Runner runner(*model, *backend);
-    model::KvCache cache(c, std::max(opts->prompt, opts->gen) + 1, *backend);
+    model::KvCache cache(c, longest, *backend);
     model::Workspace ws(*backend);
     Tensor logits;
-    // Warm-up: touch every weight page once.
+    // Warm-up: touch every weight page and build the workspaces once.
     runner.forward(std::span<const int32_t>(ids.data(), std::min<size_t>(ids.size(), 16)), cache, ws,
                    model::LogitsFor::kLast, &logits);
-    std::vector<double> pp, tg;
-    for (int64_t r = 0; r < opts->reps; ++r) {
-      cache.clear();
-      auto t0 = clock::now();
-      runner.forward(ids, cache, ws, model::LogitsFor::kLast, &logits);
-      pp.push_back(double(opts->prompt) / std::chrono::duration<double>(clock::now() - t0).count());
-      cache.clear();
-      t0 = clock::now();
-      for (int64_t i = 0; i < opts->gen; ++i)
-        runner.forward(std::span<const int32_t>(&ids[size_t(i) % ids.size()], 1), cache, ws,
-                       model::LogitsFor::kLast, &logits);
-      tg.push_back(double(opts->gen) / std::chrono::duration<double>(clock::now() - t0).count());
+
+    nlohmann::ordered_json j;
+    j["model"] = opts->model;
+    j["backend"] = backend->name();
+    j["threads"] = num_threads();
+    j["weight_bytes"] = model->loader().weight_bytes();
+    j["load_seconds"] = load_s;
+    struct Row {
+      std::string test;
+      double tok_s, ms;
+    };
+    std::vector<Row> rows;
+    for (int64_t p : opts->prompt) {
+      std::vector<double> t;
+      for (int64_t r = 0; r < opts->reps; ++r) {
+        cache.clear();
+        const auto t0 = clock::now();
+        runner.forward(std::span<const int32_t>(ids.data(), size_t(p)), cache, ws, model::LogitsFor::kLast, &logits);
+        t.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+      }
+      const double s = median(t);
+      rows.push_back({fmt::format("pp{}", p), double(p) / s, s * 1e3});
+      j[fmt::format("prefill_{}_tok_s", p)] = double(p) / s;
+      j[fmt::format("ttft_{}_ms", p)] = s * 1e3;  // prefill + logits of the last position on the host
     }
-    const double pp_med = median(pp), tg_med = median(tg);
+    double tg_first = 0;
+    for (int64_t d : opts->decode_ctx) {
+      std::vector<double> t;
+      for (int64_t r = 0; r < opts->reps; ++r) {
+        cache.clear();
+        if (d > 0)
+          runner.forward(std::span<const int32_t>(ids.data(), size_t(d)), cache, ws, model::LogitsFor::kNone, &logits);
+        const auto t0 = clock::now();
+        for (int64_t i = 0; i < opts->gen; ++i)
+          runner.forward(std::span<const int32_t>(&ids[size_t(d + i)], 1), cache, ws, model::LogitsFor::kLast, &logits);
+        t.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+      }
+      const double s = median(t);
+      const double rate = double(opts->gen) / s;
+      if (tg_first == 0) tg_first = rate;
+      rows.push_back({fmt::format("tg{} @ ctx {}", opts->gen, d), rate, s * 1e3 / double(opts->gen)});
+      j[fmt::format("decode_ctx{}_tok_s", d)] = rate;
+    }
+    const auto mem = backend->memory_stats();
+    double bw = opts->bandwidth;
+    if (bw == 0 && !backend->host_memory()) bw = 2990;
+    if (bw > 0) {
+      const double roofline = bw * 1e9 / double(model->loader().weight_bytes());
+      j["roofline_tok_s"] = roofline;
+      j["roofline_fraction"] = tg_first / roofline;
+    }
+    if (!backend->host_memory()) {
+      j["peak_buffer_bytes"] = mem.peak;
+      j["device_used_bytes"] = mem.device_used;
+    }
     if (opts->json) {
-      nlohmann::ordered_json j;
-      j["model"] = opts->model;
-      j["backend"] = backend->name();
-      j["threads"] = num_threads();
-      j["prefill_tokens"] = opts->prompt;
-      j["prefill_tok_s"] = pp_med;
-      j["decode_tokens"] = opts->gen;
-      j["decode_tok_s"] = tg_med;
       fmt::print("{}\n", j.dump());
       return;
     }
-    fmt::print("| model | backend | threads | test | tok/s |\n|---|---|---|---|---|\n");
-    fmt::print("| {} | {} | {} | pp{} | {:.1f} |\n", opts->model, backend->name(), num_threads(), opts->prompt, pp_med);
-    fmt::print("| {} | {} | {} | tg{} | {:.1f} |\n", opts->model, backend->name(), num_threads(), opts->gen, tg_med);
+    fmt::print("model {} ({} backend, {} threads), weights {:.2f} GB, loaded in {:.1f} s\n", opts->model,
+               backend->name(), num_threads(), double(model->loader().weight_bytes()) / 1e9, load_s);
+    fmt::print("| test | tok/s | ms |\n|---|---|---|\n");
+    for (const auto& r : rows) fmt::print("| {} | {:.1f} | {:.3f} |\n", r.test, r.tok_s, r.ms);
+    if (bw > 0)
+      fmt::print("batch-1 decode reaches {:.1f}% of the {:.0f} tok/s weight-streaming roofline at {:.0f} GB/s\n",
+                 100.0 * j["roofline_fraction"].get<double>(), j["roofline_tok_s"].get<double>(), bw);
+    if (!backend->host_memory())
+      fmt::print("device memory: {:.2f} GiB peak in lathe buffers, {:.2f} GiB used on the device\n",
+                 double(mem.peak) / (1 << 30), double(mem.device_used) / (1 << 30));
   });
 }
 

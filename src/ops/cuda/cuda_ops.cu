@@ -11,6 +11,9 @@
 #include <memory>
 #include <type_traits>
 
+#include <algorithm>
+#include <unordered_map>
+
 #include "ops/cuda/check.h"
 #include "ops/cuda/cuda_ops.h"
 #include "ops/cuda/cuda_internal.h"
@@ -108,11 +111,30 @@ class CudaOps final : public Ops {
       cudaFree(p);
       cuda::raise_cuda(err2, "cudaMemsetAsync", __FILE__, __LINE__);
     }
+    sizes_[p] = size;
+    in_use_ += size;
+    peak_ = std::max(peak_, in_use_);
     return p;
+  }
+
+  MemoryStats memory_stats() const override {
+    MemoryStats m;
+    m.in_use = in_use_;
+    m.peak = peak_;
+    size_t free_b = 0, total_b = 0;
+    if (cudaMemGetInfo(&free_b, &total_b) == cudaSuccess) {
+      m.device_used = total_b - free_b;
+      m.device_total = total_b;
+    }
+    return m;
   }
 
   void free(void* p) noexcept override {
     if (!p) return;
+    if (auto it = sizes_.find(p); it != sizes_.end()) {
+      in_use_ -= it->second;
+      sizes_.erase(it);
+    }
     // Ops enqueued earlier may still use the memory; cudaFree itself does not wait for our stream.
     cudaStreamSynchronize(ctx_.stream);
     cudaFree(p);
@@ -156,6 +178,8 @@ class CudaOps final : public Ops {
   std::unique_ptr<void, DeviceDeleter> workspace_;
   std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, BlasDeleter> blas_;
   cuda::Context ctx_;
+  std::unordered_map<void*, size_t> sizes_;  // live alloc() buffers, for memory_stats()
+  size_t in_use_ = 0, peak_ = 0;
 };
 
 }  // namespace

@@ -18,9 +18,13 @@ __device__ __forceinline__ float activate(float x) {
   if constexpr (A == Activation::kSilu) {
     return x / (1.f + expf(-x));  // exp overflow for x << 0 gives x / inf = -0, not NaN
   } else if constexpr (A == Activation::kGeluTanh) {
-    return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    // 0.5 x (1 + tanh z) == x / (1 + e^(-2z)): same value without the cancellation of 1 + tanh z
+    // for z << 0.
+    const float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    return x / (1.f + expf(-2.f * z));
   } else if constexpr (A == Activation::kGelu) {
-    return 0.5f * x * (1.f + erff(x * 0.7071067811865476f));
+    // erfc form: 1 + erf(z) cancels badly for z << 0 (gelu of large negative x); erfc(-z) does not.
+    return 0.5f * x * erfcf(-x * 0.7071067811865476f);
   } else {
     return x > 0.f ? x : 0.f;
   }
