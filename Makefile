@@ -34,6 +34,9 @@ build: configure
 
 test: build
 	@bash scripts/fetch-tokenizers.sh $(BUILD)/tokenizers || echo "warning: tokenizer files not fetched; their tests will skip"
+	@grep -qs '"version": "0.23.2"' $(BUILD)/npm/node_modules/tokenizers/package.json || \
+	  npm install --prefix $(BUILD)/npm --no-audit --no-fund tokenizers@0.23.2 || \
+	  echo "warning: npm tokenizers@0.23.2 not installed; the tokenizer differential test will skip"
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build

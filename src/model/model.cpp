@@ -130,17 +130,24 @@ void Runner::attention_block(int64_t layer, int64_t n, KvCache& cache, Workspace
   const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t pos0 = cache.length();
   const float offset = arch.norm_weight_offset;
-  float* x = ws.x.f32();
-  float* h = ws.h.f32();
+  float* h = ws.h.f32();  // the layer input, already normalised by the caller
   float* q = ws.q.f32();
   // New K/V rows go straight into the cache: [pos0, pos0 + n) x [n_kv_heads * head_dim].
   float* k = cache.k(layer) + pos0 * cache.row_size();
   float* v = cache.v(layer) + pos0 * cache.row_size();
 
-  ops_.rms_norm(norm_params(x, L.attn_norm, h, n, H, c.rms_norm_eps, offset));
-  linear(ops_, h, L.q, q, n);
-  linear(ops_, h, L.k, k, n);
-  linear(ops_, h, L.v, v, n);
+  ops::MultiMatmulParams qkv;
+  qkv.x = h;
+  qkv.n = n;
+  qkv.count = 3;
+  const Linear* proj[3] = {&L.q, &L.k, &L.v};
+  float* dst[3] = {q, k, v};
+  for (int i = 0; i < 3; ++i) {
+    qkv.w[i] = proj[i]->w;
+    qkv.bias[i] = proj[i]->bias;
+    qkv.y[i] = dst[i];
+  }
+  ops_.matmul_multi(qkv);
   if (arch.qk_norm) {
     ops_.rms_norm(norm_params(q, L.q_norm, q, n * nh, hd, c.rms_norm_eps, offset));
     ops_.rms_norm(norm_params(k, L.k_norm, k, n * nkv, hd, c.rms_norm_eps, offset));
@@ -176,7 +183,7 @@ void Runner::attention_block(int64_t layer, int64_t n, KvCache& cache, Workspace
   linear(ops_, ws.attn.f32(), L.o, o, n);
   if (arch.norm_layout == NormLayout::kSandwich)
     ops_.rms_norm(norm_params(o, L.attn_post_norm, o, n, H, c.rms_norm_eps, offset));
-  ops_.add(x, o, n * H);
+  // The caller adds o to the residual stream, fused with the next norm.
 }
 
 void Runner::ffn_block(int64_t layer, int64_t n, Workspace& ws) const {
@@ -185,23 +192,30 @@ void Runner::ffn_block(int64_t layer, int64_t n, Workspace& ws) const {
   const LayerWeights& L = w_->layers[size_t(layer)];
   const int64_t H = c.hidden_size, I = c.intermediate_size;
   const float offset = arch.norm_weight_offset;
-  ops_.rms_norm(norm_params(ws.x.f32(), L.ffn_norm, ws.h.f32(), n, H, c.rms_norm_eps, offset));
-  linear(ops_, ws.h.f32(), L.gate, ws.gate.f32(), n);
-  linear(ops_, ws.h.f32(), L.up, ws.up.f32(), n);
+  ops::MultiMatmulParams gu;
+  gu.x = ws.h.f32();
+  gu.n = n;
+  gu.count = 2;
+  gu.w[0] = L.gate.w;
+  gu.bias[0] = L.gate.bias;
+  gu.y[0] = ws.gate.f32();
+  gu.w[1] = L.up.w;
+  gu.bias[1] = L.up.bias;
+  gu.y[1] = ws.up.f32();
+  ops_.matmul_multi(gu);
   glu(ops_, ws.gate.f32(), ws.up.f32(), n, I, c.activation);
   float* o = ws.o.f32();
   linear(ops_, ws.gate.f32(), L.down, o, n);
   if (arch.norm_layout == NormLayout::kSandwich)
     ops_.rms_norm(norm_params(o, L.ffn_post_norm, o, n, H, c.rms_norm_eps, offset));
-  ops_.add(ws.x.f32(), o, n * H);
+  // The caller adds o to the residual stream, fused with the next norm.
 }
 
 void Runner::moe_block(int64_t layer, int64_t n, Workspace& ws) const {
   const ModelConfig& c = model_.config();
   const LayerWeights& L = w_->layers[size_t(layer)];
   const int64_t H = c.hidden_size, I = c.intermediate_size, E = c.num_experts, top = c.num_experts_per_tok;
-  float* h = ws.h.f32();
-  ops_.rms_norm(norm_params(ws.x.f32(), L.ffn_norm, h, n, H, c.rms_norm_eps, model_.arch().norm_weight_offset));
+  float* h = ws.h.f32();  // normalised by the caller
   float* router = ws.get(ws.router, n, E);
   linear(ops_, h, L.router, router, n);
   std::vector<float> logits(static_cast<size_t>(n * E));
@@ -312,10 +326,25 @@ void Runner::forward(std::span<const int32_t> ids, KvCache& cache, Workspace& ws
   ops_.copy_to_backend(ws.get(ws.cos, n, half), cos.data(), cos.size() * sizeof(float));
   ops_.copy_to_backend(ws.get(ws.sin, n, half), sin.data(), sin.size() * sizeof(float));
 
+  // Residual stream x; h = the next block's normalised input. Each residual add is fused with the
+  // norm that follows it (the next block's, or the final norm after the last layer).
+  const double eps = c.rms_norm_eps;
+  const float offset = arch.norm_weight_offset;
+  float* x = ws.x.f32();
+  float* h = ws.h.f32();
+  ops_.rms_norm(norm_params(x, w_->layers[0].attn_norm, h, n, H, eps, offset));
   for (int64_t l = 0; l < c.num_layers; ++l) {
+    const LayerWeights& L = w_->layers[size_t(l)];
+    const ops::Weight& next_norm = l + 1 < c.num_layers ? w_->layers[size_t(l + 1)].attn_norm : w_->final_norm;
     attention_block(l, n, cache, ws);
-    if (arch.moe) moe_block(l, n, ws);
-    else ffn_block(l, n, ws);
+    ops_.add_rms_norm(x, ws.o.f32(), norm_params(x, L.ffn_norm, h, n, H, eps, offset));
+    if (arch.moe) {
+      moe_block(l, n, ws);  // scatters the experts' outputs straight into x
+      ops_.rms_norm(norm_params(x, next_norm, h, n, H, eps, offset));
+    } else {
+      ffn_block(l, n, ws);
+      ops_.add_rms_norm(x, ws.o.f32(), norm_params(x, next_norm, h, n, H, eps, offset));
+    }
   }
   cache.advance(n);
   if (which == LogitsFor::kNone) {
@@ -325,8 +354,7 @@ void Runner::forward(std::span<const int32_t> ids, KvCache& cache, Workspace& ws
 
   const int64_t first = which == LogitsFor::kLast ? n - 1 : 0;
   const int64_t rows = n - first;
-  float* xr = ws.x.f32() + first * H;
-  ops_.rms_norm(norm_params(xr, w_->final_norm, xr, rows, H, c.rms_norm_eps, arch.norm_weight_offset));
+  float* xr = h + first * H;  // final-normed rows
   if (logits->numel() != rows * c.vocab_size || logits->dtype() != DType::kF32)
     *logits = Tensor::f32({rows, c.vocab_size});
   else

@@ -31,6 +31,18 @@ struct MatmulParams {
   int64_t n = 0;                // rows of x (tokens)
 };
 
+// Several matmuls sharing one input x (q/k/v, gate/up): y_i[n, m_i] = x @ w_i^T (+ bias_i).
+// Every w_i has the same column count. A backend may run them as one launch.
+struct MultiMatmulParams {
+  static constexpr int kMax = 3;
+  const float* x = nullptr;  // [n, k]
+  int64_t n = 0;
+  int count = 0;
+  Weight w[kMax];
+  const float* bias[kMax] = {};
+  float* y[kMax] = {};
+};
+
 struct RmsNormParams {
   const float* x = nullptr;  // [n, dim]
   Weight w;                  // [1, dim] (rows = 1, cols = dim)
@@ -140,6 +152,11 @@ class Ops {
   virtual void add(float* y, const float* x, int64_t n) = 0;
   // x[i] = cap * tanh(x[i] / cap)
   virtual void softcap(float* x, int64_t n, float cap) = 0;
+  // Default: one matmul per output.
+  virtual void matmul_multi(const MultiMatmulParams& p);
+  // Residual add fused with the norm that follows it: x[i] += delta[i] over [p.n, p.dim], then
+  // p.y = rms_norm(x) (p.x is ignored; x is used). Default: add then rms_norm.
+  virtual void add_rms_norm(float* x, const float* delta, const RmsNormParams& p);
   // Row gather / weighted scatter-add (MoE token routing). Defaults are host loops.
   virtual void gather_rows(const GatherRowsParams& p);
   virtual void scatter_add_rows(const ScatterAddRowsParams& p);

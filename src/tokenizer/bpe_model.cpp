@@ -17,12 +17,7 @@ bool opt_bool(const json& j, const char* key) {
 }  // namespace
 
 BpeModel::BpeModel(const json& j) : cache_(std::make_unique<Cache>()) {
-  const json& vocab = require(j, "vocab", "BPE model");
-  if (!vocab.is_object()) fail(ErrorKind::kFormat, "tokenizer.json: BPE vocab must be an object");
-  Vocab v;
-  v.reserve(vocab.size());
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) v.emplace(it.key(), it.value().get<int32_t>());
-  set_vocab(std::move(v));
+  set_vocab(parse_object_vocab(j, "BPE model"));
 
   prefix_ = opt_string(j, "continuing_subword_prefix");
   suffix_ = opt_string(j, "end_of_word_suffix");
@@ -38,6 +33,8 @@ BpeModel::BpeModel(const json& j) : cache_(std::make_unique<Cache>()) {
   // Merges come as "a b" strings (older files) or [a, b] pairs. The merged token drops b's
   // continuing_subword_prefix. A repeated pair keeps its last rank, as HF's map insert does.
   const json& merges = require(j, "merges", "BPE model");
+  if (!merges.is_array())
+    fail(ErrorKind::kFormat, "tokenizer.json: BPE merges must be an array, got {}", merges.dump().substr(0, 200));
   std::unordered_map<uint64_t, Merge> merge_map;
   merge_map.reserve(merges.size());
   int32_t rank = 0;
@@ -50,7 +47,7 @@ BpeModel::BpeModel(const json& j) : cache_(std::make_unique<Cache>()) {
         fail(ErrorKind::kFormat, "tokenizer.json: BPE merge '{}' is not two tokens separated by a space", s);
       a = s.substr(0, sp);
       b = s.substr(sp + 1);
-    } else if (m.is_array() && m.size() == 2) {
+    } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
       a = m[0].get<std::string>();
       b = m[1].get<std::string>();
     } else {

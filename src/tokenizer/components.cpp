@@ -37,12 +37,37 @@ int parse_byte_token(std::string_view t) {
   return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
 }
 
+Vocab parse_object_vocab(const json& j, const char* where) {
+  const json& vocab = require(j, "vocab", where);
+  if (!vocab.is_object()) fail(ErrorKind::kFormat, "tokenizer.json: {} vocab must be an object", where);
+  Vocab v;
+  v.reserve(vocab.size());
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    if (!it.value().is_number_integer())
+      fail(ErrorKind::kFormat, "tokenizer.json: {} vocab token '{}' has id {}, not an integer", where, it.key(),
+           it.value().dump());
+    int64_t id = it.value().get<int64_t>();
+    if (id < 0 || id >= INT32_MAX)
+      fail(ErrorKind::kFormat, "tokenizer.json: {} vocab token '{}' has id {} outside [0, 2^31 - 1)", where,
+           it.key(), id);
+    v.emplace(it.key(), int32_t(id));
+  }
+  return v;
+}
+
 void Model::set_vocab(Vocab vocab) {
   vocab_ = std::move(vocab);
   int32_t max_id = -1;
   for (const auto& [tok, id] : vocab_) {
     if (id < 0) fail(ErrorKind::kFormat, "tokenizer.json: vocab token '{}' has negative id {}", tok, id);
     max_id = std::max(max_id, id);
+  }
+  // Ids index a dense table: a stray huge id would make it gigabytes. Real vocabs are dense.
+  if (size_t(max_id) >= 2 * vocab_.size() + 1024) {
+    for (const auto& [tok, id] : vocab_)
+      if (id == max_id)
+        fail(ErrorKind::kFormat, "tokenizer.json: vocab token '{}' has id {}, far beyond the vocab's {} tokens "
+             "(ids must be dense)", tok, id, vocab_.size());
   }
   id_to_token_.assign(size_t(max_id + 1), std::string());
   has_id_.assign(size_t(max_id + 1), false);

@@ -92,6 +92,8 @@ std::unique_ptr<Decoder> make_decoder(const json& j);
 
 // Helpers shared by the stage files.
 const json& require(const json& j, const char* key, const char* where);
+// j["vocab"] as {token: id}, each id an integer in [0, 2^31 - 1); errors name the token.
+Vocab parse_object_vocab(const json& j, const char* where);
 std::string type_of(const json& j, const char* where);
 // A {"String": s} or {"Regex": r} pattern object.
 struct PatternSpec {

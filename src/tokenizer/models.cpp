@@ -9,14 +9,7 @@ namespace lathe::tok::detail {
 
 namespace {
 
-Vocab object_vocab(const json& j, const char* where) {
-  const json& vocab = require(j, "vocab", where);
-  if (!vocab.is_object()) fail(ErrorKind::kFormat, "tokenizer.json: {} vocab must be an object", where);
-  Vocab v;
-  v.reserve(vocab.size());
-  for (auto it = vocab.begin(); it != vocab.end(); ++it) v.emplace(it.key(), it.value().get<int32_t>());
-  return v;
-}
+Vocab object_vocab(const json& j, const char* where) { return parse_object_vocab(j, where); }
 
 // Greedy longest-match-first; any unmatched remainder makes the whole word <unk> (HF WordPiece).
 class WordPieceModel : public Model {
@@ -25,7 +18,14 @@ class WordPieceModel : public Model {
     set_vocab(object_vocab(j, "WordPiece model"));
     unk_id_ = require_id(require(j, "unk_token", "WordPiece model").get<std::string>(), "unk_token");
     prefix_ = j.value("continuing_subword_prefix", std::string("##"));
-    max_chars_ = j.value("max_input_chars_per_word", size_t(100));
+    max_chars_ = 100;
+    if (j.contains("max_input_chars_per_word") && !j.at("max_input_chars_per_word").is_null()) {
+      const json& m = j.at("max_input_chars_per_word");
+      if (!m.is_number_unsigned())
+        fail(ErrorKind::kFormat, "tokenizer.json: WordPiece max_input_chars_per_word must be a non-negative "
+             "integer, got {}", m.dump());
+      max_chars_ = m.get<size_t>();
+    }
   }
   void tokenize(std::string_view word, std::vector<int32_t>& out) const override {
     if (word.empty()) return;

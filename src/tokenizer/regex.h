@@ -1,5 +1,8 @@
 // PCRE2 (UTF + UCP, JIT when available) stand-in for the Oniguruma regexes HF tokenizer.json
 // files carry (Split pre-tokenizer, Replace normalizer/decoder, the GPT-2 ByteLevel regex).
+// PCRE2 10.42 knows Unicode 14 while HF's Oniguruma knows 16: chars assigned since (CJK Ext. H,
+// new emoji, ...) would fall outside \p{L}, \p{So}, \d, \w. Patterns using those get a second
+// compiled form with the newer chars added (unicode_delta.inc), used only on input holding one.
 #pragma once
 
 #include <string>
@@ -23,7 +26,8 @@ class Regex {
 
  private:
   std::string pattern_;
-  void* code_ = nullptr;  // pcre2_code_8*
+  void* code_ = nullptr;        // pcre2_code_8*
+  void* code_delta_ = nullptr;  // with the post-Unicode-14 ranges added; null if the same
   bool jit_ = false;
 };
 

@@ -44,27 +44,63 @@ std::string config_token(const json& cfg, const char* key) {
   return "";
 }
 
+// Builds one stage, naming it when its JSON has a value of the wrong type somewhere inside (the
+// library's own message says which type was expected and which was found).
+template <typename Fn>
+auto stage(const char* name, Fn&& fn) {
+  try {
+    return fn();
+  } catch (const json::exception& e) {
+    fail(ErrorKind::kFormat, "tokenizer.json: \"{}\" has a value of the wrong type: {}", name, e.what());
+  }
+}
+
+AddedToken parse_added_token(const json& a, size_t k) {
+  auto field = [&](const char* key) -> const json* {
+    return a.is_object() && a.contains(key) ? &a.at(key) : nullptr;
+  };
+  auto bad = [&](const char* key, const char* want) {
+    fail(ErrorKind::kFormat, "tokenizer.json: added_tokens[{}] field \"{}\" must be {}, got {}", k, key, want,
+         field(key) ? field(key)->dump() : std::string("nothing"));
+  };
+  if (!a.is_object()) fail(ErrorKind::kFormat, "tokenizer.json: added_tokens[{}] must be an object, got {}", k, a.dump());
+  AddedToken tok;
+  if (!field("content") || !field("content")->is_string()) bad("content", "a string");
+  tok.content = field("content")->get<std::string>();
+  // Ids stay below INT32_MAX so that vocab_size() = max id + 1 fits.
+  const json* id = field("id");
+  if (!id || !id->is_number_integer() || id->get<int64_t>() < 0 || id->get<int64_t>() >= INT32_MAX)
+    bad("id", "an integer in [0, 2^31 - 1)");
+  tok.id = id->get<int32_t>();
+  auto flag = [&](const char* key, bool dflt) {
+    const json* f = field(key);
+    if (!f || f->is_null()) return dflt;
+    if (!f->is_boolean()) bad(key, "true or false");
+    return f->get<bool>();
+  };
+  tok.single_word = flag("single_word", false);
+  tok.lstrip = flag("lstrip", false);
+  tok.rstrip = flag("rstrip", false);
+  tok.special = flag("special", false);
+  tok.normalized = flag("normalized", !tok.special);
+  return tok;
+}
+
 void build(TokenizerImpl& t, const json& j, const json& cfg) {
   if (!j.is_object()) fail(ErrorKind::kFormat, "tokenizer.json must hold a JSON object");
-  t.model = make_model(require(j, "model", "tokenizer.json"));
-  t.normalizer = make_normalizer(j.value("normalizer", json()));
-  t.pre_tokenizer = make_pre_tokenizer(j.value("pre_tokenizer", json()));
-  t.post_processor = make_post_processor(j.value("post_processor", json()));
-  t.decoder = make_decoder(j.value("decoder", json()));
+  t.model = stage("model", [&] { return make_model(require(j, "model", "tokenizer.json")); });
+  t.normalizer = stage("normalizer", [&] { return make_normalizer(j.value("normalizer", json())); });
+  t.pre_tokenizer = stage("pre_tokenizer", [&] { return make_pre_tokenizer(j.value("pre_tokenizer", json())); });
+  t.post_processor = stage("post_processor", [&] { return make_post_processor(j.value("post_processor", json())); });
+  t.decoder = stage("decoder", [&] { return make_decoder(j.value("decoder", json())); });
 
   int32_t max_id = t.model->id_bound() - 1;
-  if (j.contains("added_tokens") && j.at("added_tokens").is_array()) {
-    for (const auto& a : j.at("added_tokens")) {
-      AddedToken tok;
-      tok.content = require(a, "content", "added token").get<std::string>();
-      tok.id = require(a, "id", "added token").get<int32_t>();
-      tok.single_word = a.value("single_word", false);
-      tok.lstrip = a.value("lstrip", false);
-      tok.rstrip = a.value("rstrip", false);
-      tok.special = a.value("special", false);
-      tok.normalized = a.value("normalized", !tok.special);
-      t.added.push_back(std::move(tok));
-    }
+  if (j.contains("added_tokens") && !j.at("added_tokens").is_null()) {
+    const json& list = j.at("added_tokens");
+    if (!list.is_array())
+      fail(ErrorKind::kFormat, "tokenizer.json: added_tokens must be an array of token objects, got {}",
+           list.dump().substr(0, 200));
+    for (size_t k = 0; k < list.size(); ++k) t.added.push_back(parse_added_token(list[k], k));
   }
   for (size_t k = 0; k < t.added.size(); ++k) {
     const AddedToken& tok = t.added[k];

@@ -76,28 +76,6 @@ TEST(RefModelTest, WholeValTextIsOneWordOf339072Tokens) {
   EXPECT_EQ(tok.eos_id(), 2);
 }
 
-TEST(RefModelTest, SingleWordEncodeScalesLinearithmically) {
-  // A quarter of val.txt vs all of it: a quadratic merge loop would take ~16x; O(n log n) ~4x.
-  LATHE_REQUIRE_SHARED(model_dir, "models/ref-llama-14m");
-  LATHE_REQUIRE_SHARED(val, "data/text/val.txt");
-  Tokenizer tok = Tokenizer::load(model_dir);
-  const std::string text = read_text(val);
-  std::string quarter = text.substr(0, text.size() / 4);
-  while (!quarter.empty() && (static_cast<unsigned char>(quarter.back()) & 0xC0) == 0x80) quarter.pop_back();
-  auto time = [&](const std::string& s) {
-    double best = 1e9;
-    for (int r = 0; r < 2; ++r) {
-      auto t0 = std::chrono::steady_clock::now();
-      tok.encode(s, false);
-      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-    }
-    return best;
-  };
-  double small = time(quarter), big = time(text);
-  std::printf("[bench] single word: 1/4 file %.3f s, full file %.3f s, ratio %.2f\n", small, big, big / small);
-  EXPECT_LT(big / small, 8.0);
-}
-
 TEST(FixtureModelTest, GoldenPromptIds) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   Tokenizer tok = Tokenizer::load(dir);

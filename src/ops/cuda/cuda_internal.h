@@ -37,8 +37,10 @@ class Context {
 };
 
 void matmul(Context& ctx, const MatmulParams& p);
+void matmul_multi(Context& ctx, const MultiMatmulParams& p);
 void attention(Context& ctx, const AttentionParams& p);
 void rms_norm(Context& ctx, const RmsNormParams& p);
+void add_rms_norm(Context& ctx, float* x, const float* delta, const RmsNormParams& p);
 void rope(Context& ctx, const RopeParams& p);
 void glu(Context& ctx, const GluParams& p);
 void embedding(Context& ctx, const EmbeddingParams& p);

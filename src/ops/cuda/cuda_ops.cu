@@ -162,7 +162,11 @@ class CudaOps final : public Ops {
 
   // ---- ops ---------------------------------------------------------------------------------
   void matmul(const MatmulParams& p) override { cuda::matmul(ctx_, p); }
+  void matmul_multi(const MultiMatmulParams& p) override { cuda::matmul_multi(ctx_, p); }
   void rms_norm(const RmsNormParams& p) override { cuda::rms_norm(ctx_, p); }
+  void add_rms_norm(float* x, const float* delta, const RmsNormParams& p) override {
+    cuda::add_rms_norm(ctx_, x, delta, p);
+  }
   void rope(const RopeParams& p) override { cuda::rope(ctx_, p); }
   void attention(const AttentionParams& p) override { cuda::attention(ctx_, p); }
   void glu(const GluParams& p) override { cuda::glu(ctx_, p); }

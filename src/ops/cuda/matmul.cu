@@ -98,17 +98,34 @@ __device__ __forceinline__ void gemv_step(float (&acc)[RW][NT], const RawVec<T, 
   }
 }
 
+// Up to MultiMatmulParams::kMax matrices sharing x, one launch: blocks [first_block[s],
+// first_block[s + 1]) serve segment s (q/k/v or gate/up in one go: fewer launches per decode step).
+template <typename T>
+struct GemvSegments {
+  static constexpr int kMax = MultiMatmulParams::kMax;
+  const T* w[kMax] = {};
+  const float* bias[kMax] = {};
+  float* y[kMax] = {};
+  int64_t m[kMax] = {};
+  unsigned first_block[kMax + 1] = {};
+  int count = 0;
+};
+
 // One warp per RW consecutive rows; lane l covers columns l*VEC + j*32*VEC. Requires k % VEC == 0
 // and 16-byte aligned rows when VEC > 1 (checked by the launcher).
 template <typename T, int NT, int VEC, int RW>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* __restrict__ x,
-                                                                const T* __restrict__ w,
-                                                                const float* __restrict__ bias,
-                                                                float* __restrict__ y, int64_t m, int64_t k) {
+                                                                const GemvSegments<T> seg, int64_t k) {
   constexpr int U = RW >= 4 ? 1 : 4 / RW;  // vectors in flight per lane: U * RW = 4
   const int lane = threadIdx.x & (kWarp - 1);
   const int warp = threadIdx.x / kWarp;
-  const int64_t row0 = (int64_t(blockIdx.x) * kGemvWarps + warp) * RW;
+  int s = 0;
+  while (s + 1 < seg.count && blockIdx.x >= seg.first_block[s + 1]) ++s;
+  const T* __restrict__ w = seg.w[s];
+  const float* __restrict__ bias = seg.bias[s];
+  float* __restrict__ y = seg.y[s];
+  const int64_t m = seg.m[s];
+  const int64_t row0 = (int64_t(blockIdx.x - seg.first_block[s]) * kGemvWarps + warp) * RW;
   if (row0 >= m) return;
   const T* wr[RW];
 #pragma unroll
@@ -153,20 +170,30 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* _
 }
 
 template <typename T, int VEC, int NT>
-void launch_gemv_nt(Context& ctx, const MatmulParams& p) {
+void launch_gemv_nt(Context& ctx, const MultiMatmulParams& p) {
   // More rows per warp as the token count grows, so each x load feeds more weight vectors.
   constexpr int RW = NT <= 2 ? 1 : NT <= 4 ? 2 : 4;
-  const int64_t m = p.w.rows, k = p.w.cols;
+  const int64_t k = p.w[0].cols;
   const int64_t rows_per_block = int64_t(kGemvWarps) * RW;
-  const int64_t blocks = (m + rows_per_block - 1) / rows_per_block;
-  if (blocks > INT_MAX) raise(ErrorKind::kUnsupported, "cuda matmul: ", m, " output rows is too many for one launch");
-  gemv_kernel<T, NT, VEC, RW><<<unsigned(blocks), kGemvWarps * kWarp, 0, ctx.stream>>>(
-      p.x, static_cast<const T*>(p.w.data), p.bias, p.y, m, k);
+  GemvSegments<T> seg;
+  int64_t blocks = 0;
+  for (int i = 0; i < p.count; ++i) {
+    seg.w[seg.count] = static_cast<const T*>(p.w[i].data);
+    seg.bias[seg.count] = p.bias[i];
+    seg.y[seg.count] = p.y[i];
+    seg.m[seg.count] = p.w[i].rows;
+    seg.first_block[seg.count] = unsigned(blocks);
+    blocks += (p.w[i].rows + rows_per_block - 1) / rows_per_block;
+    if (blocks > INT_MAX) raise(ErrorKind::kUnsupported, "cuda matmul: too many output rows for one launch");
+    ++seg.count;
+  }
+  seg.first_block[seg.count] = unsigned(blocks);
+  gemv_kernel<T, NT, VEC, RW><<<unsigned(blocks), kGemvWarps * kWarp, 0, ctx.stream>>>(p.x, seg, k);
   LATHE_CUDA_CHECK_LAUNCH("gemv_kernel");
 }
 
 template <typename T, int VEC>
-void launch_gemv(Context& ctx, const MatmulParams& p) {
+void launch_gemv(Context& ctx, const MultiMatmulParams& p) {
   switch (p.n) {
     case 1: return launch_gemv_nt<T, VEC, 1>(ctx, p);
     case 2: return launch_gemv_nt<T, VEC, 2>(ctx, p);
@@ -181,11 +208,31 @@ void launch_gemv(Context& ctx, const MatmulParams& p) {
 }
 
 template <typename T, int VEC>
-void gemv_vec_or_scalar(Context& ctx, const MatmulParams& p) {
-  const int64_t k = p.w.cols;
-  const bool vec = k % VEC == 0 && aligned16(p.w.data) && aligned16(p.x);
+void gemv_vec_or_scalar(Context& ctx, const MultiMatmulParams& p) {
+  const int64_t k = p.w[0].cols;
+  bool vec = k % VEC == 0 && aligned16(p.x);
+  for (int i = 0; i < p.count; ++i) vec = vec && aligned16(p.w[i].data);
   if (vec) launch_gemv<T, VEC>(ctx, p);
   else launch_gemv<T, 1>(ctx, p);
+}
+
+MultiMatmulParams single(const MatmulParams& p) {
+  MultiMatmulParams m;
+  m.x = p.x;
+  m.n = p.n;
+  m.count = 1;
+  m.w[0] = p.w;
+  m.bias[0] = p.bias;
+  m.y[0] = p.y;
+  return m;
+}
+
+void gemv(Context& ctx, const MultiMatmulParams& p) {
+  switch (p.w[0].dtype) {
+    case DType::kF32: return gemv_vec_or_scalar<float, 4>(ctx, p);
+    case DType::kF16: return gemv_vec_or_scalar<F16, 8>(ctx, p);
+    default: return gemv_vec_or_scalar<Bf16, 8>(ctx, p);
+  }
 }
 
 // ---- cuBLAS path helpers ---------------------------------------------------------------------
@@ -269,10 +316,27 @@ void matmul(Context& ctx, const MatmulParams& p) {
   if (p.n == 0 || m == 0) return;
   if (k == 0) return fill_bias(ctx, p.y, p.bias, p.n, m);  // empty sum: y = bias (or 0)
   if (p.n > kGemvMaxTokens) return cublas_matmul(ctx, p);
-  switch (p.w.dtype) {
-    case DType::kF32: return gemv_vec_or_scalar<float, 4>(ctx, p);
-    case DType::kF16: return gemv_vec_or_scalar<F16, 8>(ctx, p);
-    default: return gemv_vec_or_scalar<Bf16, 8>(ctx, p);
+  gemv(ctx, single(p));
+}
+
+void matmul_multi(Context& ctx, const MultiMatmulParams& p) {
+  if (p.count < 1 || p.count > MultiMatmulParams::kMax)
+    raise(ErrorKind::kInvalidArgument, "cuda matmul_multi: ", p.count, " outputs (1..", MultiMatmulParams::kMax, ")");
+  // One GEMV launch when every segment can share it; otherwise one matmul per segment.
+  bool together = p.n >= 1 && p.n <= kGemvMaxTokens;
+  for (int i = 0; i < p.count; ++i)
+    together = together && p.w[i].dtype == p.w[0].dtype && p.w[i].cols == p.w[0].cols && p.w[i].rows > 0 &&
+               p.w[i].cols > 0 &&
+               (p.w[i].dtype == DType::kF32 || p.w[i].dtype == DType::kF16 || p.w[i].dtype == DType::kBF16);
+  if (together) return gemv(ctx, p);
+  for (int i = 0; i < p.count; ++i) {
+    MatmulParams m;
+    m.x = p.x;
+    m.w = p.w[i];
+    m.bias = p.bias[i];
+    m.y = p.y[i];
+    m.n = p.n;
+    matmul(ctx, m);
   }
 }
 

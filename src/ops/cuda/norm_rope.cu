@@ -15,14 +15,25 @@
 namespace lathe::ops::cuda {
 namespace {
 
+// With `delta` (add_rms_norm), x += delta first: x is then written, so it is taken non-const and
+// each thread updates exactly the elements it later rereads.
 template <typename T>
-__global__ void rms_norm_kernel(const float* x, const T* __restrict__ w, float* y, int64_t dim, float eps,
-                                float offset) {
+__global__ void rms_norm_kernel(float* x, const float* __restrict__ delta, const T* __restrict__ w, float* y,
+                                int64_t dim, float eps, float offset) {
   __shared__ float partial[32];
-  const float* xr = x + int64_t(blockIdx.x) * dim;
+  float* xr = x + int64_t(blockIdx.x) * dim;
   float* yr = y + int64_t(blockIdx.x) * dim;
   float ss = 0.f;
-  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  if (delta) {
+    const float* dr = delta + int64_t(blockIdx.x) * dim;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+      const float v = xr[i] + dr[i];
+      xr[i] = v;
+      ss = fmaf(v, v, ss);
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) ss = fmaf(xr[i], xr[i], ss);
+  }
   ss = warp_sum(ss);
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp, warps = blockDim.x / kWarp;
   if (lane == 0) partial[warp] = ss;
@@ -53,7 +64,9 @@ __global__ void rope_kernel(float* __restrict__ x, const float* __restrict__ cos
 
 }  // namespace
 
-void rms_norm(Context& ctx, const RmsNormParams& p) {
+void rms_norm(Context& ctx, const RmsNormParams& p) { add_rms_norm(ctx, const_cast<float*>(p.x), nullptr, p); }
+
+void add_rms_norm(Context& ctx, float* x, const float* delta, const RmsNormParams& p) {
   if (p.n <= 0 || p.dim <= 0) return;
   if (p.w.cols != p.dim)
     raise(ErrorKind::kInvalidArgument, "cuda rms_norm: weight has ", p.w.cols, " columns, dim is ", p.dim);
@@ -62,16 +75,16 @@ void rms_norm(Context& ctx, const RmsNormParams& p) {
   const unsigned blocks = unsigned(p.n);
   switch (p.w.dtype) {
     case DType::kF32:
-      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(p.x, static_cast<const float*>(p.w.data), p.y, p.dim,
-                                                          p.eps, p.weight_offset);
+      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(x, delta, static_cast<const float*>(p.w.data), p.y,
+                                                          p.dim, p.eps, p.weight_offset);
       break;
     case DType::kF16:
-      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(p.x, static_cast<const F16*>(p.w.data), p.y, p.dim, p.eps,
-                                                          p.weight_offset);
+      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(x, delta, static_cast<const F16*>(p.w.data), p.y, p.dim,
+                                                          p.eps, p.weight_offset);
       break;
     case DType::kBF16:
-      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(p.x, static_cast<const Bf16*>(p.w.data), p.y, p.dim,
-                                                          p.eps, p.weight_offset);
+      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(x, delta, static_cast<const Bf16*>(p.w.data), p.y,
+                                                          p.dim, p.eps, p.weight_offset);
       break;
     default: raise(ErrorKind::kUnsupported, "cuda rms_norm: weight dtype ", dtype_name(p.w.dtype), " is not supported");
   }

@@ -28,6 +28,25 @@ void Ops::copy(void* dst, const void* src, size_t bytes) {
   if (bytes) std::memmove(dst, src, bytes);
 }
 
+void Ops::matmul_multi(const MultiMatmulParams& p) {
+  for (int i = 0; i < p.count; ++i) {
+    MatmulParams m;
+    m.x = p.x;
+    m.w = p.w[i];
+    m.bias = p.bias[i];
+    m.y = p.y[i];
+    m.n = p.n;
+    matmul(m);
+  }
+}
+
+void Ops::add_rms_norm(float* x, const float* delta, const RmsNormParams& p) {
+  add(x, delta, p.n * p.dim);
+  RmsNormParams q = p;
+  q.x = x;
+  rms_norm(q);
+}
+
 void Ops::gather_rows(const GatherRowsParams& p) {
   for (int64_t i = 0; i < p.n; ++i)
     std::memcpy(p.dst + i * p.dim, p.src + int64_t(p.idx[i]) * p.dim, size_t(p.dim) * sizeof(float));
