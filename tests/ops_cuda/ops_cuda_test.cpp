@@ -10,15 +10,18 @@
 //     (by design: tensor cores, fp32 accumulate). There the reference is computed on x rounded the
 //     same way, so the comparison isolates the GEMM itself and stays at 1e-4.
 //   * 1e-5 for rms_norm / rope / embedding / glu / softcap / gather / scatter, 0 for add.
+//   * 2e-2 for fast-mode prefill attention (bf16 tensor cores): see kAttentionBf16Tol.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <numeric>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/dtype.h"
@@ -30,6 +33,13 @@ namespace {
 
 constexpr double kMatmulTol = 1e-4;
 constexpr double kAttentionTol = 1e-4;
+// Fast mode (exact_matmul off) runs prefill attention on bf16 tensor cores: Q, K, V and the softmax
+// probabilities are rounded to bf16 (relative error <= 2^-9 each), products accumulate in fp32.
+// With q, k ~ U(-2, 2) the scaled scores spread ~1.3, so a score moves by ~4e-3 and each
+// probability by ~0.5%; these errors are independent across keys and average out in P V, leaving
+// ~1e-3..5e-3 of the output scale. 2e-2 keeps headroom, while an indexing or masking slip (a wrong
+// or missing key) shows up as an O(0.1..1) error.
+constexpr double kAttentionBf16Tol = 2e-2;
 constexpr double kElementTol = 1e-5;
 
 std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo = -1.f, float hi = 1.f) {
@@ -243,6 +253,53 @@ TEST_F(CudaParity, MatmulFastPathRoundsActivations) {
   check_matmul(*fast, *ref, rng, worst, 512, 768, 256, DType::kBF16, false, true);
 }
 
+// q/k/v and gate/up in one launch (decode) or one matmul per output (prefill): each output equals
+// its own reference matmul.
+TEST_F(CudaParity, MatmulMultiMatchesSeparateMatmuls) {
+  Worst worst("matmul_multi");
+  for (DType dt : {DType::kF32, DType::kF16, DType::kBF16})
+    for (int64_t n : {1, 3, 8, 9, 40})
+      for (int64_t k : {64, 257}) {
+        const int64_t rows[3] = {96, 33, 17};
+        std::vector<HostWeight> hw;
+        std::vector<DeviceWeight> dw;
+        std::vector<std::vector<float>> bias;
+        std::vector<Buffer> db, dy;
+        const std::vector<float> x = random_floats(rng, size_t(n * k));
+        Buffer dx = upload(*cuda, x);
+        MultiMatmulParams mp;
+        mp.x = dx.f32();
+        mp.n = n;
+        mp.count = 3;
+        for (int i = 0; i < 3; ++i) {
+          hw.push_back(random_weight(rng, rows[i], k, dt));
+          bias.push_back(random_floats(rng, size_t(rows[i])));
+        }
+        for (int i = 0; i < 3; ++i) {
+          dw.push_back(upload(*cuda, hw[size_t(i)]));
+          db.push_back(upload(*cuda, bias[size_t(i)]));
+          dy.emplace_back(*cuda, size_t(n * rows[i]) * sizeof(float));
+          mp.w[i] = dw.back().w;
+          mp.bias[i] = i == 1 ? nullptr : db.back().f32();
+          mp.y[i] = dy.back().f32();
+        }
+        cuda->matmul_multi(mp);
+        for (int i = 0; i < 3; ++i) {
+          std::vector<float> y_ref(size_t(n * rows[i]));
+          MatmulParams p;
+          p.x = x.data();
+          p.w = hw[size_t(i)].w;
+          p.bias = i == 1 ? nullptr : bias[size_t(i)].data();
+          p.y = y_ref.data();
+          p.n = n;
+          ref->matmul(p);
+          worst.check(rel_error(download(*cuda, dy[size_t(i)].data(), y_ref.size()), y_ref), kMatmulTol,
+                      "n=" + std::to_string(n) + " k=" + std::to_string(k) + " out " + std::to_string(i) + " " +
+                          dtype_name(dt));
+        }
+      }
+}
+
 TEST_F(CudaParity, MatmulUnalignedOperandsTakeScalarPath) {
   // x starting one float into a buffer: the 16-byte GEMV loads are not allowed and must not be used.
   Worst worst("matmul unaligned x");
@@ -278,7 +335,34 @@ struct AttnCase {
   int64_t kv_offset = 0;  // floats the cache starts into its buffer (misaligned K/V)
 };
 
-void check_attention(Ops& cuda, Ops& ref, std::mt19937& rng, Worst& worst, const AttnCase& c) {
+// The scalar reference, split by query rows over host threads for the big prefill cases. A chunk
+// of queries [t0, t1) is the same call with n = t1 - t0 and kv_len shortened by n - t1 (each query
+// keeps its position), so the result is bit-identical to one call.
+void ref_attention(Ops& ref, const AttentionParams& p) {
+  const double work = double(p.n) * double(p.kv_len) * double(p.n_heads) * double(p.head_dim);
+  const unsigned threads = work < 5e6 ? 1u : std::max(1u, std::min(32u, std::thread::hardware_concurrency()));
+  if (threads == 1) return ref.attention(p);
+  const int64_t chunk = 8;
+  std::atomic<int64_t> next{0};
+  auto worker = [&] {
+    for (int64_t t0; (t0 = next.fetch_add(chunk)) < p.n;) {
+      const int64_t t1 = std::min(p.n, t0 + chunk);
+      AttentionParams c = p;
+      c.q = p.q + t0 * p.n_heads * p.head_dim;
+      c.out = p.out + t0 * p.n_heads * p.head_dim;
+      c.n = t1 - t0;
+      c.kv_len = p.kv_len - (p.n - t1);
+      ref.attention(c);
+    }
+  };
+  std::vector<std::thread> pool;
+  for (unsigned i = 0; i < threads; ++i) pool.emplace_back(worker);
+  for (auto& t : pool) t.join();
+}
+
+// Returns the error (also recorded in `worst` against `tol`).
+double check_attention(Ops& cuda, Ops& ref, std::mt19937& rng, Worst& worst, const AttnCase& c,
+                       double tol = kAttentionTol) {
   const int64_t cap = c.kv_len + 3;  // ops must read only the first kv_len rows
   const std::vector<float> q = random_floats(rng, size_t(c.n * c.heads * c.head_dim), -2.f, 2.f);
   const std::vector<float> k = random_floats(rng, size_t(cap * c.kv_heads * c.head_dim + c.kv_offset), -2.f, 2.f);
@@ -297,7 +381,7 @@ void check_attention(Ops& cuda, Ops& ref, std::mt19937& rng, Worst& worst, const
   p.softcap = c.softcap;
   p.window = c.window;
   p.out = o_ref.data();
-  ref.attention(p);
+  ref_attention(ref, p);
 
   Buffer dq = upload(cuda, q), dk = upload(cuda, k), dv = upload(cuda, v);
   Buffer dout(cuda, q.size() * sizeof(float));
@@ -310,7 +394,9 @@ void check_attention(Ops& cuda, Ops& ref, std::mt19937& rng, Worst& worst, const
   std::snprintf(what, sizeof what, "n=%lld kv=%lld heads=%lld/%lld d=%lld window=%lld softcap=%g%s", (long long)c.n,
                 (long long)c.kv_len, (long long)c.heads, (long long)c.kv_heads, (long long)c.head_dim,
                 (long long)c.window, c.softcap, c.kv_offset ? " misaligned" : "");
-  worst.check(rel_error(download(cuda, dout.data(), q.size()), o_ref), kAttentionTol, what);
+  const double err = rel_error(download(cuda, dout.data(), q.size()), o_ref);
+  worst.check(err, tol, what);
+  return err;
 }
 
 TEST_F(CudaParity, AttentionGqaHeadDimsWindowsSoftcap) {
@@ -379,6 +465,73 @@ TEST_F(CudaParity, AttentionRejectsUnsupported) {
   p.head_dim = 64;
   p.n_kv_heads = 3;
   EXPECT_THROW(cuda->attention(p), Error);
+}
+
+// ---- attention on tensor cores (fast mode) ---------------------------------------------------
+
+class CudaFastAttention : public CudaParity {
+ protected:
+  void SetUp() override {
+    CudaParity::SetUp();
+    if (IsSkipped() || HasFatalFailure()) return;
+    fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+    ASSERT_NE(fast, nullptr);
+  }
+  std::unique_ptr<Ops> fast;
+};
+
+// Every prefill-like shape (n >= 64, head_dim 64/128) against the reference: odd n (partial row
+// blocks and key tiles), kv_len == n and a cached prefix, GQA / MHA / MQA, windows narrower and
+// wider than a key tile, soft-capping.
+TEST_F(CudaFastAttention, TensorCoresPrefillSweep) {
+  Worst worst("attention tensor cores (fast, bf16) sweep");
+  const int64_t head_configs[][2] = {{32, 8}, {8, 8}, {16, 1}};
+  for (int64_t hd : {64, 128})
+    for (int64_t n : {64, 65, 127, 300})
+      for (int64_t prefix : {0, 256})
+        for (const auto& h : head_configs)
+          for (int64_t window : {0, 17, 100})
+            for (float softcap : {0.f, 3.f})
+              check_attention(*fast, *ref, rng, worst, {n, n + prefix, h[0], h[1], hd, window, softcap},
+                              kAttentionBf16Tol);
+}
+
+// Long prefill, other group ratios (block row ranges cutting a position's heads apart), key splits
+// (few row blocks against a long cache: the combine kernel), head_dim 256.
+TEST_F(CudaFastAttention, TensorCoresLongSplitsAndRatios) {
+  Worst worst("attention tensor cores (fast, bf16) long/split/ratios");
+  const AttnCase cases[] = {
+      {1024, 1024, 32, 8, 128, 0, 0.f},  {1024, 1024, 16, 1, 64, 0, 3.f},   {1024, 1280, 8, 8, 128, 300, 0.f},
+      {1024, 1024, 8, 8, 64, 1000, 0.f}, {64, 3000, 32, 8, 128, 0, 0.f},    {100, 2100, 16, 1, 64, 700, 0.f},
+      {200, 1000, 8, 8, 128, 0, 3.f},    {65, 4000, 4, 4, 64, 0, 0.f},      {200, 200, 12, 4, 128, 0, 0.f},
+      {130, 130, 6, 1, 64, 50, 0.f},     {300, 300, 10, 2, 128, 0, 3.f},    {129, 129, 40, 8, 64, 0, 0.f},
+      {128, 128, 8, 2, 256, 0, 0.f},     {300, 500, 4, 4, 256, 64, 3.f},    {64, 1500, 4, 1, 256, 0, 0.f},
+  };
+  for (const AttnCase& c : cases) check_attention(*fast, *ref, rng, worst, c, kAttentionBf16Tol);
+}
+
+// Routing: exact mode stays on the fp32 kernel for prefill (its 1e-4 tolerance is far below bf16
+// rounding, so a bf16 kernel could not pass it); fast mode really takes the bf16 kernel (an error far
+// above fp32 rounding); fast-mode calls the tensor-core kernel does not take (fewer than 64 queries,
+// unsupported head_dim, misaligned cache) stay fp32.
+TEST_F(CudaFastAttention, TensorCoresRouting) {
+  {
+    Worst worst("attention prefill, exact mode (fp32 kernel)");
+    check_attention(*cuda, *ref, rng, worst, {256, 256, 32, 8, 128, 0, 0.f});
+    check_attention(*cuda, *ref, rng, worst, {300, 400, 16, 1, 64, 100, 3.f});
+  }
+  {
+    Worst worst("attention prefill, fast mode takes bf16");
+    const double err = check_attention(*fast, *ref, rng, worst, {256, 256, 32, 8, 128, 0, 0.f}, kAttentionBf16Tol);
+    EXPECT_GT(err, 1e-5) << "fast mode matched fp32 to " << err << ": the tensor-core kernel did not run";
+  }
+  {
+    Worst worst("attention fast mode, fp32 fallbacks");
+    check_attention(*fast, *ref, rng, worst, {63, 63, 8, 2, 128, 0, 0.f});
+    check_attention(*fast, *ref, rng, worst, {1, 500, 8, 2, 128, 0, 0.f});
+    check_attention(*fast, *ref, rng, worst, {128, 128, 8, 2, 80, 0, 0.f});
+    check_attention(*fast, *ref, rng, worst, {128, 128, 8, 2, 128, 0, 0.f, 1});  // misaligned K/V
+  }
 }
 
 // ---- rms_norm / rope ------------------------------------------------------------------------

@@ -16,10 +16,16 @@
 // head_dim 64/80/96/128/256 are compile-time instances (16-byte K/Q reads, unrolled loops); any other
 // head_dim <= 256 runs the generic instance (runtime head_dim, scalar reads). Masked scores are -inf
 // and a row whose tile is fully masked is left untouched, so no exp(-inf - -inf) NaN can appear.
+//
+// Fast mode (BackendOptions::exact_matmul off) sends prefill-like calls (>= kTcMinQueries queries,
+// head_dim 64/128/256, 16-byte aligned operands) to the bf16 tensor-core kernel of attention_tc.cuh,
+// which shares this file's split-KV combine. Exact mode always runs the fp32 kernel: it is the
+// accuracy reference.
 #include <algorithm>
 #include <climits>
 #include <cmath>
 
+#include "ops/cuda/attention_tc.cuh"
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
@@ -312,6 +318,70 @@ void launch_rows(Context& ctx, const AttnArgs& a, dim3 grid, int R, bool vec) {
   }
 }
 
+// Fewest queries that take the tensor-core kernel in fast mode. Below it the call is decode-like:
+// the fp32 kernel's small row blocks and key splits fit it better, and its cost is K/V bandwidth,
+// not math. At 64 queries a 128-row tensor-core block is already full for any group >= 2.
+constexpr int64_t kTcMinQueries = 64;
+
+bool use_tensor_cores(const Context& ctx, const AttentionParams& p, int64_t rows_per_kv) {
+  return !ctx.exact_matmul && p.n >= kTcMinQueries && attn_tc::supports_head_dim(p.head_dim) && aligned16(p.q) &&
+         aligned16(p.k) && aligned16(p.v) && aligned16(p.out) &&
+         (rows_per_kv + attn_tc::kRows - 1) / attn_tc::kRows <= 65535;  // row blocks are gridDim.y
+}
+
+// The tensor-core launch; `a` carries the fp32 kernel's view of the call for the combine kernel.
+void attention_tensor_cores(Context& ctx, const AttentionParams& p, AttnArgs& a) {
+  attn_tc::Args t{};
+  t.q = p.q;
+  t.k = p.k;
+  t.v = p.v;
+  t.out = p.out;
+  t.n = a.n;
+  t.kv_len = a.kv_len;
+  t.n_heads = a.n_heads;
+  t.n_kv_heads = a.n_kv_heads;
+  t.group = a.group;
+  t.rows_per_kv = a.rows_per_kv;
+  t.window = a.window;
+  t.scale = a.scale;
+  t.softcap = a.softcap;
+
+  const int64_t bn = attn_tc::key_tile(a.head_dim);
+  const int64_t row_blocks = (int64_t(a.rows_per_kv) + attn_tc::kRows - 1) / attn_tc::kRows;
+  const int64_t blocks = row_blocks * a.n_kv_heads;
+  // Longest key range one block walks, counted from its first tile's (aligned-down) start.
+  const int64_t rows_span = (attn_tc::kRows + a.group - 1) / a.group + 1;
+  const int64_t span = a.window > 0 ? std::min<int64_t>(a.kv_len, a.window + rows_span + bn) : a.kv_len;
+  const int64_t tiles = (span + bn - 1) / bn;
+  // A block fills an SM (head_dim >= 128: ~100 KB shared memory, most of the registers). With fewer
+  // blocks than SMs (a short chunk against a long cache), split the keys, >= 4 tiles per split.
+  int64_t splits = 1;
+  if (blocks < ctx.sm_count) {
+    const int64_t want = (2 * int64_t(ctx.sm_count) + blocks - 1) / blocks;
+    splits = std::max<int64_t>(1, std::min<int64_t>(want, tiles / 4));
+  }
+  const int64_t per_split = (tiles + splits - 1) / splits;  // tiles
+  splits = (tiles + per_split - 1) / per_split;
+  t.splits = int(splits);
+  t.keys_per_split = int(per_split * bn);
+  a.splits = t.splits;
+  a.keys_per_split = t.keys_per_split;
+  if (splits > 1) {
+    const int64_t rows = p.n * p.n_heads;
+    float* part = static_cast<float*>(
+        ctx.scratch(Scratch::kAttention, sizeof(float) * size_t(splits * rows * (2 + p.head_dim))));
+    a.part_ml = t.part_ml = part;
+    a.part_acc = t.part_acc = part + splits * rows * 2;
+  }
+  // kv heads fastest, then row blocks (the kernel reverses them: longest first), then splits.
+  attn_tc::run(ctx, t, dim3(unsigned(a.n_kv_heads), unsigned(row_blocks), unsigned(splits)), a.head_dim);
+  if (splits > 1) {
+    const int64_t rows = p.n * p.n_heads;
+    combine_kernel<<<unsigned(rows), kCombineThreads, sizeof(float) * size_t(splits), ctx.stream>>>(a);
+    LATHE_CUDA_CHECK_LAUNCH("attention combine_kernel");
+  }
+}
+
 }  // namespace
 
 void attention(Context& ctx, const AttentionParams& p) {
@@ -344,6 +414,8 @@ void attention(Context& ctx, const AttentionParams& p) {
   a.window = p.window > 0 ? int(std::min<int64_t>(p.window, INT_MAX)) : 0;
   a.scale = p.scale;
   a.softcap = p.softcap;
+
+  if (use_tensor_cores(ctx, p, rows_per_kv)) return attention_tensor_cores(ctx, p, a);
 
   // Rows per warp: enough to fill the block's 4 warps, at most 8 (register budget: 8 x head_dim/32).
   const int R = rows_per_kv >= 32 ? 8 : rows_per_kv >= 16 ? 4 : rows_per_kv >= 8 ? 2 : 1;

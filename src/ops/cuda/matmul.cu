@@ -98,17 +98,25 @@ __device__ __forceinline__ void gemv_step(float (&acc)[RW][NT], const RawVec<T, 
   }
 }
 
-// Up to MultiMatmulParams::kMax matrices sharing x, one launch: blocks [first_block[s],
-// first_block[s + 1]) serve segment s (q/k/v or gate/up in one go: fewer launches per decode step).
+// Up to three matrices sharing x, one launch: blocks [first1, first2) serve segment 1, [first2, ...)
+// segment 2 (q/k/v or gate/up in one go: fewer launches per decode step). Fields are named, not
+// arrays, and picked with selects: a runtime index into a by-value kernel parameter array makes nvcc
+// copy the parameters to local memory.
+static_assert(MultiMatmulParams::kMax == 3, "GemvSegments holds exactly three segments");
+
 template <typename T>
 struct GemvSegments {
-  static constexpr int kMax = MultiMatmulParams::kMax;
-  const T* w[kMax] = {};
-  const float* bias[kMax] = {};
-  float* y[kMax] = {};
-  int64_t m[kMax] = {};
-  unsigned first_block[kMax + 1] = {};
-  int count = 0;
+  const T* w0 = nullptr;
+  const T* w1 = nullptr;
+  const T* w2 = nullptr;
+  const float* b0 = nullptr;
+  const float* b1 = nullptr;
+  const float* b2 = nullptr;
+  float* y0 = nullptr;
+  float* y1 = nullptr;
+  float* y2 = nullptr;
+  int64_t m0 = 0, m1 = 0, m2 = 0;
+  unsigned first1 = 0xffffffffu, first2 = 0xffffffffu;  // first block of segments 1 and 2
 };
 
 // One warp per RW consecutive rows; lane l covers columns l*VEC + j*32*VEC. Requires k % VEC == 0
@@ -116,16 +124,17 @@ struct GemvSegments {
 template <typename T, int NT, int VEC, int RW>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* __restrict__ x,
                                                                 const GemvSegments<T> seg, int64_t k) {
+  const unsigned b = blockIdx.x;
+  const int s = b >= seg.first2 ? 2 : b >= seg.first1 ? 1 : 0;
+  const T* __restrict__ w = s == 0 ? seg.w0 : s == 1 ? seg.w1 : seg.w2;
+  const float* __restrict__ bias = s == 0 ? seg.b0 : s == 1 ? seg.b1 : seg.b2;
+  float* __restrict__ y = s == 0 ? seg.y0 : s == 1 ? seg.y1 : seg.y2;
+  const int64_t m = s == 0 ? seg.m0 : s == 1 ? seg.m1 : seg.m2;
+  const unsigned first = s == 0 ? 0u : s == 1 ? seg.first1 : seg.first2;
   constexpr int U = RW >= 4 ? 1 : 4 / RW;  // vectors in flight per lane: U * RW = 4
   const int lane = threadIdx.x & (kWarp - 1);
   const int warp = threadIdx.x / kWarp;
-  int s = 0;
-  while (s + 1 < seg.count && blockIdx.x >= seg.first_block[s + 1]) ++s;
-  const T* __restrict__ w = seg.w[s];
-  const float* __restrict__ bias = seg.bias[s];
-  float* __restrict__ y = seg.y[s];
-  const int64_t m = seg.m[s];
-  const int64_t row0 = (int64_t(blockIdx.x - seg.first_block[s]) * kGemvWarps + warp) * RW;
+  const int64_t row0 = (int64_t(b - first) * kGemvWarps + warp) * RW;
   if (row0 >= m) return;
   const T* wr[RW];
 #pragma unroll
@@ -177,17 +186,20 @@ void launch_gemv_nt(Context& ctx, const MultiMatmulParams& p) {
   const int64_t rows_per_block = int64_t(kGemvWarps) * RW;
   GemvSegments<T> seg;
   int64_t blocks = 0;
+  const T** w[3] = {&seg.w0, &seg.w1, &seg.w2};
+  const float** bias[3] = {&seg.b0, &seg.b1, &seg.b2};
+  float** y[3] = {&seg.y0, &seg.y1, &seg.y2};
+  int64_t* m[3] = {&seg.m0, &seg.m1, &seg.m2};
+  unsigned* first[3] = {nullptr, &seg.first1, &seg.first2};
   for (int i = 0; i < p.count; ++i) {
-    seg.w[seg.count] = static_cast<const T*>(p.w[i].data);
-    seg.bias[seg.count] = p.bias[i];
-    seg.y[seg.count] = p.y[i];
-    seg.m[seg.count] = p.w[i].rows;
-    seg.first_block[seg.count] = unsigned(blocks);
+    *w[i] = static_cast<const T*>(p.w[i].data);
+    *bias[i] = p.bias[i];
+    *y[i] = p.y[i];
+    *m[i] = p.w[i].rows;
+    if (i > 0) *first[i] = unsigned(blocks);
     blocks += (p.w[i].rows + rows_per_block - 1) / rows_per_block;
     if (blocks > INT_MAX) raise(ErrorKind::kUnsupported, "cuda matmul: too many output rows for one launch");
-    ++seg.count;
   }
-  seg.first_block[seg.count] = unsigned(blocks);
   gemv_kernel<T, NT, VEC, RW><<<unsigned(blocks), kGemvWarps * kWarp, 0, ctx.stream>>>(p.x, seg, k);
   LATHE_CUDA_CHECK_LAUNCH("gemv_kernel");
 }
