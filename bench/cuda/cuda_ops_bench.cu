@@ -3,6 +3,8 @@
 //   GEMM  n = 512 / 2048 (cuBLAS, x rounded to bf16 inside the op): TFLOP/s
 //   attention decode (n = 1, 32 heads / 8 kv heads, head_dim 128) at kv_len 128 / 4096 / 16384: GB/s of K/V
 //   attention prefill 2048 causal, same heads: TFLOP/s
+//   attention prefill n = 512 / 2048 / 4096 causal, fp32 kernel (exact mode) next to the bf16
+//     tensor-core kernel (fast mode): TFLOP/s, counting 2 matmuls x 2 flops x n^2/2 x head_dim x heads
 // Each measurement: 3 warm-up calls, then 20 calls each bracketed by CUDA events on the backend's
 // stream; the median is reported. Weights are random (never zeros) and, where one matrix would fit
 // in L2, several copies are cycled so every call streams from DRAM.
@@ -15,6 +17,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -174,6 +177,51 @@ void bench_attention(Ops& ops, const std::vector<int64_t>& decode_lens, int64_t 
   std::printf("  %6lld %13.1f %8.2f\n", (long long)prefill_len, ms * 1e3, flops / (ms * 1e-3) / 1e12);
 }
 
+// Causal prefill (n = kv_len) on both attention kernels: the exact backend runs the fp32 kernel, the
+// fast one (exact_matmul off) the bf16 tensor-core kernel. Each backend gets its own buffers (same
+// fill seeds, so the same inputs): pointers passed to a backend's ops come from its own alloc().
+void bench_attention_prefill(Ops& exact, Ops& fast, const std::vector<int64_t>& ns) {
+  const int64_t nh = 32, nkv = 8, hd = 128;
+  const int64_t max_n = *std::max_element(ns.begin(), ns.end());
+  print_header("attention prefill (tensor cores, fast mode) vs fp32 (exact mode): causal, 32 heads / 8 kv heads, "
+               "head_dim 128",
+               "  n=kv_len   fp32 time(us)  TFLOP/s    tc time(us)  TFLOP/s  speedup");
+  struct Bufs {
+    Buffer q, k, v, out;
+  };
+  auto make = [&](Ops& ops) {
+    Bufs b{Buffer(ops, size_t(max_n * nh * hd) * 4), Buffer(ops, size_t(max_n * nkv * hd) * 4),
+           Buffer(ops, size_t(max_n * nkv * hd) * 4), Buffer(ops, size_t(max_n * nh * hd) * 4)};
+    fill(ops, b.q, DType::kF32, 1.f, 7u);
+    fill(ops, b.k, DType::kF32, 1.f, 5u);
+    fill(ops, b.v, DType::kF32, 1.f, 6u);
+    return b;
+  };
+  Bufs be = make(exact), bf = make(fast);
+  for (int64_t n : ns) {
+    double ms[2];
+    for (int which = 0; which < 2; ++which) {
+      Ops& ops = which == 0 ? exact : fast;
+      const Bufs& b = which == 0 ? be : bf;
+      AttentionParams p;
+      p.q = b.q.f32();
+      p.k = b.k.f32();
+      p.v = b.v.f32();
+      p.out = b.out.f32();
+      p.n = n;
+      p.kv_len = n;
+      p.n_heads = nh;
+      p.n_kv_heads = nkv;
+      p.head_dim = hd;
+      p.scale = 1.f / std::sqrt(float(hd));
+      ms[which] = time_ms(ops, [&](int) { ops.attention(p); });
+    }
+    const double flops = 2.0 * 2.0 * double(n) * double(n) / 2 * double(hd) * double(nh);
+    std::printf("  %6lld %15.1f %8.1f %14.1f %8.1f %7.2fx\n", (long long)n, ms[0] * 1e3, flops / (ms[0] * 1e-3) / 1e12,
+                ms[1] * 1e3, flops / (ms[1] * 1e-3) / 1e12, ms[0] / ms[1]);
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -194,6 +242,9 @@ int main(int argc, char** argv) {
     const std::vector<Linear> gemm_shapes = {{"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
     bench_matmul(*ops, quick ? std::vector<Linear>{gemm_shapes[1]} : gemm_shapes, {512, 2048});
     bench_attention(*ops, {128, 4096, 16384}, 2048);
+    auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+    if (!fast) throw std::runtime_error("the fast-mode CUDA backend failed to start");
+    bench_attention_prefill(*ops, *fast, quick ? std::vector<int64_t>{2048} : std::vector<int64_t>{512, 2048, 4096});
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cuda_ops_bench: %s\n", e.what());
     return 1;
