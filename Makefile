@@ -6,7 +6,9 @@ SHARED ?= $(abspath ../shared)
 CMAKE_FLAGS ?=
 DEBIAN_PACKAGES := build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev \
   libpcre2-dev libutf8proc-dev libhwy-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev \
-  libomp-dev nodejs npm
+  libomp-dev
+# Node.js/npm only fetch test fixtures; a machine may already have them from outside Debian (then
+# Debian's npm package would conflict), so they are installed only when the command is missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LATHE := $(BUILD)/bin/lathe
 DEMO_MODEL := $(SHARED)/models/ref-llama-14m
@@ -19,6 +21,7 @@ deps:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
