@@ -21,78 +21,21 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/ops.h"
+#include "support/parity.h"
 
 namespace lathe::ops {
 namespace {
+
+using lathe::testing::HostWeight;
+using lathe::testing::random_floats;
+using lathe::testing::random_weight;
+using lathe::testing::rel_error;
+using lathe::testing::Worst;
 
 constexpr double kMatmulTol = 1e-5;
 constexpr double kAttentionTol = 2e-5;
 constexpr double kExactishTol = 1e-6;
 constexpr double kTranscendentalTol = 2e-6;
-
-std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo = -1.f, float hi = 1.f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(n);
-  for (auto& x : v) x = dist(rng);
-  return v;
-}
-
-// A weight in any float dtype plus its storage.
-struct HostWeight {
-  std::vector<float> f32;
-  std::vector<uint16_t> half;
-  Weight w;
-};
-
-HostWeight random_weight(std::mt19937& rng, int64_t rows, int64_t cols, DType dtype, float lo = -1.f,
-                         float hi = 1.f) {
-  HostWeight hw;
-  hw.f32 = random_floats(rng, size_t(rows * cols), lo, hi);
-  hw.w.rows = rows;
-  hw.w.cols = cols;
-  hw.w.dtype = dtype;
-  if (dtype == DType::kF32) {
-    hw.w.data = hw.f32.data();
-  } else {
-    hw.half.resize(hw.f32.size());
-    for (size_t i = 0; i < hw.f32.size(); ++i)
-      hw.half[i] = dtype == DType::kBF16 ? f32_to_bf16(hw.f32[i]) : f32_to_f16(hw.f32[i]);
-    hw.w.data = hw.half.data();
-  }
-  return hw;
-}
-
-double rel_error(const std::vector<float>& got, const std::vector<float>& ref) {
-  double max_err = 0, max_ref = 0;
-  for (size_t i = 0; i < ref.size(); ++i) {
-    if (std::isnan(got[i]) != std::isnan(ref[i])) return INFINITY;
-    max_err = std::max(max_err, std::abs(double(got[i]) - double(ref[i])));
-    max_ref = std::max(max_ref, std::abs(double(ref[i])));
-  }
-  // The floor only matters for outputs that are all ~0 (e.g. gelu of one very negative input, where
-  // the double ref cancels to exactly 0 and float32 keeps 1e-18).
-  return max_err / std::max(max_ref, 1e-3);
-}
-
-// Tracks the worst error of a test and prints it at the end.
-struct Worst {
-  std::string test, where;
-  double err = 0;
-  explicit Worst(std::string name) : test(std::move(name)) {}
-  void check(double e, double tol, const std::string& what) {
-    EXPECT_LE(e, tol) << what;
-    if (e > err) {
-      err = e;
-      where = what;
-    }
-  }
-  ~Worst() {
-    if (err == 0)
-      std::printf("[ worst ] %s: exact everywhere\n", test.c_str());
-    else
-      std::printf("[ worst ] %s: %.3g at %s\n", test.c_str(), err, where.c_str());
-  }
-};
 
 class OpsParity : public ::testing::Test {
  protected:

@@ -15,6 +15,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model.h"
+#include "support/golden.h"
 #include "test_paths.h"
 
 namespace lathe::model {
@@ -26,33 +27,9 @@ constexpr double kNllTol = 3e-2;
 constexpr double kTieTol = 3e-2;
 constexpr size_t kGreedySteps = 8;
 
-const char* kArchs[] = {"llama", "llama3-rope", "mistral", "qwen2", "qwen3", "gemma2", "phi3", "mixtral"};
-
-json read_json(const std::filesystem::path& p) {
-  std::ifstream in(p);
-  return json::parse(in);
-}
-
-std::vector<double> nll_of(const Tensor& logits, const std::vector<int32_t>& ids) {
-  const int64_t V = logits.dim(1);
-  std::vector<double> out;
-  for (size_t j = 0; j + 1 < ids.size(); ++j) {
-    const float* row = logits.as<float>() + int64_t(j) * V;
-    double mx = row[0];
-    for (int64_t i = 1; i < V; ++i) mx = std::max(mx, double(row[i]));
-    double s = 0;
-    for (int64_t i = 0; i < V; ++i) s += std::exp(double(row[i]) - mx);
-    out.push_back(std::log(s) + mx - row[ids[j + 1]]);
-  }
-  return out;
-}
-
-int32_t argmax(const float* row, int64_t n) {
-  int64_t best = 0;
-  for (int64_t i = 1; i < n; ++i)
-    if (row[i] > row[best]) best = i;
-  return int32_t(best);
-}
+using lathe::testing::argmax;
+using lathe::testing::nll_of;
+using lathe::testing::read_json;
 
 class CudaGolden : public ::testing::TestWithParam<const char*> {};
 
@@ -108,7 +85,7 @@ TEST_P(CudaGolden, MatchesTransformers) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGolden, ::testing::ValuesIn(kArchs), [](const auto& info) {
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaGolden, ::testing::ValuesIn(lathe::testing::kFixtureArchs), [](const auto& info) {
   std::string name = info.param;
   for (auto& ch : name)
     if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';

@@ -1,0 +1,35 @@
+#include "support/golden.h"
+
+#include <algorithm>
+#include <cmath>
+#include <fstream>
+
+namespace lathe::testing {
+
+nlohmann::json read_json(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  return nlohmann::json::parse(in);
+}
+
+std::vector<double> nll_of(const Tensor& logits, const std::vector<int32_t>& ids) {
+  const int64_t V = logits.dim(1);
+  std::vector<double> out;
+  for (size_t j = 0; j + 1 < ids.size(); ++j) {
+    const float* row = logits.as<float>() + int64_t(j) * V;
+    double mx = row[0];
+    for (int64_t i = 1; i < V; ++i) mx = std::max(mx, double(row[i]));
+    double s = 0;
+    for (int64_t i = 0; i < V; ++i) s += std::exp(double(row[i]) - mx);
+    out.push_back(std::log(s) + mx - row[ids[j + 1]]);
+  }
+  return out;
+}
+
+int32_t argmax(const float* row, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i)
+    if (row[i] > row[best]) best = i;
+  return int32_t(best);
+}
+
+}  // namespace lathe::testing

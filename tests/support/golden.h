@@ -1,0 +1,23 @@
+// Helpers shared by the model-level tests against shared/fixtures/models/*/golden.json (CPU and CUDA).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace lathe::testing {
+
+// The fixture architectures, as folder names under shared/fixtures/models.
+inline constexpr const char* kFixtureArchs[] = {"llama", "llama3-rope", "mistral", "qwen2",
+                                                "qwen3", "gemma2",      "phi3",    "mixtral"};
+
+nlohmann::json read_json(const std::filesystem::path& path);
+// -log softmax(logits[j])[ids[j + 1]] for every row but the last, in double.
+std::vector<double> nll_of(const Tensor& logits, const std::vector<int32_t>& ids);
+// First index of the maximum (torch.argmax's tie rule).
+int32_t argmax(const float* row, int64_t n);
+
+}  // namespace lathe::testing
