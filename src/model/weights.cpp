@@ -48,13 +48,12 @@ WeightLoader::WeightLoader(const std::filesystem::path& dir, const ModelConfig& 
   const int64_t q_rows = c.num_heads * hd, kv_rows = c.num_kv_heads * hd, I = c.intermediate_size;
   weights_.embed = bind("model.embed_tokens.weight", {c.vocab_size, H});
   weights_.final_norm = bind("model.norm.weight", {H});
+  // A checkpoint without lm_head.weight ties it to the embedding whatever config.json says: several
+  // config classes default tie_word_embeddings to true (Gemma) and exporters often omit the key.
   if (store_.contains("lm_head.weight") && !c.tie_word_embeddings)
     weights_.lm_head = bind("lm_head.weight", {c.vocab_size, H});
-  else if (c.tie_word_embeddings)
-    weights_.lm_head = weights_.embed;
   else
-    fail(ErrorKind::kNotFound, "tensor 'lm_head.weight' is missing and tie_word_embeddings is false in {}",
-         dir.string());
+    weights_.lm_head = weights_.embed;
 
   const bool qkv_bias = arch.qkv_bias || c.attention_bias;
   weights_.layers.resize(size_t(c.num_layers));

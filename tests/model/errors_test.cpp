@@ -71,6 +71,18 @@ TEST(ModelErrors, MissingTensorIsNamed) {
   EXPECT_NE(m.find("model.layers.2."), std::string::npos) << m;
 }
 
+TEST(ModelErrors, MissingLmHeadTiesToEmbedding) {
+  // qwen2's fixture has no lm_head.weight; a config that forgot tie_word_embeddings still loads, tied.
+  LATHE_REQUIRE_SHARED(src, "fixtures/models/qwen2");
+  auto d = copy_fixture(src, "tie");
+  auto cfg = io::read_json_file(d / "config.json");
+  cfg.erase("tie_word_embeddings");
+  std::ofstream(d / "config.json") << cfg.dump();
+  auto model = Model::load(d);
+  const auto& w = model->loader().weights();
+  EXPECT_EQ(w.lm_head.data, w.embed.data);
+}
+
 TEST(ModelErrors, UnsupportedArchitecture) {
   LATHE_REQUIRE_SHARED(src, "fixtures/models/llama");
   auto d = copy_fixture(src, "arch");
