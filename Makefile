@@ -4,6 +4,10 @@ BUILD ?= build
 JOBS ?= $(shell nproc)
 SHARED ?= $(abspath ../shared)
 CMAKE_FLAGS ?=
+# The CUDA backend is compiled whenever nvcc is present (CI included, so it never rots); its tests
+# skip loudly without a GPU. CUDA=OFF skips it, CUDA=ON insists.
+NVCC := $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ] && echo /usr/local/cuda/bin/nvcc; })
+CUDA ?= $(if $(NVCC),ON,OFF)
 DEBIAN_PACKAGES := build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev \
   libpcre2-dev libutf8proc-dev libhwy-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev \
   libomp-dev
@@ -28,7 +32,7 @@ deps:
 	fi
 
 $(BUILD)/build.ninja:
-	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DLATHE_SHARED_DIR=$(SHARED) $(CMAKE_FLAGS)
+	cmake -S . -B $(BUILD) -G Ninja -DCMAKE_BUILD_TYPE=Release -DLATHE_SHARED_DIR=$(SHARED) -DLATHE_CUDA=$(CUDA) $(CMAKE_FLAGS)
 
 configure: deps $(BUILD)/build.ninja
 

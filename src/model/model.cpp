@@ -39,6 +39,15 @@ Runner::Runner(const Model& model, ops::Ops& ops) : model_(model), ops_(ops) {
 
 void Runner::upload_weights() {
   const ModelWeights& host = model_.loader().weights();
+  // Fail before copying anything when the weights cannot fit, saying what is needed and available.
+  const ops::MemoryStats mem = ops_.memory_stats();
+  const size_t need = model_.loader().weight_bytes();
+  if (mem.device_total > 0 && need > mem.device_total - mem.device_used)
+    fail(ErrorKind::kOutOfRange,
+         "{} needs {:.2f} GiB of device memory for its weights but {:.2f} GiB of {:.2f} GiB are free; use a "
+         "smaller or quantized model, or --device cpu",
+         model_.dir().string(), double(need) / (1 << 30), double(mem.device_total - mem.device_used) / (1 << 30),
+         double(mem.device_total) / (1 << 30));
   // One device copy per distinct host region (a tied LM head shares the embedding's).
   std::map<std::pair<const void*, size_t>, void*> uploaded;
   auto put = [&](const void* src, size_t bytes) -> void* {
