@@ -84,6 +84,7 @@ RopeConfig parse_rope(const json& c, const std::string& where) {
   std::string type = get_or<std::string>(p, "rope_type", get_or<std::string>(p, "type", "default", where), where);
   r.type = parse_rope_type(type, where);
   r.factor = get_or<double>(p, "factor", 1.0, where);
+  r.factor_given = has(p, "factor");
   r.partial_rotary_factor =
       get_or<double>(p, "partial_rotary_factor", get_or<double>(c, "partial_rotary_factor", 1.0, where), where);
   r.original_max_position_embeddings = get_or<int64_t>(

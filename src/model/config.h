@@ -21,6 +21,7 @@ struct RopeConfig {
   RopeType type = RopeType::kDefault;
   double theta = 10000.0;
   double factor = 1.0;
+  bool factor_given = false;  // yarn/longrope derive it from the context ratio when absent
   double partial_rotary_factor = 1.0;
   int64_t original_max_position_embeddings = 0;  // 0: use max_position_embeddings
   double low_freq_factor = 1.0;                   // llama3

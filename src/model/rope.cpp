@@ -62,9 +62,10 @@ RopeFrequencies rope_frequencies(const ModelConfig& c, int64_t seq_len) {
     }
     case RopeType::kYarn: {
       const double base = r.theta;
-      double factor = r.factor;
       const int64_t orig = r.original_max_position_embeddings > 0 ? r.original_max_position_embeddings
                                                                    : c.max_position_embeddings;
+      // transformers 5: without a factor, the ratio of the extended to the pretrained context.
+      const double factor = r.factor_given ? r.factor : double(c.max_position_embeddings) / double(orig);
       double attn = 0;
       if (r.attention_factor) attn = *r.attention_factor;
       else if (r.mscale && r.mscale_all_dim) attn = yarn_mscale(factor, *r.mscale) / yarn_mscale(factor, *r.mscale_all_dim);
@@ -93,12 +94,11 @@ RopeFrequencies rope_frequencies(const ModelConfig& c, int64_t seq_len) {
       break;
     }
     case RopeType::kLongRope: {
-      int64_t orig = c.max_position_embeddings;
-      double factor = r.factor;
-      if (r.original_max_position_embeddings > 0) {
-        orig = r.original_max_position_embeddings;
-        factor = double(c.max_position_embeddings) / double(orig);
-      }
+      // Phi-3 raises max_position_embeddings and keeps the pretrained length as
+      // original_max_position_embeddings; without an explicit factor their ratio is the factor.
+      const int64_t orig = r.original_max_position_embeddings > 0 ? r.original_max_position_embeddings
+                                                                   : c.max_position_embeddings;
+      const double factor = r.factor_given ? r.factor : double(c.max_position_embeddings) / double(orig);
       double attn;
       if (r.attention_factor) attn = *r.attention_factor;
       else attn = factor <= 1.0 ? 1.0 : std::sqrt(1.0 + std::log(factor) / std::log(double(orig)));

@@ -85,6 +85,7 @@ TEST(Rope, Llama3KeepsHighAndScalesLowFrequencies) {
 TEST(Rope, YarnAttentionFactorAndRamp) {
   auto c = cfg(RopeType::kYarn);
   c.rope.factor = 4;
+  c.rope.factor_given = true;
   c.rope.original_max_position_embeddings = 1024;
   const auto y = rope_frequencies(c, 1);
   EXPECT_NEAR(y.attention_scaling, 0.1 * std::log(4.0) + 1.0, 1e-6);
@@ -93,6 +94,25 @@ TEST(Rope, YarnAttentionFactorAndRamp) {
   EXPECT_NEAR(y.inv_freq[31], d.inv_freq[31] / 4, 1e-12);      // slowest: interpolated (/ factor)
   c.rope.attention_factor = 1.5;
   EXPECT_FLOAT_EQ(rope_frequencies(c, 1).attention_scaling, 1.5f);
+}
+
+TEST(Rope, YarnWithoutFactorUsesTheContextRatio) {
+  auto c = cfg(RopeType::kYarn);
+  c.max_position_embeddings = 8192;
+  c.rope.original_max_position_embeddings = 2048;  // factor 4 implied
+  c.rope.factor_given = false;
+  EXPECT_NEAR(rope_frequencies(c, 1).attention_scaling, 0.1 * std::log(4.0) + 1.0, 1e-6);
+}
+
+TEST(Rope, LongRopeExplicitFactorWins) {
+  auto c = cfg(RopeType::kLongRope);
+  c.max_position_embeddings = 131072;
+  c.rope.original_max_position_embeddings = 4096;
+  c.rope.short_factor.assign(32, 1.0);
+  c.rope.long_factor.assign(32, 2.0);
+  c.rope.factor = 8;
+  c.rope.factor_given = true;
+  EXPECT_NEAR(rope_frequencies(c, 1).attention_scaling, std::sqrt(1 + std::log(8.0) / std::log(4096.0)), 1e-6);
 }
 
 TEST(Rope, LongRopeSwitchesFactorsPastOriginalContext) {
