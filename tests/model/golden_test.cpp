@@ -18,7 +18,6 @@ namespace {
 using nlohmann::json;
 
 using lathe::testing::argmax;
-using lathe::testing::nll_of;
 using lathe::testing::read_json;
 
 struct Backend {
@@ -43,18 +42,10 @@ TEST_P(GoldenTest, MatchesTransformers) {
     Workspace ws(*ops);
     Tensor logits;
     runner.forward(ids, cache, ws, LogitsFor::kAll, &logits);
-    const auto nll = nll_of(logits, ids);
-    const auto want_nll = cs["nll"].get<std::vector<double>>();
-    ASSERT_EQ(nll.size(), want_nll.size());
-    double worst = 0;
-    for (size_t j = 0; j < nll.size(); ++j) worst = std::max(worst, std::fabs(nll[j] - want_nll[j]));
-    EXPECT_LT(worst, 1e-3) << "worst nll error";
-    const auto want_logits = cs["last_logits"].get<std::vector<double>>();
-    ASSERT_EQ(int64_t(want_logits.size()), V);
+    const auto err = lathe::testing::compare_prefill(logits, cs);
+    EXPECT_LT(err.worst_nll, 1e-3) << "worst nll error";
+    EXPECT_LT(err.worst_logit, 1e-3) << "worst last-logit error";
     const float* last = logits.as<float>() + (int64_t(ids.size()) - 1) * V;
-    worst = 0;
-    for (int64_t i = 0; i < V; ++i) worst = std::max(worst, std::fabs(double(last[i]) - want_logits[size_t(i)]));
-    EXPECT_LT(worst, 1e-3) << "worst last-logit error";
 
     // Greedy continuation through the KV cache.
     const auto want = cs["greedy_ids"].get<std::vector<int32_t>>();

@@ -28,7 +28,6 @@ constexpr double kTieTol = 3e-2;
 constexpr size_t kGreedySteps = 8;
 
 using lathe::testing::argmax;
-using lathe::testing::nll_of;
 using lathe::testing::read_json;
 
 class CudaGolden : public ::testing::TestWithParam<const char*> {};
@@ -50,18 +49,10 @@ TEST_P(CudaGolden, MatchesTransformers) {
     Workspace ws(*ops);
     Tensor logits;
     runner.forward(ids, cache, ws, LogitsFor::kAll, &logits);
-    const auto nll = nll_of(logits, ids);
-    const auto want_nll = cs["nll"].get<std::vector<double>>();
-    ASSERT_EQ(nll.size(), want_nll.size());
-    double worst_nll = 0;
-    for (size_t j = 0; j < nll.size(); ++j) worst_nll = std::max(worst_nll, std::fabs(nll[j] - want_nll[j]));
+    const auto err = lathe::testing::compare_prefill(logits, cs);
+    const double worst_nll = err.worst_nll, worst_logit = err.worst_logit;
     EXPECT_LT(worst_nll, kNllTol) << "worst nll error";
-    const auto want_logits = cs["last_logits"].get<std::vector<double>>();
-    ASSERT_EQ(int64_t(want_logits.size()), V);
     const float* last = logits.as<float>() + (int64_t(ids.size()) - 1) * V;
-    double worst_logit = 0;
-    for (int64_t i = 0; i < V; ++i)
-      worst_logit = std::max(worst_logit, std::fabs(double(last[i]) - want_logits[size_t(i)]));
 
     // Teacher-forced greedy decode through the KV cache (n = 1 steps: the GEMV path).
     const auto want = cs["greedy_ids"].get<std::vector<int32_t>>();
