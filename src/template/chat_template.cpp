@@ -59,7 +59,8 @@ std::string render_chat_impl(const ChatTemplateSource& source, const J& messages
 
 }  // namespace
 
-ChatTemplateSource load_chat_template(const std::filesystem::path& dir, bool want_tools) {
+ChatTemplateSource load_chat_template(const std::filesystem::path& dir, bool want_tools,
+                                      const std::filesystem::path& template_file) {
   ChatTemplateSource out;
   const auto config_path = dir / "tokenizer_config.json";
   nlohmann::json config;
@@ -72,6 +73,12 @@ ChatTemplateSource load_chat_template(const std::filesystem::path& dir, bool wan
     out.bos_token = token_text(config, "bos_token");
     out.eos_token = token_text(config, "eos_token");
   }
+  if (!template_file.empty()) {
+    if (!std::filesystem::exists(template_file))
+      fail(ErrorKind::kNotFound, "template file not found: {}", template_file.string());
+    out.source = read_file(template_file);
+    return out;
+  }
   const auto jinja_path = dir / "chat_template.jinja";
   if (std::filesystem::exists(jinja_path)) {
     out.source = read_file(jinja_path);
@@ -80,7 +87,7 @@ ChatTemplateSource load_chat_template(const std::filesystem::path& dir, bool wan
   auto it = config.find("chat_template");
   if (it == config.end() || it->is_null())
     fail(ErrorKind::kNotFound, "no chat template in {}: expected chat_template.jinja or a \"chat_template\" in "
-         "tokenizer_config.json", dir.string());
+         "tokenizer_config.json (or pass one with --template FILE)", dir.string());
   if (it->is_string()) {
     out.source = it->get<std::string>();
   } else if (it->is_array()) {

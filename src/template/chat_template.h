@@ -26,8 +26,10 @@ struct ChatTemplateSource {
 // Reads DIR/chat_template.jinja if present, else tokenizer_config.json "chat_template" (a string,
 // or the list-of-named-templates form -> "default", or "tool_use" when want_tools and present),
 // and bos_token/eos_token (strings or {"content": ...} objects) from tokenizer_config.json.
-// Throws lathe::Error(kNotFound) when the folder has no template.
-ChatTemplateSource load_chat_template(const std::filesystem::path& dir, bool want_tools = false);
+// Throws lathe::Error(kNotFound) when the folder has no template. With `template_file`, that Jinja
+// file is the template (bos/eos still come from the folder), so a folder without one works too.
+ChatTemplateSource load_chat_template(const std::filesystem::path& dir, bool want_tools = false,
+                                      const std::filesystem::path& template_file = {});
 
 struct TemplateOptions {
   bool trim_blocks = true;    // transformers' setting; Jinja's own default is false

@@ -136,6 +136,17 @@ TEST(Cli, ChatTakesTurnsFromStdin) {
   EXPECT_EQ(piped.err.find("(0 reused"), piped.err.rfind("(0 reused")) << "only the first turn starts cold";
 }
 
+TEST(Cli, ChatWithATemplateFileWhenTheModelHasNone) {
+  LATHE_REQUIRE_SHARED(dir, "models/ref-llama-14m");
+  LATHE_REQUIRE_SHARED(jinja, "fixtures/models/qwen3/chat_template.jinja");
+  const auto none = lathe_cli("chat -m " + dir.string() + " -n 4", "Hello\n");
+  EXPECT_NE(none.code, 0);
+  EXPECT_NE(none.err.find("--template"), std::string::npos) << none.err;
+  const auto r = lathe_cli("chat -m " + dir.string() + " --template " + jinja.string() + " -n 4 --temperature 0", "Hello\n");
+  ASSERT_EQ(r.code, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+}
+
 TEST(Cli, EveryCommandHasHelp) {
   for (const char* c : {"info", "score", "generate", "perplexity", "chat", "tokenize", "template", "bench"}) {
     const auto r = lathe_cli(std::string(c) + " --help");

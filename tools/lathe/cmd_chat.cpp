@@ -19,7 +19,7 @@ namespace lathe::cli {
 
 void add_chat_command(CLI::App& app) {
   struct Opts {
-    std::string model, system;
+    std::string model, system, template_file;
     DeviceOptions device;
     int64_t n = 512, ctx = 0;
     SamplingOptions sampling;
@@ -28,6 +28,8 @@ void add_chat_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("chat", "Chat with a model (its chat template applied; multi-turn)");
   cmd->add_option("-m,--model", opts->model, "Hugging Face model folder")->required();
   cmd->add_option("-s,--system", opts->system, "system prompt");
+  cmd->add_option("--template", opts->template_file,
+                  "Jinja chat template file (default: the model's chat_template.jinja or tokenizer_config.json)");
   cmd->add_option("-n,--max-tokens", opts->n, "most tokens per reply")->capture_default_str();
   cmd->add_option("--ctx", opts->ctx, "conversation length limit in tokens (default: the model's context)");
   opts->sampling.add_to(cmd);
@@ -35,7 +37,7 @@ void add_chat_command(CLI::App& app) {
   cmd->callback([opts] {
     auto model = model::Model::load(opts->model);
     auto tokenizer = require_tokenizer(opts->model);
-    const auto tmpl = tmpl::load_chat_template(opts->model);
+    const auto tmpl = tmpl::load_chat_template(opts->model, /*want_tools=*/false, opts->template_file);
     auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     const auto& c = model->config();
     const int64_t ctx = opts->ctx > 0 ? std::min(opts->ctx, c.max_position_embeddings) : c.max_position_embeddings;

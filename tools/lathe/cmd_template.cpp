@@ -28,12 +28,7 @@ void run_template(const TemplateArgs& args) {
   auto source_for = [&](bool tools) -> const tmpl::ChatTemplateSource& {
     auto& slot = tools ? with_tools : plain;
     if (!slot) {
-      slot = tmpl::load_chat_template(args.model_dir, tools);
-      if (!args.template_file.empty()) {
-        std::ifstream in(args.template_file, std::ios::binary);
-        if (!in) fail(ErrorKind::kIo, "cannot open template file {}", args.template_file);
-        slot->source.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
-      }
+      slot = tmpl::load_chat_template(args.model_dir, tools, args.template_file);
     }
     return *slot;
   };
