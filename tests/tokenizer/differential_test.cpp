@@ -376,7 +376,8 @@ TEST_P(DifferentialTest, MatchesReferenceLibrary) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Tokenizers, DifferentialTest,
-                         ::testing::Values("llama2", "llama3_1", "qwen3", "deepseek_v3", "gemma3", "gptoss"));
+                         ::testing::Values("llama2", "llama3_1", "qwen3", "deepseek_v3", "gemma3", "gptoss", "llama3",
+                                           "gpt4o", "gpt35turbo", "claude", "gemini"));
 
 }  // namespace
 }  // namespace lathe::tok
