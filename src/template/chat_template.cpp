@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/json_file.h"
 #include "template/ast.h"
 #include "template/eval.h"
 #include "template/lexer.h"
@@ -12,14 +13,6 @@
 namespace lathe::tmpl {
 
 namespace {
-
-std::string read_file(const std::filesystem::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail(ErrorKind::kIo, "cannot open {}", path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
 
 // Special tokens appear as plain strings or as AddedToken objects {"content": "...", ...}.
 std::string token_text(const nlohmann::json& config, const char* key) {
@@ -66,7 +59,7 @@ ChatTemplateSource load_chat_template(const std::filesystem::path& dir, bool wan
   nlohmann::json config;
   if (std::filesystem::exists(config_path)) {
     try {
-      config = nlohmann::json::parse(read_file(config_path));
+      config = nlohmann::json::parse(io::read_text_file(config_path));
     } catch (const nlohmann::json::parse_error& e) {
       fail(ErrorKind::kFormat, "{}: invalid JSON: {}", config_path.string(), e.what());
     }
@@ -76,12 +69,12 @@ ChatTemplateSource load_chat_template(const std::filesystem::path& dir, bool wan
   if (!template_file.empty()) {
     if (!std::filesystem::exists(template_file))
       fail(ErrorKind::kNotFound, "template file not found: {}", template_file.string());
-    out.source = read_file(template_file);
+    out.source = io::read_text_file(template_file);
     return out;
   }
   const auto jinja_path = dir / "chat_template.jinja";
   if (std::filesystem::exists(jinja_path)) {
-    out.source = read_file(jinja_path);
+    out.source = io::read_text_file(jinja_path);
     return out;
   }
   auto it = config.find("chat_template");

@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "core/error.h"
+#include "io/json_file.h"
 #include "tokenizer_impl.h"
 #include "unicode.h"
 
@@ -140,14 +141,6 @@ void build(TokenizerImpl& t, const json& j, const json& cfg) {
   }
 }
 
-std::string read_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) fail(ErrorKind::kIo, "cannot open {}: check the path and its permissions", p.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 }  // namespace detail
 
@@ -170,9 +163,9 @@ Tokenizer Tokenizer::load(const std::filesystem::path& dir) {
          "holds one (older sentencepiece-only models need converting with transformers first)",
          dir.string());
   auto cj = dir / "tokenizer_config.json";
-  std::string cfg = std::filesystem::exists(cj) ? detail::read_file(cj) : std::string();
+  std::string cfg = std::filesystem::exists(cj) ? io::read_text_file(cj) : std::string();
   try {
-    return from_json(detail::read_file(tj), cfg);
+    return from_json(io::read_text_file(tj), cfg);
   } catch (const Error& e) {
     throw Error(e.kind(), fmt::format("{} ({})", e.what(), dir.string()));
   }
