@@ -20,20 +20,32 @@ echo "== lathe"
 timeout 300 "$LATHE" bench -m "$MODEL" --device cuda -p 512,2048 -c 128,4096 -n 64 -r 3 ${LATHE_ARGS:-} \
   --json >"$LOGS/lathe.json" 2>"$LOGS/lathe.err" || { echo "lathe bench failed:"; tail -20 "$LOGS/lathe.err"; }
 cat "$LOGS/lathe.json"
-python3 - "$LOGS/hf.json" "$LOGS/lathe.json" <<'PY'
+echo "== lathe batched decode (ctx 128)"
+timeout 300 "$LATHE" bench -m "$MODEL" --device cuda -p 16 -c 128 -b 8,32 -n 64 -r 3 ${LATHE_ARGS:-} \
+  --json >"$LOGS/lathe-batch.json" 2>"$LOGS/lathe-batch.err" || { echo "lathe batched bench failed:"; tail -20 "$LOGS/lathe-batch.err"; }
+cat "$LOGS/lathe-batch.json"
+echo "== lathe without graphs (ctx 128)"
+timeout 300 "$LATHE" bench -m "$MODEL" --device cuda -p 16 -c 128 -n 64 -r 3 --no-graphs ${LATHE_ARGS:-} \
+  --json >"$LOGS/lathe-nograph.json" 2>"$LOGS/lathe-nograph.err" || { echo "lathe bench (no graphs) failed:"; tail -20 "$LOGS/lathe-nograph.err"; }
+cat "$LOGS/lathe-nograph.json"
+python3 - "$LOGS/hf.json" "$LOGS/lathe.json" "$LOGS/lathe-batch.json" "$LOGS/lathe-nograph.json" <<'PY'
 import json, sys
-try:
-    hf = json.load(open(sys.argv[1]))
-except Exception:
-    hf = {}
-try:
-    la = json.load(open(sys.argv[2]))
-except Exception:
-    la = {}
+def load(p):
+    try:
+        return json.load(open(p))
+    except Exception:
+        return {}
+hf = load(sys.argv[1])
+la = load(sys.argv[2])
+la.update({k: v for k, v in load(sys.argv[3]).items() if k.startswith("decode_b")})
+ng = load(sys.argv[4])
+if "decode_ctx128_tok_s" in ng:
+    la["decode_ctx128_nograph_tok_s"] = ng["decode_ctx128_tok_s"]
 rows = [("decode b1 ctx128 tok/s", "decode_b1_ctx128_tok_s", "decode_ctx128_tok_s"),
         ("decode b1 ctx4096 tok/s", "decode_b1_ctx4096_tok_s", "decode_ctx4096_tok_s"),
-        ("decode b8 ctx128 tok/s", "decode_b8_ctx128_tok_s", None),
-        ("decode b32 ctx128 tok/s", "decode_b32_ctx128_tok_s", None),
+        ("decode b1 ctx128 no graphs", "decode_b1_ctx128_tok_s", "decode_ctx128_nograph_tok_s"),
+        ("decode b8 ctx128 tok/s", "decode_b8_ctx128_tok_s", "decode_b8_ctx128_tok_s"),
+        ("decode b32 ctx128 tok/s", "decode_b32_ctx128_tok_s", "decode_b32_ctx128_tok_s"),
         ("prefill 512 tok/s", "prefill_512_tok_s", "prefill_512_tok_s"),
         ("prefill 2048 tok/s", "prefill_2048_tok_s", "prefill_2048_tok_s")]
 print(f"{'metric':28} {'transformers':>14} {'lathe':>12} {'ratio':>8}")

@@ -3,9 +3,9 @@
 #
 #   scripts/gpu-check.sh --pack [BUILD_DIR]   (on the build machine) bundles the four binaries below
 #                                             and their non-system shared libraries into
-#                                             carry/gpu-check.tgz (~20 MB; carry/ is git-ignored)
-#   scripts/gpu-check.sh [BUILD_DIR | carry/gpu-check.tgz]   (on the GPU machine, from any directory)
-#                                             default: carry/gpu-check.tgz if present, else build-cuda
+#                                             carry/gpu-check.tar.xz (~20 MB; carry/ is git-ignored)
+#   scripts/gpu-check.sh [BUILD_DIR | carry/gpu-check.tar.xz]   (on the GPU machine, from any directory)
+#                                             default: carry/gpu-check.tar.xz if present, else build-cuda
 #
 # Runs, each under a time limit, logging to $OUT (the device tool's return folder) or /tmp/gpu-check:
 #   1. ops_cuda_test     every CUDA op against the scalar reference ("[ worst ]" lines: worst error per op)
@@ -39,20 +39,21 @@ if [ "${1:-}" = "--pack" ]; then
       while read -r lib; do cp -L -n "$lib" "$stage/lib/"; done
   done
   mkdir -p carry
-  tar czf carry/gpu-check.tgz -C "$stage" build lib
+  # xz: the four binaries each embed every kernel; gzip would make the bundle too big to carry.
+  XZ_OPT="-T0 -6" tar cJf carry/gpu-check.tar.xz -C "$stage" build lib
   rm -rf "$stage"
-  echo "packed: $(ls -la carry/gpu-check.tgz | awk '{print $5}') bytes in carry/gpu-check.tgz"
-  tar tzf carry/gpu-check.tgz | sed 's/^/  /'
+  echo "packed: $(ls -la carry/gpu-check.tar.xz | awk '{print $5}') bytes in carry/gpu-check.tar.xz"
+  tar tJf carry/gpu-check.tar.xz | sed 's/^/  /'
   exit 0
 fi
 
 BUILD=${1:-}
 if [ -z "$BUILD" ]; then
-  if [ -f carry/gpu-check.tgz ]; then BUILD=carry/gpu-check.tgz; else BUILD=build-cuda; fi
+  if [ -f carry/gpu-check.tar.xz ]; then BUILD=carry/gpu-check.tar.xz; else BUILD=build-cuda; fi
 fi
 if [ -f "$BUILD" ]; then  # a --pack bundle
   unpack=/tmp/gpu-check-build
-  rm -rf "$unpack" && mkdir -p "$unpack" && tar xzf "$BUILD" -C "$unpack" || { echo "cannot unpack $BUILD"; exit 2; }
+  rm -rf "$unpack" && mkdir -p "$unpack" && tar xf "$BUILD" -C "$unpack" || { echo "cannot unpack $BUILD"; exit 2; }
   export LD_LIBRARY_PATH="$unpack/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   BUILD="$unpack/build"
 fi

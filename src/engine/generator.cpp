@@ -50,7 +50,6 @@ GenerateResult Generator::generate(std::span<const int32_t> prompt, const Genera
   cache.truncate(int64_t(reuse));
   s.tokens.resize(reuse);
   model::Workspace ws(runner_.ops());
-  Tensor logits;
   Sampler sampler(cfg.sampler);
   StopMatcher stops(cfg.stop);
   std::optional<tok::StreamDecoder> decoder;
@@ -66,16 +65,42 @@ GenerateResult Generator::generate(std::span<const int32_t> prompt, const Genera
     if (on_text) on_text(piece);
   };
 
+  // Each forward ends with token selection on the backend: penalties applied where the logits
+  // are, then only the best candidates come back (the whole row only when they cannot decide).
+  const int64_t V = c.vocab_size;
+  model::Selection sel;
+  std::vector<float> full_row;
+  auto forward = [&](std::span<const int32_t> ids) {
+    model::SelectRow row;
+    row.temperature = cfg.sampler.temperature;
+    row.repetition = cfg.sampler.repetition_penalty;
+    row.presence = cfg.sampler.presence_penalty;
+    row.frequency = cfg.sampler.frequency_penalty;
+    for (auto [id, count] : sampler.penalty_counts(history))
+      if (id < V) row.penalized.push_back({id, count});
+    model::SeqInput in;
+    in.ids = ids;
+    in.kv = &cache.seq();
+    runner_.forward_select(std::span<const model::SeqInput>(&in, 1), cache.pool(), ws,
+                           std::span<const model::SelectRow>(&row, 1), sampler.candidates_wanted(V), &sel);
+  };
+  auto next_token = [&] {
+    const int32_t t = sampler.choose(sel.ids, sel.values, sel.sums[0], V);
+    if (t >= 0) return t;
+    full_row.resize(size_t(V));
+    runner_.selected_logits_row(ws, 0, full_row);
+    return sampler.choose_full(full_row);
+  };
+
   const auto t0 = clock::now();
-  runner_.forward(prompt.subspan(reuse), cache, ws, model::LogitsFor::kLast, &logits);
+  forward(prompt.subspan(reuse));
   s.tokens.assign(prompt.begin(), prompt.end());
   const auto t1 = clock::now();
   res.prefill_seconds = std::chrono::duration<double>(t1 - t0).count();
   auto t_first = t1;
-  const int64_t V = c.vocab_size;
 
   for (int64_t step = 0; step < cfg.max_new_tokens; ++step) {
-    const int32_t next = sampler.sample(std::span<const float>(logits.as<float>(), size_t(V)), history);
+    const int32_t next = next_token();
     if (step == 0) t_first = clock::now();
     res.ids.push_back(next);
     history.push_back(next);
@@ -96,7 +121,7 @@ GenerateResult Generator::generate(std::span<const int32_t> prompt, const Genera
       res.finish = FinishReason::kContext;
       break;
     }
-    runner_.forward(std::span<const int32_t>(&history.back(), 1), cache, ws, model::LogitsFor::kLast, &logits);
+    forward(std::span<const int32_t>(&history.back(), 1));
     s.tokens.push_back(history.back());
   }
   if (decoder && !stops.stopped()) {

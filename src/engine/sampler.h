@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <utility>
 #include <vector>
 
 namespace lathe::engine {
@@ -28,8 +29,24 @@ class Sampler {
   int32_t sample(std::span<const float> logits, std::span<const int32_t> history);
   const SamplerConfig& config() const { return config_; }
 
+  // ---- The same choice from the backend's top-k (model::Runner::forward_select) --------------
+  // The (id, count) pairs the penalties apply to, for this history.
+  std::vector<std::pair<int32_t, int32_t>> penalty_counts(std::span<const int32_t> history) const;
+  bool penalized() const;
+  // Candidates to ask for: 1 when greedy, top_k when set, else `cap`.
+  int64_t candidates_wanted(int64_t vocab, int64_t cap = 256) const;
+  // Picks from the k best penalized logits (sorted, best first; equal logits lower id first) and
+  // the softmax denominator over the whole vocabulary. Returns -1 when the candidates cannot decide
+  // (the draw reaches past them): then call choose_full with the full penalized row, which reuses
+  // this call's random draw, so the result equals sample() on the same logits.
+  int32_t choose(std::span<const int32_t> ids, std::span<const float> values, double sum, int64_t vocab);
+  int32_t choose_full(std::span<const float> penalized_logits);
+
  private:
   double uniform();  // [0, 1), 53 random bits: identical on every platform for a seed
+  void penalize(std::vector<float>& logits, std::span<const int32_t> history) const;
+  int32_t pick(std::vector<float>& work, double u);  // temperature > 0, penalties applied
+  double pending_u_ = -1;  // the draw of a choose() that returned -1
 
   SamplerConfig config_;
   std::mt19937_64 rng_;

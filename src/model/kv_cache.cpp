@@ -1,29 +1,46 @@
 #include "model/kv_cache.h"
 
+#include <atomic>
+
 #include "core/error.h"
 
 namespace lathe::model {
 
-KvCache::KvCache(const ModelConfig& c, int64_t capacity, ops::Ops& ops)
-    : capacity_(capacity), row_(c.num_kv_heads * c.head_dim) {
-  if (capacity <= 0) fail(ErrorKind::kInvalidArgument, "KV cache capacity must be positive (got {})", capacity);
-  const size_t bytes = size_t(capacity * row_) * sizeof(float);
+KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops::Ops& ops)
+    : num_blocks_(num_blocks), block_size_(block_size), row_(c.num_kv_heads * c.head_dim) {
+  if (num_blocks <= 0 || block_size <= 0)
+    fail(ErrorKind::kInvalidArgument, "KV cache needs at least one block of at least one position (got {} x {})",
+         num_blocks, block_size);
+  if (num_blocks * block_size > (int64_t(1) << 31) - 1)
+    fail(ErrorKind::kOutOfRange, "KV cache of {} x {} positions is too large (at most 2^31 - 1)", num_blocks,
+         block_size);
+  static std::atomic<uint64_t> next_id{1};
+  id_ = next_id++;
+  const size_t bytes = size_t(num_blocks * block_size * row_) * sizeof(float);
   for (int64_t i = 0; i < c.num_layers; ++i) {
     k_.emplace_back(ops, bytes);
     v_.emplace_back(ops, bytes);
   }
 }
 
-void KvCache::truncate(int64_t n) {
-  if (n < 0 || n > length_) fail(ErrorKind::kInternal, "KV cache truncate to {} with length {}", n, length_);
-  length_ = n;
-}
-
-size_t KvCache::bytes() const {
+size_t KvPool::bytes() const {
   size_t b = 0;
   for (auto& t : k_) b += t.bytes();
   for (auto& t : v_) b += t.bytes();
   return b;
+}
+
+size_t KvPool::block_bytes(const ModelConfig& c, int64_t block_size) {
+  return size_t(2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim) * sizeof(float);
+}
+
+KvCache::KvCache(const ModelConfig& c, int64_t capacity, ops::Ops& ops) : pool_(c, 1, capacity, ops) {
+  seq_.blocks = {0};
+}
+
+void KvCache::truncate(int64_t n) {
+  if (n < 0 || n > seq_.length) fail(ErrorKind::kInternal, "KV cache truncate to {} with length {}", n, seq_.length);
+  seq_.length = n;
 }
 
 }  // namespace lathe::model

@@ -1,9 +1,14 @@
-// Contiguous per-sequence KV cache in backend memory: for each layer, K and V as
-// [capacity, n_kv_heads, head_dim] float32, position-major so attention streams keys in order.
-// (The paged cache of the serving engine replaces this later; the op contract already takes
-// position-major K/V.)
+// K/V storage in backend memory. A KvPool holds fixed-size blocks of positions for every layer; a
+// sequence (SeqKv) owns a list of blocks, so many sequences share one pool without reserving their
+// whole context up front (the serving engine's paged cache), and the attention op finds position j
+// of a sequence through its block table. KvCache is the one-sequence case used by generate, score
+// and chat: a pool of one block as long as the context, so its rows are contiguous.
+//
+// Layout: for each layer, K and V as [num_blocks * block_size, n_kv_heads, head_dim] float32,
+// position-major inside a block so attention streams keys in order.
 #pragma once
 
+#include <cstdint>
 #include <vector>
 
 #include "model/config.h"
@@ -11,29 +16,51 @@
 
 namespace lathe::model {
 
+class KvPool {
+ public:
+  KvPool(const ModelConfig& config, int64_t num_blocks, int64_t block_size, ops::Ops& ops);
+
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_size() const { return block_size_; }
+  int64_t row_size() const { return row_; }  // n_kv_heads * head_dim
+  float* k(int64_t layer) const { return k_[size_t(layer)].f32(); }
+  float* v(int64_t layer) const { return v_[size_t(layer)].f32(); }
+  size_t bytes() const;
+  // Distinct for every pool made in this process (recorded graphs remember which pool they read).
+  uint64_t id() const { return id_; }
+  // Bytes one block takes over all layers (K and V).
+  static size_t block_bytes(const ModelConfig& config, int64_t block_size);
+
+ private:
+  int64_t num_blocks_ = 0, block_size_ = 0, row_ = 0;
+  uint64_t id_ = 0;
+  std::vector<ops::Buffer> k_, v_;
+};
+
+// One sequence's positions in a pool: position p is slot p % block_size of block blocks[p / block_size].
+struct SeqKv {
+  std::vector<int32_t> blocks;
+  int64_t length = 0;  // positions filled
+  int64_t capacity(int64_t block_size) const { return int64_t(blocks.size()) * block_size; }
+};
+
 class KvCache {
  public:
   KvCache(const ModelConfig& config, int64_t capacity, ops::Ops& ops);
 
-  int64_t length() const { return length_; }
-  int64_t capacity() const { return capacity_; }
+  int64_t length() const { return seq_.length; }
+  int64_t capacity() const { return pool_.block_size(); }
   // Forget positions >= n (to rewind, or to reuse a common prefix).
   void truncate(int64_t n);
-  void clear() { length_ = 0; }
+  void clear() { seq_.length = 0; }
+  size_t bytes() const { return pool_.bytes(); }
 
-  float* k(int64_t layer) { return k_[size_t(layer)].f32(); }
-  float* v(int64_t layer) { return v_[size_t(layer)].f32(); }
-  int64_t row_size() const { return row_; }  // n_kv_heads * head_dim
-  size_t bytes() const;
-
-  // Called by the forward after writing positions [length, length + n).
-  void advance(int64_t n) { length_ += n; }
+  KvPool& pool() { return pool_; }
+  SeqKv& seq() { return seq_; }
 
  private:
-  int64_t capacity_ = 0;
-  int64_t row_ = 0;
-  int64_t length_ = 0;
-  std::vector<ops::Buffer> k_, v_;
+  KvPool pool_;
+  SeqKv seq_;
 };
 
 }  // namespace lathe::model

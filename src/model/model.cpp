@@ -1,6 +1,9 @@
 #include "model/model.h"
 
 #include <algorithm>
+#include <bit>
+#include <cstdlib>
+#include <string_view>
 #include <cmath>
 #include <cstring>
 #include <map>
@@ -8,6 +11,7 @@
 #include <vector>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "model/rope.h"
 
 namespace lathe::model {
@@ -24,11 +28,33 @@ std::unique_ptr<Model> Model::load(const std::filesystem::path& dir) {
 
 float* Workspace::get(ops::Buffer& b, int64_t rows, int64_t cols) {
   const size_t bytes = size_t(rows * cols) * sizeof(float);
-  if (b.bytes() < bytes) b = ops::Buffer(*ops_, bytes);
+  if (b.bytes() < bytes) {
+    b = ops::Buffer(*ops_, bytes);
+    ++generation_;  // recorded graphs point at the old buffer
+  }
   return b.f32();
 }
 
-Runner::Runner(const Model& model, ops::Ops& ops) : model_(model), ops_(ops) {
+void* Workspace::staging(size_t bytes) {
+  if (staging_bytes_ < bytes) {
+    if (staging_) ops_->free_pinned(staging_);
+    staging_ = nullptr;
+    staging_bytes_ = 0;
+    const size_t rounded = std::max<size_t>(bytes * 2, 64 << 10);
+    staging_ = ops_->alloc_pinned(rounded);
+    staging_bytes_ = rounded;
+  }
+  return staging_;
+}
+
+Workspace::~Workspace() {
+  graphs.clear();
+  if (staging_) ops_->free_pinned(staging_);
+}
+
+Runner::Runner(const Model& model, ops::Ops& ops)
+    : model_(model), ops_(ops), rope_short_(rope_frequencies(model.config(), 1)) {
+  if (const char* g = std::getenv("LATHE_GRAPHS"); g && std::string_view(g) == "0") graphs_ = false;
   if (ops.host_memory()) {
     w_ = &model.loader().weights();
   } else {
@@ -36,6 +62,45 @@ Runner::Runner(const Model& model, ops::Ops& ops) : model_(model), ops_(ops) {
     w_ = &device_weights_;
   }
 }
+
+namespace {
+// Streams host weights (mmap'd files) to a device backend through two pinned staging buffers: the
+// host copies chunk i + 1 into one (several threads: page-cache reads are the slow part) while the
+// DMA of chunk i from the other runs. Pageable copies made the driver stage every byte itself, one
+// synchronous copy at a time.
+class Uploader {
+ public:
+  static constexpr size_t kChunk = size_t(64) << 20;
+  explicit Uploader(ops::Ops& ops) : ops_(ops) {
+    for (auto& b : buf_) b = ops_.alloc_pinned(kChunk);
+  }
+  ~Uploader() {
+    for (auto& b : buf_) ops_.free_pinned(b);  // free_pinned waits for queued copies first
+  }
+  Uploader(const Uploader&) = delete;
+  Uploader& operator=(const Uploader&) = delete;
+
+  void copy(void* dst, const void* src, size_t bytes) {
+    for (size_t off = 0; off < bytes; off += kChunk) {
+      const size_t len = std::min(kChunk, bytes - off);
+      char* stage = static_cast<char*>(buf_[cur_]);
+      const char* from = static_cast<const char*>(src) + off;
+      parallel_for(int64_t(len), int64_t(4) << 20, [&](int64_t b, int64_t e) {
+        std::memcpy(stage + b, from + b, size_t(e - b));
+      });
+      ops_.synchronize();  // the other buffer's copy (the one before this chunk) has landed
+      ops_.copy_to_backend_async(static_cast<char*>(dst) + off, stage, len);
+      cur_ ^= 1;  // this buffer is refilled only after the next chunk's synchronize
+    }
+  }
+  void finish() { ops_.synchronize(); }
+
+ private:
+  ops::Ops& ops_;
+  void* buf_[2] = {nullptr, nullptr};
+  int cur_ = 0;
+};
+}  // namespace
 
 void Runner::upload_weights() {
   const ModelWeights& host = model_.loader().weights();
@@ -48,6 +113,7 @@ void Runner::upload_weights() {
          "smaller or quantized model, or --device cpu",
          model_.dir().string(), double(need) / (1 << 30), double(mem.device_total - mem.device_used) / (1 << 30),
          double(mem.device_total) / (1 << 30));
+  Uploader up(ops_);
   // One device copy per distinct host region (a tied LM head shares the embedding's).
   std::map<std::pair<const void*, size_t>, void*> uploaded;
   auto put = [&](const void* src, size_t bytes) -> void* {
@@ -55,7 +121,7 @@ void Runner::upload_weights() {
     auto key = std::make_pair(src, bytes);
     if (auto it = uploaded.find(key); it != uploaded.end()) return it->second;
     owned_.emplace_back(ops_, bytes);
-    ops_.copy_to_backend(owned_.back().data(), src, bytes);
+    up.copy(owned_.back().data(), src, bytes);
     uploaded[key] = owned_.back().data();
     return owned_.back().data();
   };
@@ -70,6 +136,30 @@ void Runner::upload_weights() {
     d.bias = static_cast<const float*>(put(l.bias, size_t(l.w.rows) * sizeof(float)));
     return d;
   };
+  // Matrices with the same dtype and width placed back to back in one buffer (q|k|v, gate|up), so
+  // the forward can run them as one wider matmul; anything else is copied on its own.
+  auto adjacent = [&](const Linear* const* in, Linear* const* out, int count) {
+    bool same = in[0]->w.data != nullptr;
+    size_t total = 0;
+    for (int i = 0; i < count; ++i) {
+      same = same && in[i]->w.data && in[i]->w.dtype == in[0]->w.dtype && in[i]->w.cols == in[0]->w.cols;
+      total += size_t(in[i]->w.rows * in[i]->w.cols) * dtype_size(in[i]->w.dtype);
+    }
+    if (!same) {
+      for (int i = 0; i < count; ++i) *out[i] = linear(*in[i]);
+      return;
+    }
+    owned_.emplace_back(ops_, total);
+    char* at = static_cast<char*>(owned_.back().data());
+    for (int i = 0; i < count; ++i) {
+      const size_t bytes = size_t(in[i]->w.rows * in[i]->w.cols) * dtype_size(in[i]->w.dtype);
+      up.copy(at, in[i]->w.data, bytes);
+      *out[i] = *in[i];
+      out[i]->w.data = at;
+      out[i]->bias = static_cast<const float*>(put(in[i]->bias, size_t(in[i]->w.rows) * sizeof(float)));
+      at += bytes;
+    }
+  };
   ModelWeights& d = device_weights_;
   d.embed = weight(host.embed);
   d.final_norm = weight(host.final_norm);
@@ -80,14 +170,16 @@ void Runner::upload_weights() {
     D.attn_post_norm = weight(L.attn_post_norm);
     D.ffn_norm = weight(L.ffn_norm);
     D.ffn_post_norm = weight(L.ffn_post_norm);
-    D.q = linear(L.q);
-    D.k = linear(L.k);
-    D.v = linear(L.v);
+    // q, k, v back to back (and gate, up below): one GEMM of their summed width serves all three.
+    const Linear* qkv_in[3] = {&L.q, &L.k, &L.v};
+    Linear* qkv_out[3] = {&D.q, &D.k, &D.v};
+    adjacent(qkv_in, qkv_out, 3);
     D.o = linear(L.o);
     D.q_norm = weight(L.q_norm);
     D.k_norm = weight(L.k_norm);
-    D.gate = linear(L.gate);
-    D.up = linear(L.up);
+    const Linear* gu_in[2] = {&L.gate, &L.up};
+    Linear* gu_out[2] = {&D.gate, &D.up};
+    adjacent(gu_in, gu_out, 2);
     D.down = linear(L.down);
     D.router = linear(L.router);
     for (const auto& e : L.experts) D.experts.push_back({linear(e.gate), linear(e.up), linear(e.down)});
@@ -132,61 +224,121 @@ void glu(ops::Ops& ops, float* gate, const float* up, int64_t n, int64_t dim, op
 }
 }  // namespace
 
-void Runner::attention_block(int64_t layer, int64_t n, KvCache& cache, Workspace& ws) const {
+// One step's shape and its inputs in backend memory (ws.meta), as the enqueued ops read them.
+struct Runner::Step {
+  int64_t n = 0;      // tokens over all sequences
+  int64_t seqs = 0;
+  int64_t max_q = 0;  // launch bounds (see ops::BatchAttentionParams)
+  int64_t max_kv = 0;
+  int64_t stride = 0;      // block table row length
+  int64_t rows = 0;        // logits rows
+  int64_t rows_first = 0;  // >= 0: logits rows are h rows [rows_first, rows_first + rows); else gathered
+  const int32_t* ids = nullptr;    // [n]
+  const int32_t* slots = nullptr;  // [n] pool row of each token's K/V
+  const int32_t* cu_q = nullptr;   // [seqs + 1]
+  const int32_t* kv_len = nullptr; // [seqs]
+  const int32_t* table = nullptr;  // [seqs, stride]
+  const int32_t* rows_idx = nullptr;  // [rows] (gathered logits rows only)
+  const float* cos = nullptr;      // [n, rot / 2]
+  const float* sin = nullptr;
+  float* logits = nullptr;         // [rows, vocab]
+};
+
+void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Workspace& ws) const {
   const ModelConfig& c = model_.config();
   const ArchSpec& arch = model_.arch();
   const LayerWeights& L = w_->layers[size_t(layer)];
   const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
-  const int64_t pos0 = cache.length();
+  const int64_t n = st.n;
   const float offset = arch.norm_weight_offset;
   float* h = ws.h.f32();  // the layer input, already normalised by the caller
   float* q = ws.q.f32();
-  // New K/V rows go straight into the cache: [pos0, pos0 + n) x [n_kv_heads * head_dim].
-  float* k = cache.k(layer) + pos0 * cache.row_size();
-  float* v = cache.v(layer) + pos0 * cache.row_size();
+  float* k = ws.k.f32();
+  float* v = ws.v.f32();
 
-  ops::MultiMatmulParams qkv;
-  qkv.x = h;
-  qkv.n = n;
-  qkv.count = 3;
-  const Linear* proj[3] = {&L.q, &L.k, &L.v};
-  float* dst[3] = {q, k, v};
-  for (int i = 0; i < 3; ++i) {
-    qkv.w[i] = proj[i]->w;
-    qkv.bias[i] = proj[i]->bias;
-    qkv.y[i] = dst[i];
+  // q|k|v stored back to back with no bias and no per-head norm: one matmul into [n, q + 2 kv]
+  // rows, which rope_store_kv reads with strides (writing q dense for attention).
+  const size_t q_bytes = size_t(L.q.w.rows * L.q.w.cols) * dtype_size(L.q.w.dtype);
+  const size_t k_bytes = size_t(L.k.w.rows * L.k.w.cols) * dtype_size(L.k.w.dtype);
+  const bool fused = !arch.qk_norm && !L.q.bias && !L.k.bias && !L.v.bias && L.q.w.dtype == L.k.w.dtype &&
+                     L.k.w.dtype == L.v.w.dtype && L.q.w.cols == L.k.w.cols && L.k.w.cols == L.v.w.cols &&
+                     static_cast<const char*>(L.k.w.data) == static_cast<const char*>(L.q.w.data) + q_bytes &&
+                     static_cast<const char*>(L.v.w.data) == static_cast<const char*>(L.k.w.data) + k_bytes;
+  const int64_t qkv_width = L.q.w.rows + L.k.w.rows + L.v.w.rows;
+  const float* q_in = q;
+  const float* k_in = k;
+  const float* v_in = v;
+  int64_t in_stride = 0;
+  if (fused) {
+    float* qkv = ws.qkv.f32();
+    ops::MatmulParams m;
+    m.x = h;
+    m.w = L.q.w;
+    m.w.rows = qkv_width;
+    m.y = qkv;
+    m.n = n;
+    ops_.matmul(m);
+    q_in = qkv;
+    k_in = qkv + L.q.w.rows;
+    v_in = qkv + L.q.w.rows + L.k.w.rows;
+    in_stride = qkv_width;
+  } else {
+    ops::MultiMatmulParams mm;
+    mm.x = h;
+    mm.n = n;
+    mm.count = 3;
+    const Linear* proj[3] = {&L.q, &L.k, &L.v};
+    float* dst[3] = {q, k, v};
+    for (int i = 0; i < 3; ++i) {
+      mm.w[i] = proj[i]->w;
+      mm.bias[i] = proj[i]->bias;
+      mm.y[i] = dst[i];
+    }
+    ops_.matmul_multi(mm);
   }
-  ops_.matmul_multi(qkv);
   if (arch.qk_norm) {
     ops_.rms_norm(norm_params(q, L.q_norm, q, n * nh, hd, c.rms_norm_eps, offset));
     ops_.rms_norm(norm_params(k, L.k_norm, k, n * nkv, hd, c.rms_norm_eps, offset));
   }
-  const int64_t rot = rope_rot_dim(c);
-  for (auto [ptr, heads] : {std::pair{q, nh}, std::pair{k, nkv}}) {
-    ops::RopeParams r;
-    r.x = ptr;
-    r.cos = ws.cos.f32();
-    r.sin = ws.sin.f32();
-    r.n = n;
-    r.n_heads = heads;
-    r.head_dim = hd;
-    r.rot_dim = rot;
-    ops_.rope(r);
-  }
-  ops::AttentionParams a;
+  // RoPE on q and k, and the new K/V rows into their sequences' slots in the pool.
+  ops::RopeStoreParams r;
+  r.q = const_cast<float*>(q_in);
+  r.k = const_cast<float*>(k_in);
+  r.v = v_in;
+  r.q_stride = r.k_stride = r.v_stride = in_stride;
+  r.q_out = fused ? q : nullptr;
+  r.cos = st.cos;
+  r.sin = st.sin;
+  r.k_cache = pool.k(layer);
+  r.v_cache = pool.v(layer);
+  r.slots = st.slots;
+  r.n = n;
+  r.n_heads = nh;
+  r.n_kv_heads = nkv;
+  r.head_dim = hd;
+  r.rot_dim = rope_rot_dim(c);
+  ops_.rope_store_kv(r);
+  ops::BatchAttentionParams a;
   a.q = q;
-  a.k = cache.k(layer);
-  a.v = cache.v(layer);
+  a.k = pool.k(layer);
+  a.v = pool.v(layer);
   a.out = ws.attn.f32();
   a.n = n;
-  a.kv_len = pos0 + n;
+  a.num_seqs = st.seqs;
+  a.cu_q = st.cu_q;
+  a.kv_len = st.kv_len;
+  a.block_table = st.table;
+  a.block_size = pool.block_size();
+  a.table_stride = st.stride;
+  a.max_q = st.max_q;
+  a.max_kv = st.max_kv;
   a.n_heads = nh;
   a.n_kv_heads = nkv;
   a.head_dim = hd;
   a.scale = c.attention_scale;
   a.softcap = c.attn_logit_softcap;
   a.window = c.layer_window[size_t(layer)];
-  ops_.attention(a);
+  ops_.attention_batch(a);
 
   float* o = ws.o.f32();
   linear(ops_, ws.attn.f32(), L.o, o, n);
@@ -199,22 +351,23 @@ void Runner::ffn_block(int64_t layer, int64_t n, Workspace& ws) const {
   const ModelConfig& c = model_.config();
   const ArchSpec& arch = model_.arch();
   const LayerWeights& L = w_->layers[size_t(layer)];
-  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  const int64_t H = c.hidden_size;
   const float offset = arch.norm_weight_offset;
-  ops::MultiMatmulParams gu;
-  gu.x = ws.h.f32();
-  gu.n = n;
-  gu.count = 2;
-  gu.w[0] = L.gate.w;
-  gu.bias[0] = L.gate.bias;
-  gu.y[0] = ws.gate.f32();
-  gu.w[1] = L.up.w;
-  gu.bias[1] = L.up.bias;
-  gu.y[1] = ws.up.f32();
-  ops_.matmul_multi(gu);
-  glu(ops_, ws.gate.f32(), ws.up.f32(), n, I, c.activation);
   float* o = ws.o.f32();
-  linear(ops_, ws.gate.f32(), L.down, o, n);
+  ops::FfnParams f;
+  f.x = ws.h.f32();
+  f.gate = L.gate.w;
+  f.up = L.up.w;
+  f.down = L.down.w;
+  f.gate_bias = L.gate.bias;
+  f.up_bias = L.up.bias;
+  f.down_bias = L.down.bias;
+  f.gate_buf = ws.gate.f32();
+  f.up_buf = ws.up.f32();
+  f.out = o;
+  f.n = n;
+  f.act = c.activation;
+  ops_.ffn(f);
   if (arch.norm_layout == NormLayout::kSandwich)
     ops_.rms_norm(norm_params(o, L.ffn_post_norm, o, n, H, c.rms_norm_eps, offset));
   // The caller adds o to the residual stream, fused with the next norm.
@@ -294,46 +447,25 @@ void Runner::moe_block(int64_t layer, int64_t n, Workspace& ws) const {
 
 void Runner::forward(std::span<const int32_t> ids, KvCache& cache, Workspace& ws, LogitsFor which,
                      Tensor* logits) const {
+  SeqInput in;
+  in.ids = ids;
+  in.kv = &cache.seq();
+  in.logits = which;
+  forward_batch(std::span<const SeqInput>(&in, 1), cache.pool(), ws, logits);
+}
+
+void Runner::enqueue(const Step& st, KvPool& pool, Workspace& ws) const {
   const ModelConfig& c = model_.config();
   const ArchSpec& arch = model_.arch();
-  const int64_t n = int64_t(ids.size());
-  if (n == 0) fail(ErrorKind::kInvalidArgument, "forward called with no tokens");
-  const int64_t pos0 = cache.length();
-  if (pos0 + n > cache.capacity())
-    fail(ErrorKind::kOutOfRange, "{} tokens do not fit the context: {} already cached, capacity {} (raise --ctx)", n,
-         pos0, cache.capacity());
-  for (int32_t id : ids)
-    if (id < 0 || id >= c.vocab_size)
-      fail(ErrorKind::kInvalidArgument, "token id {} is out of range: the vocabulary has {} tokens (0..{})", id,
-           c.vocab_size, c.vocab_size - 1);
-
-  const int64_t H = c.hidden_size, hd = c.head_dim, I = c.intermediate_size;
-  ws.get(ws.x, n, H);
-  ws.get(ws.h, n, H);
-  ws.get(ws.o, n, H);
-  ws.get(ws.q, n, c.num_heads * hd);
-  ws.get(ws.attn, n, c.num_heads * hd);
-  ws.get(ws.gate, n, I);
-  ws.get(ws.up, n, I);
-
-  int32_t* d_ids = reinterpret_cast<int32_t*>(ws.get(ws.ids, n, 1));
-  ops_.copy_to_backend(d_ids, ids.data(), size_t(n) * sizeof(int32_t));
+  const int64_t n = st.n, H = c.hidden_size;
   ops::EmbeddingParams e;
   e.table = w_->embed;
-  e.ids = d_ids;
+  e.ids = st.ids;
   e.out = ws.x.f32();
   e.n = n;
   // Gemma: hidden * sqrt(hidden_size) (a float32 constant when the model runs in float32).
   e.scale = arch.embed_scale_sqrt_hidden ? float(std::sqrt(double(H))) : 1.f;
   ops_.embedding(e);
-
-  const int64_t half = rope_rot_dim(c) / 2;
-  std::vector<float> cos(static_cast<size_t>(n * half)), sin(static_cast<size_t>(n * half));
-  std::vector<int32_t> positions(static_cast<size_t>(n));
-  std::iota(positions.begin(), positions.end(), int32_t(pos0));
-  rope_tables(rope_frequencies(c, pos0 + n), positions.data(), n, cos.data(), sin.data());
-  ops_.copy_to_backend(ws.get(ws.cos, n, half), cos.data(), cos.size() * sizeof(float));
-  ops_.copy_to_backend(ws.get(ws.sin, n, half), sin.data(), sin.size() * sizeof(float));
 
   // Residual stream x; h = the next block's normalised input. Each residual add is fused with the
   // norm that follows it (the next block's, or the final norm after the last layer).
@@ -345,7 +477,7 @@ void Runner::forward(std::span<const int32_t> ids, KvCache& cache, Workspace& ws
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = w_->layers[size_t(l)];
     const ops::Weight& next_norm = l + 1 < c.num_layers ? w_->layers[size_t(l + 1)].attn_norm : w_->final_norm;
-    attention_block(l, n, cache, ws);
+    attention_block(l, st, pool, ws);
     ops_.add_rms_norm(x, ws.o.f32(), norm_params(x, L.ffn_norm, h, n, H, eps, offset));
     if (arch.moe) {
       moe_block(l, n, ws);  // scatters the experts' outputs straight into x
@@ -355,30 +487,316 @@ void Runner::forward(std::span<const int32_t> ids, KvCache& cache, Workspace& ws
       ops_.add_rms_norm(x, ws.o.f32(), norm_params(x, next_norm, h, n, H, eps, offset));
     }
   }
-  cache.advance(n);
-  if (which == LogitsFor::kNone) {
-    ops_.synchronize();
-    return;
-  }
+  if (st.rows == 0) return;
 
-  const int64_t first = which == LogitsFor::kLast ? n - 1 : 0;
-  const int64_t rows = n - first;
-  float* xr = h + first * H;  // final-normed rows
-  if (logits->numel() != rows * c.vocab_size || logits->dtype() != DType::kF32)
-    *logits = Tensor::f32({rows, c.vocab_size});
-  else
-    logits->reshape({rows, c.vocab_size});
-  const bool host = ops_.host_memory();
-  float* out = host ? logits->as<float>() : ws.get(ws.logits, rows, c.vocab_size);
+  const float* xr = h + st.rows_first * H;  // final-normed rows
+  if (st.rows_first < 0) {
+    ops::GatherRowsParams g;
+    g.src = h;
+    g.idx = st.rows_idx;
+    g.dst = ws.logit_in.f32();
+    g.n = st.rows;
+    g.dim = H;
+    ops_.gather_rows(g);
+    xr = ws.logit_in.f32();
+  }
   ops::MatmulParams p;
   p.x = xr;
   p.w = w_->lm_head;
-  p.y = out;
-  p.n = rows;
+  p.y = st.logits;
+  p.n = st.rows;
   ops_.matmul(p);
-  if (c.final_logit_softcap > 0) ops_.softcap(out, rows * c.vocab_size, c.final_logit_softcap);
-  if (!host) ops_.copy_to_host(logits->as<float>(), out, size_t(rows * c.vocab_size) * sizeof(float));
-  ops_.synchronize();
+  if (c.final_logit_softcap > 0) ops_.softcap(st.logits, st.rows * c.vocab_size, c.final_logit_softcap);
+}
+
+namespace {
+size_t align16(size_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned regions of 4-byte values
+}  // namespace
+
+void Runner::ensure_rope_rows(int64_t positions) const {
+  std::lock_guard<std::mutex> lock(rope_mu_);
+  if (positions <= rope_rows_) return;
+  const int64_t half = rope_rot_dim(config()) / 2;
+  const int64_t want = std::max(positions, std::min<int64_t>(2 * rope_rows_, std::max<int64_t>(
+                                                                                 config().max_position_embeddings, positions)));
+  const int64_t want_rows = std::max<int64_t>(want, 256);
+  std::vector<int32_t> pos(static_cast<size_t>(want_rows - rope_rows_));
+  std::iota(pos.begin(), pos.end(), int32_t(rope_rows_));
+  rope_cos_.resize(size_t(want_rows * half));
+  rope_sin_.resize(size_t(want_rows * half));
+  rope_tables(rope_short_, pos.data(), int64_t(pos.size()), rope_cos_.data() + rope_rows_ * half,
+              rope_sin_.data() + rope_rows_ * half);
+  rope_rows_ = want_rows;
+}
+
+struct Runner::SelectRequest {
+  std::span<const SelectRow> rows;
+  int64_t k = 1;
+  Selection* out = nullptr;
+};
+
+void Runner::forward_batch(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, Tensor* logits) const {
+  step(seqs, pool, ws, logits, nullptr);
+}
+
+void Runner::forward_select(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws,
+                            std::span<const SelectRow> rows, int64_t k, Selection* out) const {
+  SelectRequest req;
+  req.rows = rows;
+  req.k = k;
+  req.out = out;
+  step(seqs, pool, ws, nullptr, &req);
+}
+
+void Runner::selected_logits_row(Workspace& ws, int64_t row, std::span<float> out) const {
+  const int64_t V = config().vocab_size;
+  if (int64_t(out.size()) != V || !ws.logits.data() || ws.logits.bytes() < size_t((row + 1) * V) * sizeof(float))
+    fail(ErrorKind::kInternal, "selected_logits_row: row {} is not in the last selection", row);
+  ops_.copy_to_host(out.data(), ws.logits.f32() + row * V, size_t(V) * sizeof(float));
+}
+
+void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, Tensor* logits,
+                  const SelectRequest* select) const {
+  const ModelConfig& c = model_.config();
+  const ArchSpec& arch = model_.arch();
+  const int64_t S = int64_t(seqs.size());
+  if (S == 0) fail(ErrorKind::kInvalidArgument, "forward called with no sequences");
+  const int64_t bs = pool.block_size();
+
+  Step st;
+  st.seqs = S;
+  bool decode = true;  // every sequence runs one token and wants its logits
+  int64_t max_blocks = 1;
+  std::vector<const SeqKv*> seen;
+  for (const SeqInput& in : seqs) {
+    const int64_t n = int64_t(in.ids.size());
+    if (!in.kv) fail(ErrorKind::kInternal, "forward: a sequence has no KV state");
+    if (n == 0) fail(ErrorKind::kInvalidArgument, "forward called with no tokens");
+    const SeqKv& kv = *in.kv;
+    if (kv.length + n > kv.capacity(bs))
+      fail(ErrorKind::kOutOfRange, "{} tokens do not fit the context: {} already cached, capacity {} (raise --ctx)", n,
+           kv.length, kv.capacity(bs));
+    for (int32_t b : kv.blocks)
+      if (b < 0 || b >= pool.num_blocks())
+        fail(ErrorKind::kInternal, "forward: block {} is outside the pool of {} blocks", b, pool.num_blocks());
+    for (int32_t id : in.ids)
+      if (id < 0 || id >= c.vocab_size)
+        fail(ErrorKind::kInvalidArgument, "token id {} is out of range: the vocabulary has {} tokens (0..{})", id,
+             c.vocab_size, c.vocab_size - 1);
+    seen.push_back(&kv);
+    st.n += n;
+    st.max_q = std::max(st.max_q, n);
+    st.max_kv = std::max(st.max_kv, kv.length + n);
+    max_blocks = std::max<int64_t>(max_blocks, int64_t(kv.blocks.size()));
+    st.rows += in.logits == LogitsFor::kLast ? 1 : in.logits == LogitsFor::kAll ? n : 0;
+    decode &= n == 1 && in.logits == LogitsFor::kLast;
+  }
+  std::sort(seen.begin(), seen.end());
+  if (std::adjacent_find(seen.begin(), seen.end()) != seen.end())
+    fail(ErrorKind::kInvalidArgument, "forward: a sequence appears twice in one batch");
+
+  // Decode steps replay a graph: its shapes must not depend on this step's lengths, so the table
+  // row length is rounded up to a power of two and the key bound is what that table can hold.
+  const bool graph = decode && graphs_ && !arch.moe && !ws.graphs_unsupported && !ops_.host_memory();
+  st.stride = graph ? int64_t(std::bit_ceil(uint64_t(max_blocks))) : max_blocks;
+  if (graph) st.max_kv = st.stride * bs;
+
+  // Logits rows (positions in the token order of the step): contiguous or gathered.
+  std::vector<int32_t> rows;
+  {
+    int64_t t = 0;
+    for (const SeqInput& in : seqs) {
+      const int64_t n = int64_t(in.ids.size());
+      if (in.logits == LogitsFor::kAll)
+        for (int64_t i = 0; i < n; ++i) rows.push_back(int32_t(t + i));
+      else if (in.logits == LogitsFor::kLast)
+        rows.push_back(int32_t(t + n - 1));
+      t += n;
+    }
+    st.rows_first = rows.empty() ? 0 : rows.front();
+    for (size_t i = 0; i < rows.size(); ++i)
+      if (rows[i] != rows.front() + int32_t(i)) st.rows_first = -1;
+  }
+
+  // Workspace sizes first: growing a buffer retires the recorded graphs.
+  const int64_t n = st.n, H = c.hidden_size, hd = c.head_dim, I = c.intermediate_size;
+  const int64_t half = rope_rot_dim(c) / 2;
+  ws.get(ws.x, n, H);
+  ws.get(ws.h, n, H);
+  ws.get(ws.o, n, H);
+  ws.get(ws.q, n, c.num_heads * hd);
+  ws.get(ws.k, n, pool.row_size());
+  ws.get(ws.v, n, pool.row_size());
+  ws.get(ws.attn, n, c.num_heads * hd);
+  ws.get(ws.qkv, n, (c.num_heads + 2 * c.num_kv_heads) * hd);
+  ws.get(ws.gate, n, I);
+  ws.get(ws.up, n, I);
+  if (st.rows_first < 0) ws.get(ws.logit_in, st.rows, H);
+  // Selection inputs: per row penalty pairs (offsets, ids, counts), then four floats per row.
+  size_t n_pairs = 0;
+  if (select) {
+    if (int64_t(select->rows.size()) != st.rows)
+      fail(ErrorKind::kInternal, "forward_select: {} selection rows for {} logits rows", select->rows.size(), st.rows);
+    const int64_t kmax = std::min<int64_t>(c.vocab_size, ops::TopKParams::kMaxK);
+    if (select->k < 1 || select->k > kmax)
+      fail(ErrorKind::kInvalidArgument, "token selection wants {} candidates; 1..{} are possible", select->k, kmax);
+    for (const SelectRow& r : select->rows) n_pairs += r.penalized.size();
+  }
+  const size_t o_ids = 0, o_slots = align16(size_t(n)), o_cu = o_slots + align16(size_t(n)),
+               o_kv = o_cu + align16(size_t(S + 1)), o_table = o_kv + align16(size_t(S)),
+               o_rows = o_table + align16(size_t(S * st.stride)), o_cos = o_rows + align16(rows.size()),
+               o_sin = o_cos + align16(size_t(n * half)), o_poff = o_sin + align16(size_t(n * half)),
+               o_pid = o_poff + align16(select ? rows.size() + 1 : 0), o_pcnt = o_pid + align16(n_pairs),
+               o_pval = o_pcnt + align16(n_pairs), total = o_pval + align16(select ? 4 * rows.size() : 0);
+  float* meta = ws.get(ws.meta, int64_t(total), 1);
+  const bool host = ops_.host_memory();
+  if (select) {
+    st.logits = ws.get(ws.logits, st.rows, c.vocab_size);
+    ws.get(ws.sel_ids, st.rows, select->k);
+    ws.get(ws.sel_values, st.rows, select->k);
+    ws.get(ws.sel_sums, st.rows, 1);
+  } else if (st.rows > 0) {
+    if (!logits) fail(ErrorKind::kInternal, "forward: logits requested without an output tensor");
+    if (logits->numel() != st.rows * c.vocab_size || logits->dtype() != DType::kF32)
+      *logits = Tensor::f32({st.rows, c.vocab_size});
+    else
+      logits->reshape({st.rows, c.vocab_size});
+    st.logits = host ? logits->as<float>() : ws.get(ws.logits, st.rows, c.vocab_size);
+  }
+
+  // Stage the step's inputs in pinned memory and send them in one copy.
+  auto* stage = static_cast<uint32_t*>(ws.staging(total * sizeof(float)));
+  auto* si = reinterpret_cast<int32_t*>(stage);
+  auto* sf = reinterpret_cast<float*>(stage);
+  {
+    int64_t t = 0;
+    std::vector<int32_t> positions;
+    for (int64_t s = 0; s < S; ++s) {
+      const SeqInput& in = seqs[size_t(s)];
+      const SeqKv& kv = *in.kv;
+      const int64_t cnt = int64_t(in.ids.size());
+      si[o_cu + size_t(s)] = int32_t(t);
+      si[o_kv + size_t(s)] = int32_t(kv.length + cnt);
+      for (int64_t b = 0; b < st.stride; ++b)
+        si[o_table + size_t(s * st.stride + b)] = b < int64_t(kv.blocks.size()) ? kv.blocks[size_t(b)] : 0;
+      positions.resize(size_t(cnt));
+      for (int64_t i = 0; i < cnt; ++i) {
+        const int64_t p = kv.length + i;
+        positions[size_t(i)] = int32_t(p);
+        si[o_ids + size_t(t + i)] = in.ids[size_t(i)];
+        si[o_slots + size_t(t + i)] = int32_t(int64_t(kv.blocks[size_t(p / bs)]) * bs + p % bs);
+      }
+      const int64_t len = kv.length + cnt;
+      if (len <= rope_static_length(c)) {
+        ensure_rope_rows(len);
+        std::lock_guard<std::mutex> lock(rope_mu_);
+        std::copy_n(rope_cos_.data() + kv.length * half, cnt * half, sf + o_cos + size_t(t * half));
+        std::copy_n(rope_sin_.data() + kv.length * half, cnt * half, sf + o_sin + size_t(t * half));
+      } else {
+        rope_tables(rope_frequencies(c, len), positions.data(), cnt, sf + o_cos + size_t(t * half),
+                    sf + o_sin + size_t(t * half));
+      }
+      t += cnt;
+    }
+    si[o_cu + size_t(S)] = int32_t(t);
+    std::copy(rows.begin(), rows.end(), si + o_rows);
+    if (select) {
+      const size_t R = rows.size();
+      size_t at = 0;
+      for (size_t r = 0; r < R; ++r) {
+        const SelectRow& row = select->rows[r];
+        si[o_poff + r] = int32_t(at);
+        for (auto [id, count] : row.penalized) {
+          if (id < 0 || id >= c.vocab_size) fail(ErrorKind::kInternal, "penalized token {} is outside the vocabulary", id);
+          si[o_pid + at] = id;
+          si[o_pcnt + at] = count;
+          ++at;
+        }
+        sf[o_pval + r] = row.repetition;
+        sf[o_pval + R + r] = row.presence;
+        sf[o_pval + 2 * R + r] = row.frequency;
+        sf[o_pval + 3 * R + r] = row.temperature > 0.f ? 1.f / row.temperature : 0.f;
+      }
+      si[o_poff + R] = int32_t(at);
+    }
+  }
+  ops_.copy_to_backend_async(meta, stage, total * sizeof(float));
+  auto* mi = reinterpret_cast<const int32_t*>(meta);
+  st.ids = mi + o_ids;
+  st.slots = mi + o_slots;
+  st.cu_q = mi + o_cu;
+  st.kv_len = mi + o_kv;
+  st.table = mi + o_table;
+  st.rows_idx = mi + o_rows;
+  st.cos = meta + o_cos;
+  st.sin = meta + o_sin;
+
+  if (graph) {
+    Workspace::GraphEntry& g = ws.graphs[{S, st.stride, pool.id()}];
+    if (g.graph && g.generation == ws.generation()) {
+      g.graph->replay();
+    } else {
+      g.graph.reset();
+      enqueue(st, pool, ws);
+      // Record once the same shape comes back: one-off shapes are not worth the recording.
+      if (++g.seen >= 2) {
+        g.graph = ops_.capture([&] { enqueue(st, pool, ws); });
+        g.generation = ws.generation();
+        if (!g.graph) ws.graphs_unsupported = true;
+      }
+    }
+  } else {
+    enqueue(st, pool, ws);
+  }
+  for (const SeqInput& in : seqs) in.kv->length += int64_t(in.ids.size());
+
+  if (select) {
+    const int64_t R = st.rows, k = select->k;
+    if (n_pairs > 0) {
+      ops::PenaltyParams pp;
+      pp.logits = st.logits;
+      pp.rows = R;
+      pp.vocab = c.vocab_size;
+      pp.offsets = mi + o_poff;
+      pp.ids = mi + o_pid;
+      pp.counts = mi + o_pcnt;
+      pp.repetition = meta + o_pval;
+      pp.presence = meta + o_pval + R;
+      pp.frequency = meta + o_pval + 2 * R;
+      ops_.apply_penalties(pp);
+    }
+    ops::TopKParams tk;
+    tk.logits = st.logits;
+    tk.rows = R;
+    tk.vocab = c.vocab_size;
+    tk.k = k;
+    bool sampled = false;  // all-greedy steps skip the softmax sums
+    for (const SelectRow& r : select->rows) sampled |= r.temperature > 0.f;
+    tk.inv_temperature = sampled ? meta + o_pval + 3 * R : nullptr;
+    tk.ids = reinterpret_cast<int32_t*>(ws.get(ws.sel_ids, R, k));
+    tk.values = ws.get(ws.sel_values, R, k);
+    tk.sums = ws.get(ws.sel_sums, R, 1);
+    ops_.top_k(tk);
+    Selection& out = *select->out;
+    out.k = k;
+    out.ids.resize(size_t(R * k));
+    out.values.resize(size_t(R * k));
+    out.sums.assign(size_t(R), 0.f);
+    if (!sampled) {
+      ops_.copy_to_host(out.ids.data(), tk.ids, out.ids.size() * sizeof(int32_t));
+      ops_.copy_to_host(out.values.data(), tk.values, out.values.size() * sizeof(float));
+      return;
+    }
+    ops_.copy_to_host(out.ids.data(), tk.ids, out.ids.size() * sizeof(int32_t));
+    ops_.copy_to_host(out.values.data(), tk.values, out.values.size() * sizeof(float));
+    ops_.copy_to_host(out.sums.data(), tk.sums, out.sums.size() * sizeof(float));
+    return;
+  }
+  if (st.rows > 0 && !host) {
+    ops_.copy_to_host(logits->as<float>(), st.logits, size_t(st.rows * c.vocab_size) * sizeof(float));
+  } else {
+    ops_.synchronize();  // the staging area is reused by the next step
+  }
 }
 
 }  // namespace lathe::model

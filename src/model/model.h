@@ -4,13 +4,19 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
+#include <mutex>
 #include <memory>
 #include <span>
+#include <tuple>
+#include <utility>
+#include <vector>
 
 #include "core/tensor.h"
 #include "model/arch.h"
 #include "model/config.h"
 #include "model/kv_cache.h"
+#include "model/rope.h"
 #include "model/weights.h"
 #include "ops/ops.h"
 
@@ -35,16 +41,62 @@ class Model {
   std::unique_ptr<WeightLoader> loader_;
 };
 
-// Scratch buffers in backend memory, reused across forward calls (grown on demand, never shrunk).
+// One sequence's part of a batched forward: its new tokens, where its K/V live, and which logits it
+// wants. The forward writes positions [kv->length, kv->length + ids.size()) and then advances
+// kv->length; kv->blocks must already cover them.
+struct SeqInput {
+  std::span<const int32_t> ids;
+  SeqKv* kv = nullptr;
+  LogitsFor logits = LogitsFor::kLast;
+};
+
+// Token selection done where the logits are (engine sampling): per logits row, the sampler's
+// penalties are applied in place, then the k best candidates and the softmax denominator at the
+// row's temperature come back to the host instead of the whole vocabulary.
+struct SelectRow {
+  float temperature = 0.f;  // 0: greedy (k = 1 is enough)
+  float repetition = 1.f, presence = 0.f, frequency = 0.f;
+  std::vector<std::pair<int32_t, int32_t>> penalized;  // (token id, count) of the history window
+};
+struct Selection {
+  int64_t k = 0;
+  std::vector<int32_t> ids;   // [rows, k], best first (equal logits: lower id first)
+  std::vector<float> values;  // [rows, k] penalized logits
+  std::vector<float> sums;    // [rows] sum_j exp((logit_j - max) / temperature) (0 for greedy rows)
+};
+
+// Scratch buffers in backend memory, reused across forward calls (grown on demand, never shrunk),
+// the pinned staging area for each step's inputs, and the recorded decode graphs (which hold the
+// buffers' addresses, so growing any buffer retires them).
 class Workspace {
  public:
   explicit Workspace(ops::Ops& ops) : ops_(&ops) {}
-  float* get(ops::Buffer& b, int64_t rows, int64_t cols);
+  ~Workspace();
+  Workspace(const Workspace&) = delete;
+  Workspace& operator=(const Workspace&) = delete;
 
-  ops::Buffer x, h, q, attn, o, gate, up, cos, sin, ids, router, moe_in, moe_out, moe_idx, moe_w, logits;
+  float* get(ops::Buffer& b, int64_t rows, int64_t cols);
+  // Pinned host memory of at least `bytes` (contents kept only until the next call).
+  void* staging(size_t bytes);
+  uint64_t generation() const { return generation_; }
+
+  ops::Buffer x, h, q, k, v, qkv, attn, o, gate, up, router, moe_in, moe_out, moe_idx, moe_w, logits, logit_in;
+  ops::Buffer sel_ids, sel_values, sel_sums;  // token selection outputs
+  ops::Buffer meta;  // this step's ids, slots, sequence table and rope tables (see Runner::forward_batch)
+
+  struct GraphEntry {
+    uint64_t generation = 0;
+    int seen = 0;
+    std::unique_ptr<ops::Graph> graph;
+  };
+  std::map<std::tuple<int64_t, int64_t, uint64_t>, GraphEntry> graphs;  // (sequences, table stride, pool)
+  bool graphs_unsupported = false;
 
  private:
   ops::Ops* ops_;
+  void* staging_ = nullptr;
+  size_t staging_bytes_ = 0;
+  uint64_t generation_ = 1;
 };
 
 class Runner {
@@ -60,8 +112,29 @@ class Runner {
   // and writes logits to the host tensor `logits` ([1, vocab] for kLast, [n, vocab] for kAll).
   void forward(std::span<const int32_t> ids, KvCache& cache, Workspace& ws, LogitsFor which, Tensor* logits) const;
 
+  // Several sequences in one forward pass over a shared pool. `logits` gets, in input order, the
+  // rows each sequence asked for (1 for kLast, its token count for kAll, none for kNone).
+  // A step where every sequence decodes one token replays a recorded graph on backends that can
+  // (after the same shape has run twice), so the launch overhead of ~10 ops per layer disappears.
+  void forward_batch(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, Tensor* logits) const;
+
+  // forward_batch, then token selection on the backend (see SelectRow): one SelectRow per logits
+  // row, k candidates each (1 <= k <= ops::TopKParams::kMaxK and the vocabulary).
+  void forward_select(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, std::span<const SelectRow> rows,
+                      int64_t k, Selection* out) const;
+  // Row `row` of the penalized logits of the last forward_select (a sampler's fallback).
+  void selected_logits_row(Workspace& ws, int64_t row, std::span<float> out) const;
+
+  // Decode graphs on or off (on by default; LATHE_GRAPHS=0 in the environment turns them off).
+  void set_graphs(bool on) { graphs_ = on; }
+
  private:
-  void attention_block(int64_t layer, int64_t n, KvCache& cache, Workspace& ws) const;
+  struct Step;
+  struct SelectRequest;
+  void step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, Tensor* logits,
+            const SelectRequest* select) const;
+  void enqueue(const Step& st, KvPool& pool, Workspace& ws) const;
+  void attention_block(int64_t layer, const Step& st, KvPool& pool, Workspace& ws) const;
   void ffn_block(int64_t layer, int64_t n, Workspace& ws) const;
   void moe_block(int64_t layer, int64_t n, Workspace& ws) const;
   void upload_weights();
@@ -71,6 +144,14 @@ class Runner {
   const ModelWeights* w_ = nullptr;  // host weights, or device_weights_
   ModelWeights device_weights_;
   std::vector<ops::Buffer> owned_;
+  RopeFrequencies rope_short_;  // frequencies for every length <= rope_static_length
+  // cos/sin rows of rope_short_ for positions [0, rope_rows_), computed once and copied per step
+  // (computing them per step cost ~5 ms of host time for a 2048-token prefill).
+  void ensure_rope_rows(int64_t positions) const;
+  mutable std::mutex rope_mu_;
+  mutable std::vector<float> rope_cos_, rope_sin_;
+  mutable int64_t rope_rows_ = 0;
+  bool graphs_ = true;
 };
 
 }  // namespace lathe::model

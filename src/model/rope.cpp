@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "core/error.h"
 
@@ -115,6 +116,16 @@ RopeFrequencies rope_frequencies(const ModelConfig& c, int64_t seq_len) {
     }
   }
   return out;
+}
+
+int64_t rope_static_length(const ModelConfig& c) {
+  switch (c.rope.type) {
+    case RopeType::kDynamic: return c.max_position_embeddings;
+    case RopeType::kLongRope:
+      return c.rope.original_max_position_embeddings > 0 ? c.rope.original_max_position_embeddings
+                                                          : c.max_position_embeddings;
+    default: return std::numeric_limits<int64_t>::max();
+  }
 }
 
 void rope_tables(const RopeFrequencies& f, const int32_t* positions, int64_t n, float* cos_out, float* sin_out) {

@@ -20,6 +20,10 @@ int64_t rope_rot_dim(const ModelConfig& c);
 // longrope depend on it, switching once it exceeds the original context.
 RopeFrequencies rope_frequencies(const ModelConfig& c, int64_t seq_len);
 
+// Frequencies are the same for every seq_len <= this (the short-context tables), so callers may
+// compute them once; beyond it, call rope_frequencies with the actual length.
+int64_t rope_static_length(const ModelConfig& c);
+
 // cos/sin tables [n, rot_dim / 2] for the given positions, scaling folded in.
 void rope_tables(const RopeFrequencies& f, const int32_t* positions, int64_t n, float* cos_out, float* sin_out);
 

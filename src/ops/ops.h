@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "core/dtype.h"
@@ -82,12 +83,83 @@ struct AttentionParams {
   int64_t window = 0;        // > 0: key j visible to query at p iff p - window < j <= p
 };
 
+// Attention for several sequences in one call (continuous batching), over a paged K/V pool.
+// Sequence s owns query rows [cu_q[s], cu_q[s + 1]) of q/out and kv_len[s] keys, its own queries
+// last (query i of s sits at position kv_len[s] - q_len + i). Key position j of sequence s lives in
+// pool row block_table[s * table_stride + j / block_size] * block_size + j % block_size.
+// cu_q, kv_len and block_table are backend memory (host memory for host backends).
+struct BatchAttentionParams {
+  const float* q = nullptr;       // [n, n_heads, head_dim]
+  const float* k = nullptr;       // pool [rows, n_kv_heads, head_dim]
+  const float* v = nullptr;       // pool [rows, n_kv_heads, head_dim]
+  float* out = nullptr;           // [n, n_heads, head_dim]
+  int64_t n = 0;                  // query rows of all sequences
+  int64_t num_seqs = 0;
+  const int32_t* cu_q = nullptr;         // [num_seqs + 1], cu_q[0] = 0, cu_q[num_seqs] = n
+  const int32_t* kv_len = nullptr;       // [num_seqs]
+  const int32_t* block_table = nullptr;  // [num_seqs, table_stride]
+  int64_t block_size = 0;
+  int64_t table_stride = 0;
+  // Host-known bounds for launch shapes: every sequence has <= max_q queries and <= max_kv keys.
+  // (A captured CUDA graph keeps the shape: pass the cache's capacity, not this step's length.)
+  int64_t max_q = 0;
+  int64_t max_kv = 0;
+  int64_t n_heads = 0;
+  int64_t n_kv_heads = 0;
+  int64_t head_dim = 0;
+  float scale = 1.f;
+  float softcap = 0.f;
+  int64_t window = 0;
+};
+
+// The glue between the QKV projection and attention: rotary embedding on q (in place) and k, then
+// the rotated k rows and the v rows stored into their cache slots: k_cache[slots[t]] = rope(k[t]),
+// v_cache[slots[t]] = v[t]. k itself may be left rotated or not.
+struct RopeStoreParams {
+  float* q = nullptr;          // [n, n_heads, head_dim] rows q_stride floats apart
+  float* k = nullptr;          // [n, n_kv_heads, head_dim] rows k_stride floats apart
+  const float* v = nullptr;    // [n, n_kv_heads, head_dim] rows v_stride floats apart
+  // Row strides (0: dense). A fused q|k|v projection leaves the three interleaved per token.
+  int64_t q_stride = 0, k_stride = 0, v_stride = 0;
+  float* q_out = nullptr;      // dense [n, n_heads, head_dim] rotated q; null: q is rotated in place
+  const float* cos = nullptr;  // [n, rot_dim / 2]
+  const float* sin = nullptr;
+  float* k_cache = nullptr;    // [rows, n_kv_heads, head_dim]
+  float* v_cache = nullptr;
+  const int32_t* slots = nullptr;  // [n] (backend memory), distinct
+  int64_t n = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, rot_dim = 0;
+};
+
+// dst[idx[i]] = src[i] over rows of `dim` floats (K/V rows into their cache slots).
+struct ScatterRowsParams {
+  float* dst = nullptr;
+  const int32_t* idx = nullptr;  // [n] (backend memory), distinct
+  const float* src = nullptr;    // [n, dim]
+  int64_t n = 0;
+  int64_t dim = 0;
+};
+
 struct GluParams {
   const float* gate = nullptr;  // [n, dim]
   const float* up = nullptr;    // [n, dim]
   float* out = nullptr;         // [n, dim] = act(gate) * up; may alias gate or up
   int64_t n = 0;
   int64_t dim = 0;
+  Activation act = Activation::kSilu;
+};
+
+// The gated feed-forward block: out = (act(x gate^T + gate_bias) * (x up^T + up_bias)) down^T + down_bias.
+// gate_buf and up_buf are scratch the op may overwrite ([n, inter] floats each).
+struct FfnParams {
+  const float* x = nullptr;  // [n, hidden]
+  Weight gate, up, down;     // [inter, hidden], [inter, hidden], [hidden, inter]
+  const float* gate_bias = nullptr;
+  const float* up_bias = nullptr;
+  const float* down_bias = nullptr;
+  float* gate_buf = nullptr;
+  float* up_buf = nullptr;
+  float* out = nullptr;      // [n, hidden]; must not alias x
+  int64_t n = 0;
   Activation act = Activation::kSilu;
 };
 
@@ -117,6 +189,41 @@ struct ScatterAddRowsParams {
   int64_t dim = 0;
 };
 
+// A recorded sequence of ops (a CUDA graph) that replays with the same pointers and shapes; the
+// data in those buffers may change between replays.
+class Graph {
+ public:
+  virtual ~Graph() = default;
+  virtual void replay() = 0;
+};
+
+// Sampling penalties applied to logits rows in place, the rule of engine::Sampler: for each (id,
+// count) of a row's history, logit = logit > 0 ? logit / repetition : logit * repetition, then
+// logit -= presence + frequency * count.
+struct PenaltyParams {
+  float* logits = nullptr;          // [rows, vocab]
+  int64_t rows = 0, vocab = 0;
+  const int32_t* offsets = nullptr;  // [rows + 1]: row r's pairs are [offsets[r], offsets[r + 1])
+  const int32_t* ids = nullptr;      // each in [0, vocab), distinct within a row
+  const int32_t* counts = nullptr;
+  const float* repetition = nullptr;  // [rows]
+  const float* presence = nullptr;    // [rows]
+  const float* frequency = nullptr;   // [rows]
+};
+
+// The k largest logits of each row, sorted descending (equal logits: lower id first), plus the
+// row's softmax denominator at its temperature: sum_j exp((logit_j - max) * inv_temperature[r]).
+// k == 1 is argmax (first index of the maximum, like torch.argmax). All pointers backend memory.
+struct TopKParams {
+  const float* logits = nullptr;        // [rows, vocab]
+  int64_t rows = 0, vocab = 0, k = 1;   // 1 <= k <= min(vocab, kMaxK)
+  const float* inv_temperature = nullptr;  // [rows], or null: no sums
+  int32_t* ids = nullptr;                  // [rows, k]
+  float* values = nullptr;                 // [rows, k]
+  float* sums = nullptr;                   // [rows] (when inv_temperature is given)
+  static constexpr int64_t kMaxK = 1024;
+};
+
 struct MemoryStats {
   size_t in_use = 0;        // bytes of live alloc() buffers
   size_t peak = 0;          // most bytes live at once since the backend started
@@ -140,7 +247,24 @@ class Ops {
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes);
   virtual void copy(void* dst, const void* src, size_t bytes);  // within backend memory
   virtual void synchronize() {}
+  // Page-locked host memory for staging copies (device backends: DMA without a bounce buffer).
+  // copy_to_backend_async from it returns at once; the source must stay unchanged until the next
+  // synchronize() or copy_to_host(). Host backends: plain memory and a plain copy.
+  virtual void* alloc_pinned(size_t bytes) { return alloc(bytes); }
+  virtual void free_pinned(void* p) noexcept { free(p); }
+  virtual void copy_to_backend_async(void* dst, const void* pinned_src, size_t bytes) {
+    copy_to_backend(dst, pinned_src, bytes);
+  }
+  // Records the ops `enqueue` issues into a replayable graph, or returns null (host backends, or
+  // a device that cannot capture). While recording, ops must not allocate, copy to the host or
+  // synchronise; nothing is executed until replay().
+  virtual std::unique_ptr<Graph> capture(const std::function<void()>& enqueue) {
+    (void)enqueue;
+    return nullptr;
+  }
   virtual MemoryStats memory_stats() const { return {}; }
+  // Starts diagnostic counters (e.g. LATHE_CUDA_PROFILE's per-op times) afresh, after a warm-up.
+  virtual void reset_counters() {}
 
   virtual void matmul(const MatmulParams& p) = 0;
   virtual void rms_norm(const RmsNormParams& p) = 0;
@@ -160,6 +284,18 @@ class Ops {
   // Row gather / weighted scatter-add (MoE token routing). Defaults are host loops.
   virtual void gather_rows(const GatherRowsParams& p);
   virtual void scatter_add_rows(const ScatterAddRowsParams& p);
+  virtual void scatter_rows(const ScatterRowsParams& p);
+  // Default: matmul_multi(gate, up), glu, matmul(down). A device backend may keep the
+  // intermediates in the weight dtype (fast mode), as bf16 engines do.
+  virtual void ffn(const FfnParams& p);
+  // Default: rope(q), rope(k), scatter_rows(k), scatter_rows(v).
+  virtual void rope_store_kv(const RopeStoreParams& p);
+  // Token selection (engine sampling) where the logits are. Defaults: host loops.
+  virtual void apply_penalties(const PenaltyParams& p);
+  virtual void top_k(const TopKParams& p);
+  // Default (host backends): one attention() per sequence, over its K/V rows in place when its
+  // blocks are consecutive, else gathered into a contiguous copy first.
+  virtual void attention_batch(const BatchAttentionParams& p);
 };
 
 // Backend memory with an owner: freed through the backend that allocated it.

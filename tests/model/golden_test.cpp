@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "model/model.h"
+#include "support/batch_forward.h"
 #include "support/golden.h"
 #include "test_paths.h"
 
@@ -91,6 +92,23 @@ TEST_P(GoldenTest, KvCacheDecodeEqualsRecompute) {
     seq.push_back(cached_next);
     runner.forward(std::span<const int32_t>(&seq.back(), 1), cache, ws, LogitsFor::kLast, &logits);
   }
+}
+
+// Continuous batching: the fixture prompts together over a paged pool (chunked prefill mixed with
+// decodes) give each prompt the logits it gets alone.
+TEST_P(GoldenTest, BatchedEqualsOneAtATime) {
+  const auto [arch, backend] = GetParam();
+  LATHE_REQUIRE_SHARED(dir, std::string("fixtures/models/") + arch);
+  auto model = Model::load(dir);
+  auto ops = backend.make();
+  Runner runner(*model, *ops);
+  const json golden = read_json(dir / "golden.json");
+  std::vector<std::vector<int32_t>> prompts;
+  for (const auto& cs : golden["cases"]) prompts.push_back(cs["ids"].get<std::vector<int32_t>>());
+  const auto r = lathe::testing::batch_vs_single(runner, prompts, 6, 8);
+  EXPECT_GT(r.rows, 20);
+  EXPECT_LT(r.worst, 1e-4) << "worst logit difference over " << r.rows << " rows";
+  EXPECT_EQ(r.argmax_diff, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenTest,

@@ -21,6 +21,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "ops/ops.h"
+#include "support/batch_attention.h"
 #include "support/parity.h"
 
 namespace lathe::ops {
@@ -162,6 +163,16 @@ TEST_F(OpsParity, AttentionOddHeadDimAndLongContext) {
   check_attention(*cpu, *ref, rng, worst, {1, 2048, 8, 8, 64, 100, 0.f});  // long ctx + window
   check_attention(*cpu, *ref, rng, worst, {130, 130, 2, 1, 128, 0, 0.f});
   check_attention(*cpu, *ref, rng, worst, {130, 400, 4, 4, 128, 64, 30.f});
+}
+
+// Several sequences over a paged pool: the host backends run each sequence on its own (blocks in
+// place when consecutive, else gathered); the result must equal the per-sequence reference.
+TEST_F(OpsParity, AttentionBatchPaged) {
+  using lathe::testing::check_batch_attention;
+  Worst worst("attention batch (paged)");
+  check_batch_attention(*cpu, *ref, rng, worst, {{1, 1, 1}, {5, 40, 17}, 4, 2, 32, 0, 0.f, 4}, kAttentionTol);
+  check_batch_attention(*cpu, *ref, rng, worst, {{7, 1, 20}, {7, 90, 60}, 4, 1, 64, 9, 5.f, 8}, kAttentionTol);
+  check_batch_attention(*cpu, *ref, rng, worst, {{3, 1}, {300, 64}, 2, 2, 16, 0, 0.f, 64, 2}, kAttentionTol);
 }
 
 TEST_F(OpsParity, AttentionAnyThreadCount) {

@@ -27,6 +27,7 @@
 #include "core/dtype.h"
 #include "core/error.h"
 #include "ops/ops.h"
+#include "support/batch_attention.h"
 #include "support/parity.h"
 
 namespace lathe::ops {
@@ -399,6 +400,28 @@ TEST_F(CudaParity, AttentionOddHeadDimsAndMisalignedCache) {
   check_attention(*cuda, *ref, rng, worst, {50, 50, 4, 2, 64, 0, 0.f, 1});
 }
 
+// Several sequences in one launch over a paged pool (continuous batching), exact fp32 kernel and
+// the fast mode's tensor-core kernel for the long ones.
+TEST_F(CudaParity, AttentionBatchPaged) {
+  using lathe::testing::BatchAttnCase;
+  using lathe::testing::check_batch_attention;
+  Worst worst("attention batch (paged)");
+  // decode batch, mixed prefill chunks and decodes, one sequence, long contexts with key splits.
+  check_batch_attention(*cuda, *ref, rng, worst, {{1, 1, 1, 1, 1}, {5, 40, 17, 1, 300}, 8, 2, 128, 0, 0.f, 16}, kAttentionTol);
+  check_batch_attention(*cuda, *ref, rng, worst, {{7, 1, 33, 2}, {7, 90, 60, 2}, 4, 1, 64, 0, 0.f, 8}, kAttentionTol);
+  check_batch_attention(*cuda, *ref, rng, worst, {{3}, {700}, 8, 8, 80, 0, 0.f, 32}, kAttentionTol);
+  check_batch_attention(*cuda, *ref, rng, worst, {{1, 2, 1}, {3000, 1500, 64}, 16, 4, 128, 0, 0.f, 64}, kAttentionTol);
+  check_batch_attention(*cuda, *ref, rng, worst, {{1, 1}, {900, 20}, 8, 2, 64, 100, 20.f, 16}, kAttentionTol);
+  check_batch_attention(*cuda, *ref, rng, worst, {{1, 1, 1}, {5, 700, 64}, 4, 2, 72, 0, 0.f, 10}, kAttentionTol);
+  // A recorded decode graph's shape: bounds from the table size, not the lengths.
+  check_batch_attention(*cuda, *ref, rng, worst, {{1, 1, 1, 1}, {1, 130, 64, 5}, 8, 2, 128, 0, 0.f, 64, 3}, kAttentionTol);
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  check_batch_attention(*fast, *ref, rng, worst, {{100, 1, 130, 70}, {100, 50, 400, 70}, 8, 2, 128, 0, 0.f, 16},
+                        kAttentionBf16Tol);
+  check_batch_attention(*fast, *ref, rng, worst, {{200, 64}, {230, 64}, 4, 1, 64, 50, 30.f, 32}, kAttentionBf16Tol);
+  check_batch_attention(*fast, *ref, rng, worst, {{65, 80}, {65, 81}, 4, 4, 256, 0, 0.f, 64, 2}, kAttentionBf16Tol);
+}
+
 TEST_F(CudaParity, AttentionRejectsUnsupported) {
   AttentionParams p;
   p.n = 1;
@@ -693,7 +716,241 @@ TEST_F(CudaParity, GatherAndScatterAddRows) {
       cuda->scatter_add_rows(s);
       worst.check(rel_error(download(*cuda, dsrc.data(), s_ref.size()), s_ref), kElementTol,
                   "scatter dim=" + std::to_string(dim) + " rows=" + std::to_string(rows));
+
+      // scatter_rows: K/V rows into their cache slots (other rows untouched).
+      std::vector<float> c_ref = src;
+      ScatterRowsParams c;
+      c.dst = c_ref.data();
+      c.idx = idx.data();
+      c.src = contrib.data();
+      c.n = n;
+      c.dim = dim;
+      ref->scatter_rows(c);
+      Buffer dst = upload(*cuda, src);
+      c.dst = dst.f32();
+      c.idx = static_cast<const int32_t*>(didx.data());
+      c.src = dcontrib.f32();
+      cuda->scatter_rows(c);
+      worst.check(rel_error(download(*cuda, dst.data(), c_ref.size()), c_ref), 0.0,
+                  "scatter_rows dim=" + std::to_string(dim) + " rows=" + std::to_string(rows));
     }
+}
+
+// ---- fused feed-forward and rope + K/V store ------------------------------------------------
+
+// Fast mode keeps the feed-forward's intermediates in bf16 (x, gate and up rounded once each, as a
+// bf16 engine does): relative error ~1e-2 of the output scale. Exact mode and the GEMV sizes run
+// the fp32 default and must match to 1e-4.
+TEST_F(CudaParity, FfnFusedAndDefault) {
+  Worst worst("ffn");
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  for (Activation act : {Activation::kSilu, Activation::kGeluTanh})
+    for (int64_t n : {3, 9, 40})
+      for (int mode = 0; mode < 3; ++mode) {  // exact; fast; fast with gate and up side by side
+        const bool use_fast = mode > 0, paired = mode == 2;
+        Ops& dev = use_fast ? *fast : *cuda;
+        const int64_t hidden = 256, inter = 704;
+        const auto x = random_floats(rng, size_t(n * hidden));
+        const HostWeight g = random_weight(rng, inter, hidden, DType::kBF16, -0.1f, 0.1f);
+        const HostWeight u = random_weight(rng, inter, hidden, DType::kBF16, -0.1f, 0.1f);
+        const HostWeight d = random_weight(rng, hidden, inter, DType::kBF16, -0.1f, 0.1f);
+        std::vector<float> gbuf(size_t(n * inter)), ubuf(gbuf.size()), want(size_t(n * hidden), NAN);
+        FfnParams p;
+        p.x = x.data();
+        p.gate = g.w;
+        p.up = u.w;
+        p.down = d.w;
+        p.gate_buf = gbuf.data();
+        p.up_buf = ubuf.data();
+        p.out = want.data();
+        p.n = n;
+        p.act = act;
+        ref->ffn(p);
+        DeviceWeight dg = upload(dev, g), du = upload(dev, u), dd = upload(dev, d);
+        Buffer pair(dev, g.bytes() + u.bytes());
+        dev.copy_to_backend(pair.data(), g.w.data, g.bytes());
+        dev.copy_to_backend(static_cast<char*>(pair.data()) + g.bytes(), u.w.data, u.bytes());
+        Buffer dx = upload(dev, x), dgb(dev, gbuf.size() * 4), dub(dev, ubuf.size() * 4), dout(dev, want.size() * 4);
+        p.x = dx.f32();
+        p.gate = dg.w;
+        p.up = du.w;
+        if (paired) {
+          p.gate.data = pair.data();
+          p.up.data = static_cast<char*>(pair.data()) + g.bytes();
+        }
+        p.down = dd.w;
+        p.gate_buf = dgb.f32();
+        p.up_buf = dub.f32();
+        p.out = dout.f32();
+        dev.ffn(p);
+        const bool lowp = use_fast && n > 8;
+        worst.check(rel_error(download(dev, dout.data(), want.size()), want), lowp ? 3e-2 : kMatmulTol,
+                    std::string(lowp ? (paired ? "fused bf16 (gate|up one GEMM)" : "fused bf16") : "fp32 default") +
+                        " n=" + std::to_string(n) +
+                        " act=" + std::to_string(int(act)));
+      }
+}
+
+TEST_F(CudaParity, RopeStoreKv) {
+  Worst worst("rope_store_kv");
+  for (int64_t hd : {64, 96, 128})
+    for (int64_t rot : {hd, hd / 2})
+      for (int64_t n : {1, 7, 300}) {
+        const int64_t nh = 8, nkv = 2, row = nkv * hd, rows = n + 5, half = rot / 2;
+        auto q = random_floats(rng, size_t(n * nh * hd));
+        auto k = random_floats(rng, size_t(n * row));
+        const auto v = random_floats(rng, size_t(n * row));
+        const auto cos = random_floats(rng, size_t(n * half)), sin = random_floats(rng, size_t(n * half));
+        std::vector<int32_t> slots(static_cast<size_t>(rows));
+        std::iota(slots.begin(), slots.end(), 0);
+        std::shuffle(slots.begin(), slots.end(), rng);
+        slots.resize(size_t(n));
+        const auto kc0 = random_floats(rng, size_t(rows * row)), vc0 = random_floats(rng, size_t(rows * row));
+        std::vector<float> qr = q, kr = k, kc = kc0, vc = vc0;
+        RopeStoreParams p;
+        p.q = qr.data();
+        p.k = kr.data();
+        p.v = v.data();
+        p.cos = cos.data();
+        p.sin = sin.data();
+        p.k_cache = kc.data();
+        p.v_cache = vc.data();
+        p.slots = slots.data();
+        p.n = n;
+        p.n_heads = nh;
+        p.n_kv_heads = nkv;
+        p.head_dim = hd;
+        p.rot_dim = rot;
+        ref->rope_store_kv(p);
+        Buffer dq = upload(*cuda, q), dk = upload(*cuda, k), dv = upload(*cuda, v), dc = upload(*cuda, cos),
+               ds = upload(*cuda, sin), dkc = upload(*cuda, kc0), dvc = upload(*cuda, vc0), dsl = upload(*cuda, slots);
+        p.q = dq.f32();
+        p.k = dk.f32();
+        p.v = dv.f32();
+        p.cos = dc.f32();
+        p.sin = ds.f32();
+        p.k_cache = dkc.f32();
+        p.v_cache = dvc.f32();
+        p.slots = static_cast<const int32_t*>(dsl.data());
+        cuda->rope_store_kv(p);
+        const std::string what = "d=" + std::to_string(hd) + " rot=" + std::to_string(rot) + " n=" + std::to_string(n);
+        worst.check(rel_error(download(*cuda, dq.data(), qr.size()), qr), kElementTol, "q " + what);
+        worst.check(rel_error(download(*cuda, dkc.data(), kc.size()), kc), kElementTol, "k cache " + what);
+        worst.check(rel_error(download(*cuda, dvc.data(), vc.size()), vc), 0.0, "v cache " + what);
+      }
+}
+
+// ---- token selection ------------------------------------------------------------------------
+
+// Penalties then top-k on the device equal the host defaults exactly: same ids in the same order
+// (ties: lower id first), same values, sums within fp32 summation-order error.
+TEST_F(CudaParity, PenaltiesAndTopK) {
+  Worst worst("top_k sums");
+  for (int64_t vocab : {1000, 128256})
+    for (int64_t k : {1, 7, 256, 1024})
+      for (bool ties : {false, true}) {
+        if (k > vocab) continue;
+        const int64_t rows = 3;
+        auto logits = random_floats(rng, size_t(rows * vocab), -10.f, 10.f);
+        if (ties)
+          for (auto& l : logits) l = std::round(l * 2.f) / 2.f;  // many equal logits
+        std::vector<int32_t> off{0, 2, 2, 5}, ids{3, 17, 0, 999, 5}, counts{1, 4, 2, 1, 7};
+        const std::vector<float> rep{1.3f, 1.f, 0.8f}, pres{0.5f, 0.f, 0.f}, freq{0.1f, 0.f, 0.2f},
+            inv_t{1.f, 0.5f, 2.f};
+        std::vector<float> host = logits;
+        PenaltyParams pp;
+        pp.logits = host.data();
+        pp.rows = rows;
+        pp.vocab = vocab;
+        pp.offsets = off.data();
+        pp.ids = ids.data();
+        pp.counts = counts.data();
+        pp.repetition = rep.data();
+        pp.presence = pres.data();
+        pp.frequency = freq.data();
+        ref->apply_penalties(pp);
+        std::vector<int32_t> want_ids(size_t(rows * k));
+        std::vector<float> want_vals(want_ids.size()), want_sums(static_cast<size_t>(rows));
+        TopKParams tk;
+        tk.logits = host.data();
+        tk.rows = rows;
+        tk.vocab = vocab;
+        tk.k = k;
+        tk.inv_temperature = inv_t.data();
+        tk.ids = want_ids.data();
+        tk.values = want_vals.data();
+        tk.sums = want_sums.data();
+        ref->top_k(tk);
+
+        Buffer dl = upload(*cuda, logits), doff = upload(*cuda, off), dids = upload(*cuda, ids),
+               dcnt = upload(*cuda, counts), drep = upload(*cuda, rep), dpres = upload(*cuda, pres),
+               dfreq = upload(*cuda, freq), dinv = upload(*cuda, inv_t);
+        Buffer oi(*cuda, want_ids.size() * 4), ov(*cuda, want_vals.size() * 4), os(*cuda, want_sums.size() * 4);
+        pp.logits = dl.f32();
+        pp.offsets = static_cast<const int32_t*>(doff.data());
+        pp.ids = static_cast<const int32_t*>(dids.data());
+        pp.counts = static_cast<const int32_t*>(dcnt.data());
+        pp.repetition = drep.f32();
+        pp.presence = dpres.f32();
+        pp.frequency = dfreq.f32();
+        cuda->apply_penalties(pp);
+        EXPECT_EQ(download(*cuda, dl.data(), host.size()), host) << "penalties vocab=" << vocab;
+        tk.logits = dl.f32();
+        tk.inv_temperature = dinv.f32();
+        tk.ids = static_cast<int32_t*>(oi.data());
+        tk.values = ov.f32();
+        tk.sums = os.f32();
+        cuda->top_k(tk);
+        std::vector<int32_t> got_ids(want_ids.size());
+        cuda->copy_to_host(got_ids.data(), oi.data(), got_ids.size() * 4);
+        EXPECT_EQ(got_ids, want_ids) << "vocab=" << vocab << " k=" << k << " ties=" << ties;
+        EXPECT_EQ(download(*cuda, ov.data(), want_vals.size()), want_vals) << "values k=" << k;
+        worst.check(rel_error(download(*cuda, os.data(), want_sums.size()), want_sums), 1e-5,
+                    "sums vocab=" + std::to_string(vocab) + " k=" + std::to_string(k));
+      }
+}
+
+// ---- graphs ---------------------------------------------------------------------------------
+
+// A recorded chain replays with whatever the buffers hold at replay time, and recording itself
+// runs nothing.
+TEST_F(CudaParity, GraphReplaysWithNewInputs) {
+  const int64_t n = 5000;
+  auto x = random_floats(rng, size_t(n));
+  Buffer a = upload(*cuda, x);
+  Buffer b(*cuda, size_t(n) * sizeof(float));
+  auto graph = cuda->capture([&] {
+    cuda->add(b.f32(), a.f32(), n);
+    cuda->softcap(b.f32(), n, 3.f);
+  });
+  ASSERT_NE(graph, nullptr);
+  EXPECT_EQ(download(*cuda, b.data(), size_t(n)), std::vector<float>(size_t(n), 0.f)) << "capture executed work";
+  std::vector<float> want(size_t(n), 0.f);
+  for (int round = 0; round < 3; ++round) {
+    x = random_floats(rng, size_t(n));
+    cuda->copy_to_backend(a.data(), x.data(), x.size() * sizeof(float));
+    graph->replay();
+    for (int64_t i = 0; i < n; ++i) want[size_t(i)] = 3.f * std::tanh((want[size_t(i)] + x[size_t(i)]) / 3.f);
+    const auto got = download(*cuda, b.data(), size_t(n));
+    EXPECT_LT(rel_error(got, want), 1e-5) << "round " << round;
+  }
+  // Ops that allocate or synchronise are refused while recording, and the stream stays usable.
+  EXPECT_THROW(cuda->capture([&] { Buffer tmp(*cuda, 64); }), Error);
+  EXPECT_THROW(cuda->capture([&] { cuda->synchronize(); }), Error);
+  cuda->add(b.f32(), a.f32(), n);
+  cuda->synchronize();
+}
+
+// Pinned staging: an async copy from page-locked memory lands before later ops on the stream.
+TEST_F(CudaParity, PinnedStagingCopies) {
+  const int64_t n = 1 << 16;
+  auto* pinned = static_cast<float*>(cuda->alloc_pinned(size_t(n) * sizeof(float)));
+  const auto x = random_floats(rng, size_t(n));
+  std::copy(x.begin(), x.end(), pinned);
+  Buffer a(*cuda, size_t(n) * sizeof(float));
+  cuda->copy_to_backend_async(a.data(), pinned, size_t(n) * sizeof(float));
+  EXPECT_EQ(download(*cuda, a.data(), size_t(n)), x);
+  cuda->free_pinned(pinned);
 }
 
 // A chain of ops with no explicit synchronize: stream order alone must make copy_to_host see it.

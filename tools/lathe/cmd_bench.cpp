@@ -1,7 +1,8 @@
 // lathe bench -m DIR: prefill and decode throughput (like llama-bench pp512 / tg128), median of
 // several repetitions on random (non-zero) token ids. Decode can start from a filled context
 // (--decode-ctx), so long-context attention cost shows. Also: time to first token, memory, and the
-// fraction of the weight-streaming roofline reached at batch 1 (--bandwidth GB/s).
+// fraction of the weight-streaming roofline reached at batch 1 (--bandwidth GB/s). Decode steps
+// include greedy token selection on the backend (what generation does), so only ids cross to the host.
 #include <algorithm>
 #include <chrono>
 #include <nlohmann/json.hpp>
@@ -25,8 +26,9 @@ void add_bench_command(CLI::App& app) {
   struct Opts {
     std::string model;
     DeviceOptions device;
-    std::vector<int64_t> prompt{512}, decode_ctx{0};
-    int64_t gen = 128, reps = 3;
+    std::vector<int64_t> prompt{512}, decode_ctx{0}, batch{1};
+    int64_t gen = 128, reps = 3, block_size = 256;
+    bool no_graphs = false;
     double bandwidth = 0;
     bool json = false;
   };
@@ -40,6 +42,12 @@ void add_bench_command(CLI::App& app) {
   cmd->add_option("-c,--decode-ctx", opts->decode_ctx, "tokens already in the cache when decoding starts, e.g. -c 128,4096")
       ->delimiter(',')
       ->capture_default_str();
+  cmd->add_option("-b,--batch", opts->batch,
+                  "decode batch sizes: that many sequences decode together over a paged cache, e.g. -b 1,8,32")
+      ->delimiter(',')
+      ->capture_default_str();
+  cmd->add_option("--block-size", opts->block_size, "positions per KV block for batched decode")->capture_default_str();
+  cmd->add_flag("--no-graphs", opts->no_graphs, "launch every op of a decode step instead of replaying a recorded graph");
   cmd->add_option("-r,--reps", opts->reps, "repetitions (median reported)")->capture_default_str();
   cmd->add_option("--bandwidth", opts->bandwidth,
                   "memory bandwidth in GB/s for the roofline column (default: 2990 on CUDA, the H100's measured copy "
@@ -52,10 +60,14 @@ void add_bench_command(CLI::App& app) {
     auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     const auto& c = model->config();
     if (opts->gen < 1 || opts->reps < 1) fail(ErrorKind::kInvalidArgument, "bench: -n and -r must be positive");
+    for (auto b : opts->batch)
+      if (b < 1) fail(ErrorKind::kInvalidArgument, "bench: batch sizes must be positive");
+    if (opts->block_size < 1) fail(ErrorKind::kInvalidArgument, "bench: --block-size must be positive");
     for (auto p : opts->prompt)
       if (p < 1) fail(ErrorKind::kInvalidArgument, "bench: prompt lengths must be positive");
     const auto t_load = clock::now();
     model::Runner runner(*model, *backend);
+    if (opts->no_graphs) runner.set_graphs(false);
     const double load_s = std::chrono::duration<double>(clock::now() - t_load).count();
     int64_t longest = opts->gen + 1;
     for (auto p : opts->prompt) longest = std::max(longest, p);
@@ -73,7 +85,20 @@ void add_bench_command(CLI::App& app) {
     // Warm-up: touch every weight page and build the workspaces once.
     runner.forward(std::span<const int32_t>(ids.data(), std::min<size_t>(ids.size(), 16)), cache, ws,
                    model::LogitsFor::kLast, &logits);
+    // Each prefill length once more, so first-use costs (kernel loading, GEMM heuristics, buffer
+    // growth) stay out of the timed runs and of any per-op profile.
+    for (int64_t p : opts->prompt) {
+      cache.clear();
+      runner.forward(std::span<const int32_t>(ids.data(), size_t(p)), cache, ws, model::LogitsFor::kLast, &logits);
+    }
+    backend->reset_counters();
 
+    // Decode steps end with greedy token selection on the backend, as generation does: only the
+    // chosen ids come back to the host.
+    int64_t max_batch = 1;
+    for (auto b : opts->batch) max_batch = std::max(max_batch, b);
+    const std::vector<model::SelectRow> greedy_rows(static_cast<size_t>(max_batch));
+    model::Selection sel;
     nlohmann::ordered_json j;
     j["model"] = opts->model;
     j["backend"] = backend->name();
@@ -106,8 +131,13 @@ void add_bench_command(CLI::App& app) {
         if (d > 0)
           runner.forward(std::span<const int32_t>(ids.data(), size_t(d)), cache, ws, model::LogitsFor::kNone, &logits);
         const auto t0 = clock::now();
-        for (int64_t i = 0; i < opts->gen; ++i)
-          runner.forward(std::span<const int32_t>(&ids[size_t(d + i)], 1), cache, ws, model::LogitsFor::kLast, &logits);
+        for (int64_t i = 0; i < opts->gen; ++i) {
+          model::SeqInput in;
+          in.ids = std::span<const int32_t>(&ids[size_t(d + i)], 1);
+          in.kv = &cache.seq();
+          runner.forward_select(std::span<const model::SeqInput>(&in, 1), cache.pool(), ws,
+                               std::span<const model::SelectRow>(greedy_rows.data(), 1), 1, &sel);
+        }
         t.push_back(std::chrono::duration<double>(clock::now() - t0).count());
       }
       const double s = median(t);
@@ -115,6 +145,44 @@ void add_bench_command(CLI::App& app) {
       if (tg_first == 0) tg_first = rate;
       rows.push_back({fmt::format("tg{} @ ctx {}", opts->gen, d), rate, s * 1e3 / double(opts->gen)});
       j[fmt::format("decode_ctx{}_tok_s", d)] = rate;
+    }
+    // Batched decode: b sequences, each with d tokens of context (prefilled together in one step),
+    // then gen steps in which every sequence decodes one token. tok/s counts all sequences.
+    for (int64_t b : opts->batch) {
+      if (b == 1) continue;
+      for (int64_t d : opts->decode_ctx) {
+        const int64_t bs = opts->block_size;
+        const int64_t per_seq = (d + opts->gen + 1 + bs - 1) / bs;
+        model::KvPool pool(c, b * per_seq, bs, *backend);
+        std::vector<model::SeqKv> kv(static_cast<size_t>(b));
+        for (int64_t s = 0; s < b; ++s)
+          for (int64_t k = 0; k < per_seq; ++k) kv[size_t(s)].blocks.push_back(int32_t(s * per_seq + k));
+        std::vector<model::SeqInput> step(static_cast<size_t>(b));
+        std::vector<int32_t> tokens(static_cast<size_t>(b));
+        std::vector<double> t;
+        for (int64_t r = 0; r < opts->reps; ++r) {
+          for (auto& q : kv) q.length = 0;
+          if (d > 0) {
+            for (int64_t s = 0; s < b; ++s)
+              step[size_t(s)] = {std::span<const int32_t>(ids.data(), size_t(d)), &kv[size_t(s)], model::LogitsFor::kNone};
+            runner.forward_batch(step, pool, ws, &logits);
+          }
+          const auto t0 = clock::now();
+          for (int64_t i = 0; i < opts->gen; ++i) {
+            for (int64_t s = 0; s < b; ++s) {
+              tokens[size_t(s)] = ids[size_t((d + i + s) % longest)];
+              step[size_t(s)] = {std::span<const int32_t>(&tokens[size_t(s)], 1), &kv[size_t(s)], model::LogitsFor::kLast};
+            }
+            runner.forward_select(step, pool, ws, std::span<const model::SelectRow>(greedy_rows.data(), size_t(b)), 1,
+                                  &sel);
+          }
+          t.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+        }
+        const double s = median(t);
+        const double rate = double(b * opts->gen) / s;
+        rows.push_back({fmt::format("tg{} x b{} @ ctx {}", opts->gen, b, d), rate, s * 1e3 / double(opts->gen)});
+        j[fmt::format("decode_b{}_ctx{}_tok_s", b, d)] = rate;
+      }
     }
     const auto mem = backend->memory_stats();
     double bw = opts->bandwidth;

@@ -45,11 +45,39 @@ struct AttnArgs {
   float* part_ml;   // [splits][n * n_heads][2]: running max, sum (split runs only)
   float* part_acc;  // [splits][n * n_heads][head_dim]: unnormalised output (split runs only)
   int n, kv_len, n_heads, n_kv_heads, head_dim, group;
-  int rows_per_kv;  // n * group
   int window;       // 0: none
   float scale, softcap;
   int splits, keys_per_split;
+  // Sequences: null cu_q = one sequence of n queries and kv_len keys. Else sequence s owns query
+  // rows [cu_q[s], cu_q[s + 1]) and kv_lens[s] keys; each has seq_blocks row blocks in the grid.
+  const int* cu_q;
+  const int* kv_lens;
+  int seq_blocks;
+  // Paged rows: null table = position j is row j of k/v; else row table[s * table_stride + j /
+  // block_size] * block_size + j % block_size.
+  const int* table;
+  int block_size, table_stride;
 };
+
+// One sequence's share of a launch: its first query row, query count and key count.
+struct SeqView {
+  int s, q0, n, kv_len;
+};
+
+template <class A>
+__device__ __forceinline__ SeqView seq_view(const A& a, int s) {
+  if (!a.cu_q) return {0, 0, a.n, a.kv_len};
+  const int q0 = a.cu_q[s];
+  return {s, q0, a.cu_q[s + 1] - q0, a.kv_lens[s]};
+}
+
+// Address of key/value position j of sequence s, head offset already in `base`.
+template <class A>
+__device__ __forceinline__ const float* kv_at(const A& a, const float* base, int s, int j, int64_t kv_row) {
+  if (!a.table) return base + int64_t(j) * kv_row;
+  const int blk = __ldg(a.table + int64_t(s) * a.table_stride + j / a.block_size);
+  return base + (int64_t(blk) * a.block_size + j % a.block_size) * kv_row;
+}
 
 // Dynamic shared memory of one block: Q rows, K tile (padded), V tile, per-warp P rows.
 inline int k_stride(int hd, bool vec) { return vec ? hd + 4 : hd + 1; }
@@ -58,9 +86,9 @@ inline size_t attn_smem_bytes(int hd, int R, bool vec) {
                           size_t(kWarps) * R * kTile);
 }
 
-// Position of row rho's query in the cache, or -1 for padding rows past the last real row.
-__device__ __forceinline__ int row_pos(const AttnArgs& a, int rho) {
-  return rho < a.rows_per_kv ? a.kv_len - a.n + rho / a.group : -1;
+// Position of row rho's query in its sequence, or -1 for padding rows past the last real row.
+__device__ __forceinline__ int row_pos(const AttnArgs& a, const SeqView& sv, int rho) {
+  return rho < sv.n * a.group ? sv.kv_len - sv.n + rho / a.group : -1;
 }
 
 template <int HD, int R>
@@ -76,25 +104,29 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(const AttnArg
   float* Ps = Vs + kTile * hd;
 
   const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
-  const int rb = int(gridDim.x) - 1 - int(blockIdx.x);  // later (longer) row blocks start first
+  const int bi = int(gridDim.x) - 1 - int(blockIdx.x);  // later (longer) row blocks start first
+  const SeqView sv = seq_view(a, bi / a.seq_blocks);
+  const int rb = bi % a.seq_blocks;
   const int split = blockIdx.y;
   const int g = blockIdx.z;
   const int row_base = rb * kWarps * R;
+  const int rows_per_kv = sv.n * a.group;
+  if (row_base >= rows_per_kv) return;  // a shorter sequence of the batch: no rows here
 
   // Q rows of the block (padding rows are zeros).
   for (int i = threadIdx.x; i < kWarps * R * hd; i += kWarps * kWarp) {
     const int lr = i / hd, d = i % hd, rho = row_base + lr;
     float val = 0.f;
-    if (rho < a.rows_per_kv) {
-      const int t = rho / a.group, h = g * a.group + rho % a.group;
+    if (rho < rows_per_kv) {
+      const int t = sv.q0 + rho / a.group, h = g * a.group + rho % a.group;
       val = a.q[(int64_t(t) * a.n_heads + h) * hd + d];
     }
     Qs[i] = val;
   }
 
   // Keys this block may need, then this split's share of them.
-  const int last_rho = min(row_base + kWarps * R, a.rows_per_kv) - 1;
-  const int first_pos = row_pos(a, row_base), last_pos = row_pos(a, last_rho);
+  const int last_rho = min(row_base + kWarps * R, rows_per_kv) - 1;
+  const int first_pos = row_pos(a, sv, row_base), last_pos = row_pos(a, sv, last_rho);
   const int lo = a.window > 0 ? max(0, first_pos - a.window + 1) : 0;
   const int s_lo = lo + split * a.keys_per_split;
   const int s_hi = min(last_pos + 1, s_lo + a.keys_per_split);
@@ -104,7 +136,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(const AttnArg
   int w_min = INT_MAX, w_max = -1;
 #pragma unroll
   for (int r = 0; r < R; ++r) {
-    pos[r] = row_pos(a, row_base + warp * R + r);
+    pos[r] = row_pos(a, sv, row_base + warp * R + r);
     if (pos[r] >= 0) w_min = min(w_min, pos[r]), w_max = max(w_max, pos[r]);
   }
   const int w_lo = a.window > 0 ? w_min - a.window + 1 : 0;  // first key any row of the warp sees
@@ -132,8 +164,8 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(const AttnArg
         const int jj = i / kQuads, d4 = i % kQuads, j = j0 + jj;
         float4 kv4 = make_float4(0.f, 0.f, 0.f, 0.f), vv4 = kv4;
         if (j < s_hi) {
-          kv4 = __ldg(reinterpret_cast<const float4*>(kg + j * kv_row) + d4);
-          vv4 = __ldg(reinterpret_cast<const float4*>(vg + j * kv_row) + d4);
+          kv4 = __ldg(reinterpret_cast<const float4*>(kv_at(a, kg, sv.s, j, kv_row)) + d4);
+          vv4 = __ldg(reinterpret_cast<const float4*>(kv_at(a, vg, sv.s, j, kv_row)) + d4);
         }
         reinterpret_cast<float4*>(Ks + jj * ks)[d4] = kv4;
         reinterpret_cast<float4*>(Vs + jj * hd)[d4] = vv4;
@@ -141,8 +173,8 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(const AttnArg
     } else {
       for (int i = threadIdx.x; i < kTile * hd; i += kWarps * kWarp) {
         const int jj = i / hd, d = i % hd, j = j0 + jj;
-        Ks[jj * ks + d] = j < s_hi ? kg[j * kv_row + d] : 0.f;
-        Vs[jj * hd + d] = j < s_hi ? vg[j * kv_row + d] : 0.f;
+        Ks[jj * ks + d] = j < s_hi ? kv_at(a, kg, sv.s, j, kv_row)[d] : 0.f;
+        Vs[jj * hd + d] = j < s_hi ? kv_at(a, vg, sv.s, j, kv_row)[d] : 0.f;
       }
     }
     __syncthreads();
@@ -222,7 +254,7 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(const AttnArg
   for (int r = 0; r < R; ++r) {
     if (pos[r] < 0) continue;
     const int rho = row_base + warp * R + r;
-    const int t = rho / a.group, h = g * a.group + rho % a.group;
+    const int t = sv.q0 + rho / a.group, h = g * a.group + rho % a.group;
     const int64_t row = int64_t(t) * a.n_heads + h;
     if (a.splits == 1) {
       const float inv = 1.f / l[r];  // l >= 1: the row's own position is always visible
@@ -267,12 +299,16 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs
   for (int i = 1; i < kWarpsC; ++i) mx = fmaxf(mx, red[i]);
   __syncthreads();  // red is reused below
 
+  __shared__ int first, last;
+  if (threadIdx.x == 0) first = INT_MAX, last = -1;
+  __syncthreads();
   float den = 0.f;
   for (int s = threadIdx.x; s < a.splits; s += kCombineThreads) {
     const float ms = a.part_ml[(s * rows + row) * 2];
     const float e = ms == -INFINITY ? 0.f : expf(ms - mx);
     w[s] = e;
     den += e * a.part_ml[(s * rows + row) * 2 + 1];
+    if (ms != -INFINITY) atomicMin(&first, s), atomicMax(&last, s);
   }
   den = warp_sum(den);
   if (lane == 0) red[warp] = den;
@@ -281,12 +317,15 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs
   for (int i = 0; i < kWarpsC; ++i) den += red[i];
   const float inv = den > 0.f ? 1.f / den : 0.f;
 
+  // Only the range of splits that saw keys is read: a recorded decode graph sizes the splits for the
+  // whole cache, and at a short context most of them are empty.
   const float* acc = a.part_acc + row * a.head_dim;
   const int64_t split_stride = rows * a.head_dim;
+  const int s_first = first, s_last = last;
   for (int d = threadIdx.x; d < a.head_dim; d += kCombineThreads) {
     float num = 0.f;
-#pragma unroll 8
-    for (int s = 0; s < a.splits; ++s) num = fmaf(acc[s * split_stride + d], w[s], num);
+#pragma unroll 4
+    for (int s = s_first; s <= s_last; ++s) num = fmaf(acc[s * split_stride + d], w[s], num);
     a.out[row * a.head_dim + d] = num * inv;
   }
 }
@@ -318,40 +357,111 @@ void launch_rows(Context& ctx, const AttnArgs& a, dim3 grid, int R, bool vec) {
   }
 }
 
-// Fewest queries that take the tensor-core kernel in fast mode. Below it the call is decode-like:
-// the fp32 kernel's small row blocks and key splits fit it better, and its cost is K/V bandwidth,
-// not math. At 64 queries a 128-row tensor-core block is already full for any group >= 2.
+// Fewest queries (of one sequence) that take the tensor-core kernel in fast mode. Below it the call
+// is decode-like: the fp32 kernel's small row blocks and key splits fit it better, and its cost is
+// K/V bandwidth, not math. At 64 queries a 128-row tensor-core block is already full for any group
+// >= 2.
 constexpr int64_t kTcMinQueries = 64;
 
-bool use_tensor_cores(const Context& ctx, const AttentionParams& p, int64_t rows_per_kv) {
-  return !ctx.exact_matmul && p.n >= kTcMinQueries && attn_tc::supports_head_dim(p.head_dim) && aligned16(p.q) &&
-         aligned16(p.k) && aligned16(p.v) && aligned16(p.out) &&
-         (rows_per_kv + attn_tc::kRows - 1) / attn_tc::kRows <= 65535;  // row blocks are gridDim.y
+// One attention launch, single-sequence or batched, as the launchers see it.
+struct Call {
+  const float* q;
+  const float* k;
+  const float* v;
+  float* out;
+  int64_t n, kv_len;          // all query rows; kv_len of a single sequence
+  int64_t num_seqs, max_q, max_kv;
+  const int32_t* cu_q;        // null: single sequence
+  const int32_t* kv_lens;
+  const int32_t* table;       // null: contiguous rows
+  int64_t block_size, table_stride;
+  int64_t n_heads, n_kv_heads, head_dim, window;
+  float scale, softcap;
+};
+
+bool use_tensor_cores(const Context& ctx, const Call& c) {
+  return !ctx.exact_matmul && c.max_q >= kTcMinQueries && attn_tc::supports_head_dim(c.head_dim) &&
+         aligned16(c.q) && aligned16(c.k) && aligned16(c.v) && aligned16(c.out);
+}
+
+void validate(const Call& c) {
+  if (c.n_kv_heads <= 0 || c.n_heads % c.n_kv_heads != 0)
+    raise(ErrorKind::kInvalidArgument, "cuda attention: ", c.n_heads, " heads is not a multiple of ", c.n_kv_heads,
+          " kv heads");
+  if (c.head_dim < 1 || c.head_dim > kMaxHeadDim)
+    raise(ErrorKind::kUnsupported, "cuda attention: head_dim ", c.head_dim, " is not supported (1..", kMaxHeadDim, ")");
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  if (c.max_kv > INT_MAX / 2 || c.n * group > INT_MAX / 2 || c.n_kv_heads > 65535 || c.num_seqs > INT_MAX / 2)
+    raise(ErrorKind::kUnsupported, "cuda attention: ", c.max_kv, " keys x ", c.n * group,
+          " rows per kv head is too large for one launch");
+}
+
+AttnArgs make_args(const Call& c) {
+  AttnArgs a{};
+  a.q = c.q;
+  a.k = c.k;
+  a.v = c.v;
+  a.out = c.out;
+  a.n = int(c.n);
+  a.kv_len = int(c.kv_len);
+  a.n_heads = int(c.n_heads);
+  a.n_kv_heads = int(c.n_kv_heads);
+  a.head_dim = int(c.head_dim);
+  a.group = int(c.n_heads / c.n_kv_heads);
+  a.window = c.window > 0 ? int(std::min<int64_t>(c.window, INT_MAX)) : 0;
+  a.scale = c.scale;
+  a.softcap = c.softcap;
+  a.cu_q = c.cu_q;
+  a.kv_lens = c.kv_lens;
+  a.table = c.table;
+  a.block_size = int(c.block_size);
+  a.table_stride = int(c.table_stride);
+  return a;
+}
+
+void combine(Context& ctx, const AttnArgs& a) {
+  const int64_t rows = int64_t(a.n) * a.n_heads;
+  combine_kernel<<<unsigned(rows), kCombineThreads, sizeof(float) * size_t(a.splits), ctx.stream>>>(a);
+  LATHE_CUDA_CHECK_LAUNCH("attention combine_kernel");
+}
+
+float* split_scratch(Context& ctx, const Call& c, int64_t splits) {
+  const int64_t rows = c.n * c.n_heads;
+  return static_cast<float*>(
+      ctx.scratch(Scratch::kAttention, sizeof(float) * size_t(splits * rows * (2 + c.head_dim))));
 }
 
 // The tensor-core launch; `a` carries the fp32 kernel's view of the call for the combine kernel.
-void attention_tensor_cores(Context& ctx, const AttentionParams& p, AttnArgs& a) {
+void attention_tensor_cores(Context& ctx, const Call& c, AttnArgs& a) {
   attn_tc::Args t{};
-  t.q = p.q;
-  t.k = p.k;
-  t.v = p.v;
-  t.out = p.out;
+  t.q = c.q;
+  t.k = c.k;
+  t.v = c.v;
+  t.out = c.out;
   t.n = a.n;
   t.kv_len = a.kv_len;
   t.n_heads = a.n_heads;
   t.n_kv_heads = a.n_kv_heads;
   t.group = a.group;
-  t.rows_per_kv = a.rows_per_kv;
   t.window = a.window;
   t.scale = a.scale;
   t.softcap = a.softcap;
+  t.cu_q = a.cu_q;
+  t.kv_lens = a.kv_lens;
+  t.table = a.table;
+  t.block_size = a.block_size;
+  t.table_stride = a.table_stride;
 
   const int64_t bn = attn_tc::key_tile(a.head_dim);
-  const int64_t row_blocks = (int64_t(a.rows_per_kv) + attn_tc::kRows - 1) / attn_tc::kRows;
-  const int64_t blocks = row_blocks * a.n_kv_heads;
+  const int64_t seq_blocks = (c.max_q * a.group + attn_tc::kRows - 1) / attn_tc::kRows;
+  if (seq_blocks * c.num_seqs > 65535)
+    raise(ErrorKind::kUnsupported, "cuda attention: ", c.num_seqs, " sequences x ", c.max_q,
+          " queries is too many row blocks for one launch");
+  t.seq_blocks = a.seq_blocks = int(seq_blocks);
+  const int64_t blocks = seq_blocks * c.num_seqs * a.n_kv_heads;
   // Longest key range one block walks, counted from its first tile's (aligned-down) start.
   const int64_t rows_span = (attn_tc::kRows + a.group - 1) / a.group + 1;
-  const int64_t span = a.window > 0 ? std::min<int64_t>(a.kv_len, a.window + rows_span + bn) : a.kv_len;
+  const int64_t span = a.window > 0 ? std::min<int64_t>(c.max_kv, a.window + rows_span + bn) : c.max_kv;
   const int64_t tiles = (span + bn - 1) / bn;
   // A block fills an SM (head_dim >= 128: ~100 KB shared memory, most of the registers). With fewer
   // blocks than SMs (a short chunk against a long cache), split the keys, >= 4 tiles per split.
@@ -362,68 +472,34 @@ void attention_tensor_cores(Context& ctx, const AttentionParams& p, AttnArgs& a)
   }
   const int64_t per_split = (tiles + splits - 1) / splits;  // tiles
   splits = (tiles + per_split - 1) / per_split;
-  t.splits = int(splits);
-  t.keys_per_split = int(per_split * bn);
-  a.splits = t.splits;
-  a.keys_per_split = t.keys_per_split;
+  t.splits = a.splits = int(splits);
+  t.keys_per_split = a.keys_per_split = int(per_split * bn);
   if (splits > 1) {
-    const int64_t rows = p.n * p.n_heads;
-    float* part = static_cast<float*>(
-        ctx.scratch(Scratch::kAttention, sizeof(float) * size_t(splits * rows * (2 + p.head_dim))));
+    float* part = split_scratch(ctx, c, splits);
     a.part_ml = t.part_ml = part;
-    a.part_acc = t.part_acc = part + splits * rows * 2;
+    a.part_acc = t.part_acc = part + splits * c.n * c.n_heads * 2;
   }
   // kv heads fastest, then row blocks (the kernel reverses them: longest first), then splits.
-  attn_tc::run(ctx, t, dim3(unsigned(a.n_kv_heads), unsigned(row_blocks), unsigned(splits)), a.head_dim);
-  if (splits > 1) {
-    const int64_t rows = p.n * p.n_heads;
-    combine_kernel<<<unsigned(rows), kCombineThreads, sizeof(float) * size_t(splits), ctx.stream>>>(a);
-    LATHE_CUDA_CHECK_LAUNCH("attention combine_kernel");
-  }
+  attn_tc::run(ctx, t, dim3(unsigned(a.n_kv_heads), unsigned(seq_blocks * c.num_seqs), unsigned(splits)),
+               a.head_dim);
+  if (splits > 1) combine(ctx, a);
 }
 
-}  // namespace
-
-void attention(Context& ctx, const AttentionParams& p) {
-  if (p.n <= 0) return;
-  if (p.kv_len < p.n)
-    raise(ErrorKind::kInvalidArgument, "cuda attention: kv_len ", p.kv_len, " is shorter than the ", p.n, " queries");
-  if (p.n_kv_heads <= 0 || p.n_heads % p.n_kv_heads != 0)
-    raise(ErrorKind::kInvalidArgument, "cuda attention: ", p.n_heads, " heads is not a multiple of ", p.n_kv_heads,
-          " kv heads");
-  if (p.head_dim < 1 || p.head_dim > kMaxHeadDim)
-    raise(ErrorKind::kUnsupported, "cuda attention: head_dim ", p.head_dim, " is not supported (1..", kMaxHeadDim, ")");
-  const int64_t group = p.n_heads / p.n_kv_heads;
-  const int64_t rows_per_kv = p.n * group;
-  if (p.kv_len > INT_MAX / 2 || rows_per_kv > INT_MAX / 2 || p.n_kv_heads > 65535)
-    raise(ErrorKind::kUnsupported, "cuda attention: kv_len ", p.kv_len, " x ", rows_per_kv,
-          " rows per kv head is too large for one launch");
-
-  AttnArgs a{};
-  a.q = p.q;
-  a.k = p.k;
-  a.v = p.v;
-  a.out = p.out;
-  a.n = int(p.n);
-  a.kv_len = int(p.kv_len);
-  a.n_heads = int(p.n_heads);
-  a.n_kv_heads = int(p.n_kv_heads);
-  a.head_dim = int(p.head_dim);
-  a.group = int(group);
-  a.rows_per_kv = int(rows_per_kv);
-  a.window = p.window > 0 ? int(std::min<int64_t>(p.window, INT_MAX)) : 0;
-  a.scale = p.scale;
-  a.softcap = p.softcap;
-
-  if (use_tensor_cores(ctx, p, rows_per_kv)) return attention_tensor_cores(ctx, p, a);
+void run(Context& ctx, const Call& c) {
+  validate(c);
+  AttnArgs a = make_args(c);
+  if (use_tensor_cores(ctx, c)) return attention_tensor_cores(ctx, c, a);
 
   // Rows per warp: enough to fill the block's 4 warps, at most 8 (register budget: 8 x head_dim/32).
+  const int64_t group = a.group;
+  const int64_t rows_per_kv = c.max_q * group;
   const int R = rows_per_kv >= 32 ? 8 : rows_per_kv >= 16 ? 4 : rows_per_kv >= 8 ? 2 : 1;
-  const int64_t row_blocks = (rows_per_kv + kWarps * R - 1) / (kWarps * R);
-  const int64_t blocks = row_blocks * p.n_kv_heads;
+  const int64_t seq_blocks = (rows_per_kv + kWarps * R - 1) / (kWarps * R);
+  const int64_t row_blocks = seq_blocks * c.num_seqs;
+  const int64_t blocks = row_blocks * c.n_kv_heads;
   // Longest key range one block walks: everything (causal) or window + the block's own positions.
   const int64_t rows_span = (int64_t(kWarps) * R + group - 1) / group + 1;
-  const int64_t span = a.window > 0 ? std::min<int64_t>(p.kv_len, a.window + rows_span) : p.kv_len;
+  const int64_t span = a.window > 0 ? std::min<int64_t>(c.max_kv, a.window + rows_span) : c.max_kv;
   // Split the keys when the row blocks alone leave SMs idle; each split gets >= 2 tiles.
   int64_t splits = 1;
   if (blocks < 2 * int64_t(ctx.sm_count)) {
@@ -440,19 +516,18 @@ void attention(Context& ctx, const AttentionParams& p) {
   }
   a.splits = int(splits);
   a.keys_per_split = int(per_split);
+  a.seq_blocks = int(seq_blocks);
   if (splits > 1) {
-    const int64_t rows = p.n * p.n_heads;
-    float* part = static_cast<float*>(
-        ctx.scratch(Scratch::kAttention, sizeof(float) * size_t(splits * rows * (2 + p.head_dim))));
+    float* part = split_scratch(ctx, c, splits);
     a.part_ml = part;
-    a.part_acc = part + splits * rows * 2;
+    a.part_acc = part + splits * c.n * c.n_heads * 2;
   }
   if (row_blocks > INT_MAX) raise(ErrorKind::kUnsupported, "cuda attention: too many query rows for one launch");
-  const dim3 grid(unsigned(row_blocks), unsigned(splits), unsigned(p.n_kv_heads));
+  const dim3 grid(unsigned(row_blocks), unsigned(splits), unsigned(c.n_kv_heads));
 
   // Compile-time head_dim needs 16-byte aligned K/V rows; anything else runs the generic instance.
-  const bool vec = aligned16(p.k) && aligned16(p.v);
-  switch (vec ? p.head_dim : 0) {
+  const bool vec = aligned16(c.k) && aligned16(c.v);
+  switch (vec ? c.head_dim : 0) {
     case 64: launch_rows<64>(ctx, a, grid, R, true); break;
     case 80: launch_rows<80>(ctx, a, grid, R, true); break;
     case 96: launch_rows<96>(ctx, a, grid, R, true); break;
@@ -460,11 +535,58 @@ void attention(Context& ctx, const AttentionParams& p) {
     case 256: launch_rows<256>(ctx, a, grid, R, true); break;
     default: launch_rows<0>(ctx, a, grid, R, false); break;
   }
-  if (splits > 1) {
-    const int64_t rows = p.n * p.n_heads;
-    combine_kernel<<<unsigned(rows), kCombineThreads, sizeof(float) * size_t(splits), ctx.stream>>>(a);
-    LATHE_CUDA_CHECK_LAUNCH("attention combine_kernel");
-  }
+  if (splits > 1) combine(ctx, a);
+}
+
+// The fields both entry points share.
+template <class P>
+Call common_call(const P& p) {
+  Call c{};
+  c.q = p.q;
+  c.k = p.k;
+  c.v = p.v;
+  c.out = p.out;
+  c.n = p.n;
+  c.n_heads = p.n_heads;
+  c.n_kv_heads = p.n_kv_heads;
+  c.head_dim = p.head_dim;
+  c.window = p.window;
+  c.scale = p.scale;
+  c.softcap = p.softcap;
+  return c;
+}
+
+}  // namespace
+
+void attention(Context& ctx, const AttentionParams& p) {
+  if (p.n <= 0) return;
+  if (p.kv_len < p.n)
+    raise(ErrorKind::kInvalidArgument, "cuda attention: kv_len ", p.kv_len, " is shorter than the ", p.n, " queries");
+  Call c = common_call(p);
+  c.kv_len = p.kv_len;
+  c.num_seqs = 1;
+  c.max_q = p.n;
+  c.max_kv = p.kv_len;
+  run(ctx, c);
+}
+
+void attention_batch(Context& ctx, const BatchAttentionParams& p) {
+  if (p.n <= 0 || p.num_seqs <= 0) return;
+  if (!p.cu_q || !p.kv_len || !p.block_table || p.block_size <= 0 || p.table_stride <= 0)
+    raise(ErrorKind::kInvalidArgument, "cuda attention_batch: cu_q, kv_len and a block table are required");
+  if (p.max_q <= 0 || p.max_kv < p.max_q)
+    raise(ErrorKind::kInvalidArgument, "cuda attention_batch: bounds max_q ", p.max_q, ", max_kv ", p.max_kv,
+          " are inconsistent");
+  Call c = common_call(p);
+  c.num_seqs = p.num_seqs;
+  c.max_q = p.max_q;
+  c.max_kv = std::min(p.max_kv, p.table_stride * p.block_size);
+  c.cu_q = p.cu_q;
+  c.kv_lens = p.kv_len;
+  c.table = p.block_table;
+  c.block_size = p.block_size;
+  c.table_stride = p.table_stride;
+  run(ctx, c);
 }
 
 }  // namespace lathe::ops::cuda

@@ -53,10 +53,16 @@ struct Args {
   float* part_ml;   // [splits][n * n_heads][2] (split runs only)
   float* part_acc;  // [splits][n * n_heads][head_dim] (split runs only)
   int n, kv_len, n_heads, n_kv_heads, group;
-  int rows_per_kv;  // n * group
   int window;       // 0: none
   float scale, softcap;
   int splits, keys_per_split;  // keys_per_split is a multiple of the key tile
+  // Sequences and paging, as in attention.cu's AttnArgs (null cu_q: one sequence; null table:
+  // contiguous rows); each sequence has seq_blocks row blocks in gridDim.y.
+  const int* cu_q;
+  const int* kv_lens;
+  int seq_blocks;
+  const int* table;
+  int block_size, table_stride;
 };
 
 // Per-head_dim shape: key tile and whether Q fragments live in registers.
@@ -110,16 +116,19 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
 // Global fp32 rows -> registers: thread i of the block takes float4s i, i + kThreads, ... of the
 // [kKeys, HD] tile starting at key j0 (row-major, so a warp reads contiguous 512-byte runs). Keys past
 // `last` (the block's last needed key: beyond it the cache may end) read as zeros, which the causal
-// mask hides.
+// mask hides. Position j of sequence s is found through the block table when there is one.
 template <int HD>
-__device__ __forceinline__ void load_tile(float4 (&r)[Shape<HD>::kLoads], const float* base, int64_t row_stride,
-                                          int j0, int last) {
+__device__ __forceinline__ void load_tile(float4 (&r)[Shape<HD>::kLoads], const Args& a, int s, const float* base,
+                                          int64_t row_stride, int j0, int last) {
   constexpr int kQuads = HD / 4;
 #pragma unroll
   for (int i = 0; i < Shape<HD>::kLoads; ++i) {
     const int idx = int(threadIdx.x) + i * kThreads;
     const int j = j0 + idx / kQuads;
-    r[i] = j <= last ? __ldg(reinterpret_cast<const float4*>(base + j * row_stride) + idx % kQuads)
+    int64_t row = j;
+    if (a.table && j <= last)
+      row = int64_t(__ldg(a.table + int64_t(s) * a.table_stride + j / a.block_size)) * a.block_size + j % a.block_size;
+    r[i] = j <= last ? __ldg(reinterpret_cast<const float4*>(base + row * row_stride) + idx % kQuads)
                      : make_float4(0.f, 0.f, 0.f, 0.f);
   }
 }
@@ -155,14 +164,21 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
   const int tid = int(threadIdx.x);
   const int lane = tid % kWarp, warp = tid / kWarp;
   const int g = int(blockIdx.x);                           // kv head
-  const int rb = int(gridDim.y) - 1 - int(blockIdx.y);     // later (longer) row blocks start first
+  const int bi = int(gridDim.y) - 1 - int(blockIdx.y);     // later (longer) row blocks start first
+  const int seq = a.cu_q ? bi / a.seq_blocks : 0;
+  const int rb = bi % a.seq_blocks;
+  const int q0 = a.cu_q ? a.cu_q[seq] : 0;
+  const int n_seq = a.cu_q ? a.cu_q[seq + 1] - q0 : a.n;
+  const int kv_seq = a.cu_q ? a.kv_lens[seq] : a.kv_len;
+  const int rows_per_kv = n_seq * a.group;
   const int split = int(blockIdx.z);
   const int row_base = rb * kRows;
-  const int first_q = a.kv_len - a.n;  // position of query 0
+  if (row_base >= rows_per_kv) return;  // a shorter sequence of the batch: no rows here
+  const int first_q = kv_seq - n_seq;  // position of the sequence's first query
 
   // Keys this block may see: from its first row's window start to its last row's own position;
   // this split's share starts at a tile boundary.
-  const int last_row = min(row_base + kRows, a.rows_per_kv) - 1;
+  const int last_row = min(row_base + kRows, rows_per_kv) - 1;
   const int first_pos = first_q + row_base / a.group;
   const int last_pos = first_q + last_row / a.group;
   const int lo = a.window > 0 ? max(0, first_pos - a.window + 1) : 0;
@@ -175,7 +191,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
   const int gq = lane / 4, cq = lane % 4;
   int pos[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) pos[r] = first_q + min(row_base + warp * 16 + gq + 8 * r, a.rows_per_kv - 1) / a.group;
+  for (int r = 0; r < 2; ++r) pos[r] = first_q + min(row_base + warp * 16 + gq + 8 * r, rows_per_kv - 1) / a.group;
 
   const int64_t kv_row = int64_t(a.n_kv_heads) * HD;  // floats between consecutive positions
   const float* kg = a.k + int64_t(g) * HD;
@@ -194,17 +210,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
       constexpr int kQuads = HD / 4;
       for (int i = tid; i < kRows * kQuads; i += kThreads) {
         const int lr = i / kQuads, d4 = i % kQuads;
-        const int rho = min(row_base + lr, a.rows_per_kv - 1);
-        const int t = rho / a.group, h = g * a.group + rho % a.group;
+        const int rho = min(row_base + lr, rows_per_kv - 1);
+        const int t = q0 + rho / a.group, h = g * a.group + rho % a.group;
         const float4 x = __ldg(reinterpret_cast<const float4*>(a.q + (int64_t(t) * a.n_heads + h) * HD) + d4);
         st_shared_v2(q_sm + 2u * uint32_t(lr * KS + 4 * d4), pack_bf16(x.x, x.y), pack_bf16(x.z, x.w));
       }
     }
     {
       float4 st[S::kLoads];
-      load_tile<HD>(st, kg, kv_row, s_lo, s_hi);
+      load_tile<HD>(st, a, seq, kg, kv_row, s_lo, s_hi);
       store_tile<HD>(k_sm, st);
-      load_tile<HD>(st, vg, kv_row, s_lo, s_hi);
+      load_tile<HD>(st, a, seq, vg, kv_row, s_lo, s_hi);
       store_tile<HD>(v_sm, st);
     }
     __syncthreads();
@@ -232,7 +248,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
       const uint32_t v_cur = v_sm + buf * kTileBytes, v_next = v_sm + (buf ^ 1u) * kTileBytes;
 
       float4 st[S::kLoads];
-      if (more) load_tile<HD>(st, kg, kv_row, j0 + BN, s_hi);
+      if (more) load_tile<HD>(st, a, seq, kg, kv_row, j0 + BN, s_hi);
 
       // S = Q K^T for the warp's 16 rows x BN keys.
       float s[BN / 8][4];
@@ -256,7 +272,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
       }
       if (more) {
         store_tile<HD>(k_next, st);
-        load_tile<HD>(st, vg, kv_row, j0 + BN, s_hi);
+        load_tile<HD>(st, a, seq, vg, kv_row, j0 + BN, s_hi);
       }
 
       // Soft-capping acts on scaled scores, before masking (the reference's order).
@@ -342,8 +358,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int rho = row_base + warp * 16 + gq + 8 * r;
-    if (rho >= a.rows_per_kv) continue;
-    const int t = rho / a.group, h = g * a.group + rho % a.group;
+    if (rho >= rows_per_kv) continue;
+    const int t = q0 + rho / a.group, h = g * a.group + rho % a.group;
     const int64_t row = int64_t(t) * a.n_heads + h;
     if (a.splits == 1) {
       const float inv = 1.f / l[r];  // l >= 1: the row's own position is always visible

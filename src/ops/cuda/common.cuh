@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace lathe::ops::cuda {
 
@@ -30,6 +31,23 @@ __device__ __forceinline__ float bf16_lo(uint32_t u) { return __uint_as_float(u 
 __device__ __forceinline__ float bf16_hi(uint32_t u) { return __uint_as_float(u & 0xffff0000u); }
 __device__ __forceinline__ float f16_lo(uint32_t u) { return __half2float(__ushort_as_half(uint16_t(u & 0xffffu))); }
 __device__ __forceinline__ float f16_hi(uint32_t u) { return __half2float(__ushort_as_half(uint16_t(u >> 16))); }
+
+// cuda_bf16/cuda_fp16 values: rounding from fp32 (nearest even) and widening.
+__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T round_to(float v) {
+  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
+  else return __float2half_rn(v);
+}
+
+// Waits until the kernel this one was launched after (as a programmatic dependent launch) has
+// finished and its writes are visible; a no-op for an ordinary launch.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  cudaGridDependencySynchronize();
+#endif
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

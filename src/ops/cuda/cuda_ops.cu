@@ -8,11 +8,16 @@
 #include <cuda_runtime.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <type_traits>
 
 #include <algorithm>
+#include <map>
+#include <string>
+#include <string_view>
 #include <unordered_map>
+#include <vector>
 
 #include "ops/cuda/check.h"
 #include "ops/cuda/cuda_ops.h"
@@ -25,6 +30,9 @@ namespace cuda {
 void* Context::scratch(Scratch slot, size_t bytes) {
   const int s = int(slot);
   if (scratch_bytes_[s] >= bytes) return scratch_[s];
+  if (capturing)
+    raise(ErrorKind::kInternal, "cuda: scratch must grow to ", bytes,
+          " bytes while a graph is recorded; run the same step once without a graph first");
   // Kernels already enqueued may still read the old buffer: wait for them before freeing it.
   LATHE_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (scratch_[s]) LATHE_CUDA_CHECK(cudaFree(scratch_[s]));
@@ -60,6 +68,90 @@ struct DeviceDeleter {
   void operator()(void* p) const noexcept { cudaFree(p); }
 };
 
+// LATHE_CUDA_PROFILE=1: every op is bracketed by CUDA events (outside graph recording) and the
+// time per op kind is summed as the stream is synchronised; the table goes to stderr when the
+// backend is destroyed. For finding where a step's time goes without a profiler on the machine.
+class OpProfile {
+ public:
+  OpProfile() {
+    const char* e = std::getenv("LATHE_CUDA_PROFILE");
+    enabled_ = e && std::string_view(e) == "1";
+  }
+  ~OpProfile() {
+    if (!enabled_) return;
+    resolve();
+    std::vector<std::pair<std::string, std::pair<double, long>>> rows(totals_.begin(), totals_.end());
+    std::sort(rows.begin(), rows.end(), [](auto& a, auto& b) { return a.second.first > b.second.first; });
+    double all = 0;
+    for (auto& r : rows) all += r.second.first;
+    std::fprintf(stderr, "[cuda profile] %-28s %10s %6s %9s %9s\n", "op", "ms", "%", "calls", "avg us");
+    for (auto& [name, v] : rows)
+      std::fprintf(stderr, "[cuda profile] %-28s %10.2f %6.1f %9ld %9.1f\n", name.c_str(), v.first,
+                   100.0 * v.first / (all > 0 ? all : 1), v.second, 1e3 * v.first / double(v.second));
+    for (auto& e : free_) cudaEventDestroy(e);
+  }
+  bool enabled() const { return enabled_; }
+  void begin(cudaStream_t s, cudaEvent_t& ev) {
+    ev = take();
+    cudaEventRecord(ev, s);
+  }
+  // Forget what was measured so far (first-use costs: module loading, cuBLAS heuristics).
+  void reset() {
+    resolve();
+    totals_.clear();
+  }
+  void end(cudaStream_t s, const char* name, cudaEvent_t start) {
+    cudaEvent_t stop = take();
+    cudaEventRecord(stop, s);
+    pending_.push_back({name, start, stop});
+  }
+  // After the stream is synchronised: every pending pair has completed.
+  void resolve() {
+    for (auto& p : pending_) {
+      float ms = 0;
+      if (cudaEventElapsedTime(&ms, p.start, p.stop) == cudaSuccess) {
+        auto& t = totals_[p.name];
+        t.first += ms;
+        t.second += 1;
+      }
+      free_.push_back(p.start);
+      free_.push_back(p.stop);
+    }
+    pending_.clear();
+  }
+
+ private:
+  cudaEvent_t take() {
+    if (free_.empty()) {
+      cudaEvent_t e;
+      cudaEventCreate(&e);
+      return e;
+    }
+    cudaEvent_t e = free_.back();
+    free_.pop_back();
+    return e;
+  }
+  struct Pending {
+    const char* name;
+    cudaEvent_t start, stop;
+  };
+  bool enabled_ = false;
+  std::vector<Pending> pending_;
+  std::vector<cudaEvent_t> free_;
+  std::map<std::string, std::pair<double, long>> totals_;
+};
+
+class CudaGraph final : public Graph {
+ public:
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
+  ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+  void replay() override { LATHE_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+};
+
 class CudaOps final : public Ops {
  public:
   CudaOps() {
@@ -68,6 +160,7 @@ class CudaOps final : public Ops {
     LATHE_CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx_.device));
     ctx_.sm_count = prop.multiProcessorCount;
     ctx_.smem_optin = prop.sharedMemPerBlockOptin;
+    if (const char* e = std::getenv("LATHE_PDL"); e && std::string_view(e) == "1") ctx_.pdl = true;
 
     cudaStream_t stream = nullptr;
     LATHE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
@@ -86,11 +179,22 @@ class CudaOps final : public Ops {
     if (err != cudaSuccess) cuda::raise_cuda(err, "cudaMalloc (cuBLAS workspace)", __FILE__, __LINE__, kBlasWorkspaceBytes);
     workspace_.reset(ws);
     LATHE_CUBLAS_CHECK(cublasSetWorkspace(blas, ws, kBlasWorkspaceBytes));
+    ctx_.blas_workspace = ws;
+    ctx_.blas_workspace_bytes = kBlasWorkspaceBytes;
+    // cuBLASLt picks better prefill GEMM kernels than cublasGemmEx's default (measured ~5-15% on
+    // the 8B shapes); without it the backend still works through cublasGemmEx.
+    cublasLtHandle_t lt = nullptr;
+    if (cublasLtCreate(&lt) == CUBLAS_STATUS_SUCCESS) {
+      ctx_.lt = lt;
+      ctx_.lt_plans = cuda::create_lt_plans();
+    }
   }
 
   ~CudaOps() override {
     if (ctx_.stream) cudaStreamSynchronize(ctx_.stream);
     ctx_.release_scratch();
+    cuda::destroy_lt_plans(ctx_.lt_plans);
+    if (ctx_.lt) cublasLtDestroy(ctx_.lt);
     // blas_, workspace_ and stream_ are released by their holders.
   }
 
@@ -102,6 +206,7 @@ class CudaOps final : public Ops {
   bool host_memory() const override { return false; }
 
   void* alloc(size_t bytes) override {
+    no_capture("alloc");
     const size_t size = bytes == 0 ? 256 : bytes;  // a real pointer even for empty buffers
     void* p = nullptr;
     const cudaError_t err = cudaMalloc(&p, size);
@@ -115,6 +220,11 @@ class CudaOps final : public Ops {
     in_use_ += size;
     peak_ = std::max(peak_, in_use_);
     return p;
+  }
+
+  void reset_counters() override {
+    synchronize();
+    profile_.reset();
   }
 
   MemoryStats memory_stats() const override {
@@ -131,6 +241,10 @@ class CudaOps final : public Ops {
 
   void free(void* p) noexcept override {
     if (!p) return;
+    if (ctx_.capturing) {  // cannot throw here; a free while recording is a programming error
+      std::fprintf(stderr, "[cuda] fatal: free() while a graph is being recorded\n");
+      std::abort();
+    }
     if (auto it = sizes_.find(p); it != sizes_.end()) {
       in_use_ -= it->second;
       sizes_.erase(it);
@@ -147,41 +261,181 @@ class CudaOps final : public Ops {
   }
 
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
+    no_capture("copy_to_host");
     if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
     LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    if (profile_.enabled()) profile_.resolve();
   }
 
   void copy(void* dst, const void* src, size_t bytes) override {
     if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx_.stream));
   }
 
+  void* alloc_pinned(size_t bytes) override {
+    no_capture("alloc_pinned");
+    void* p = nullptr;
+    const size_t size = bytes == 0 ? 256 : bytes;
+    const cudaError_t err = cudaHostAlloc(&p, size, cudaHostAllocDefault);
+    if (err != cudaSuccess) cuda::raise_cuda(err, "cudaHostAlloc", __FILE__, __LINE__, size);
+    return p;
+  }
+
+  void free_pinned(void* p) noexcept override {
+    if (!p) return;
+    cudaStreamSynchronize(ctx_.stream);  // a copy from it may still be queued
+    cudaFreeHost(p);
+  }
+
+  void copy_to_backend_async(void* dst, const void* pinned_src, size_t bytes) override {
+    if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(dst, pinned_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
+  }
+
+  // Records on our stream (thread-local mode: other threads' CUDA calls are not affected). Ops that
+  // would allocate or synchronise throw while recording; the partial graph is discarded then.
+  std::unique_ptr<Graph> capture(const std::function<void()>& enqueue) override {
+    synchronize();
+    LATHE_CUDA_CHECK(cudaStreamBeginCapture(ctx_.stream, cudaStreamCaptureModeThreadLocal));
+    ctx_.capturing = true;
+    try {
+      enqueue();
+    } catch (...) {
+      ctx_.capturing = false;
+      cudaGraph_t partial = nullptr;
+      cudaStreamEndCapture(ctx_.stream, &partial);
+      if (partial) cudaGraphDestroy(partial);
+      cudaGetLastError();
+      throw;
+    }
+    ctx_.capturing = false;
+    cudaGraph_t graph = nullptr;
+    LATHE_CUDA_CHECK(cudaStreamEndCapture(ctx_.stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    if (err != cudaSuccess) cuda::raise_cuda(err, "cudaGraphInstantiate", __FILE__, __LINE__);
+    return std::make_unique<CudaGraph>(exec, ctx_.stream);
+  }
+
   void synchronize() override {
+    no_capture("synchronize");
     LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    if (profile_.enabled()) profile_.resolve();
     LATHE_CUDA_CHECK(cudaGetLastError());
   }
 
   // ---- ops ---------------------------------------------------------------------------------
-  void matmul(const MatmulParams& p) override { cuda::matmul(ctx_, p); }
-  void matmul_multi(const MultiMatmulParams& p) override { cuda::matmul_multi(ctx_, p); }
-  void rms_norm(const RmsNormParams& p) override { cuda::rms_norm(ctx_, p); }
+  void matmul(const MatmulParams& p) override {
+    Timed t(*this, p.n > kGemvMaxTokens ? "matmul (cublas)" : "matmul (gemv)");
+    cuda::matmul(ctx_, p);
+  }
+  void matmul_multi(const MultiMatmulParams& p) override {
+    Timed t(*this, p.n > kGemvMaxTokens ? "matmul_multi (cublas)" : "matmul_multi (gemv)");
+    cuda::matmul_multi(ctx_, p);
+  }
+  void rms_norm(const RmsNormParams& p) override {
+    Timed t(*this, "rms_norm");
+    cuda::rms_norm(ctx_, p);
+  }
   void add_rms_norm(float* x, const float* delta, const RmsNormParams& p) override {
+    Timed t(*this, "add_rms_norm");
     cuda::add_rms_norm(ctx_, x, delta, p);
   }
-  void rope(const RopeParams& p) override { cuda::rope(ctx_, p); }
-  void attention(const AttentionParams& p) override { cuda::attention(ctx_, p); }
-  void glu(const GluParams& p) override { cuda::glu(ctx_, p); }
-  void embedding(const EmbeddingParams& p) override { cuda::embedding(ctx_, p); }
-  void add(float* y, const float* x, int64_t n) override { cuda::add(ctx_, y, x, n); }
-  void softcap(float* x, int64_t n, float cap) override { cuda::softcap(ctx_, x, n, cap); }
-  void gather_rows(const GatherRowsParams& p) override { cuda::gather_rows(ctx_, p); }
-  void scatter_add_rows(const ScatterAddRowsParams& p) override { cuda::scatter_add_rows(ctx_, p); }
+  void rope(const RopeParams& p) override {
+    Timed t(*this, "rope");
+    cuda::rope(ctx_, p);
+  }
+  void rope_store_kv(const RopeStoreParams& p) override {
+    Timed t(*this, "rope_store_kv");
+    cuda::rope_store_kv(ctx_, p);
+  }
+  void attention(const AttentionParams& p) override {
+    Timed t(*this, "attention");
+    cuda::attention(ctx_, p);
+  }
+  void attention_batch(const BatchAttentionParams& p) override {
+    Timed t(*this, "attention_batch");
+    cuda::attention_batch(ctx_, p);
+  }
+  void scatter_rows(const ScatterRowsParams& p) override {
+    Timed t(*this, "scatter_rows");
+    cuda::scatter_rows(ctx_, p);
+  }
+  void apply_penalties(const PenaltyParams& p) override {
+    Timed t(*this, "apply_penalties");
+    cuda::apply_penalties(ctx_, p);
+  }
+  void top_k(const TopKParams& p) override {
+    Timed t(*this, "top_k");
+    cuda::top_k(ctx_, p);
+  }
+  void glu(const GluParams& p) override {
+    Timed t(*this, "glu");
+    cuda::glu(ctx_, p);
+  }
+  void ffn(const FfnParams& p) override {
+    const DType t = p.gate.dtype;
+    const bool fused = !ctx_.exact_matmul && p.n > kGemvMaxTokens && (t == DType::kBF16 || t == DType::kF16) &&
+                       p.up.dtype == t && p.down.dtype == t && !p.gate_bias && !p.up_bias && !p.down_bias &&
+                       p.up.rows == p.gate.rows && p.up.cols == p.gate.cols && p.down.cols == p.gate.rows &&
+                       p.down.rows == p.gate.cols && p.out != p.x;
+    if (fused) {
+      Timed t(*this, "ffn (fused bf16)");
+      return cuda::ffn(ctx_, p);
+    }
+    {
+      Timed t(*this, "ffn (gemv + glu)");
+      if (cuda::ffn_gemv(ctx_, p)) return;
+    }
+    Ops::ffn(p);
+  }
+  void embedding(const EmbeddingParams& p) override {
+    Timed t(*this, "embedding");
+    cuda::embedding(ctx_, p);
+  }
+  void add(float* y, const float* x, int64_t n) override {
+    Timed t(*this, "add");
+    cuda::add(ctx_, y, x, n);
+  }
+  void softcap(float* x, int64_t n, float cap) override {
+    Timed t(*this, "softcap");
+    cuda::softcap(ctx_, x, n, cap);
+  }
+  void gather_rows(const GatherRowsParams& p) override {
+    Timed t(*this, "gather_rows");
+    cuda::gather_rows(ctx_, p);
+  }
+  void scatter_add_rows(const ScatterAddRowsParams& p) override {
+    Timed t(*this, "scatter_add_rows");
+    cuda::scatter_add_rows(ctx_, p);
+  }
 
  private:
+  // Brackets one op with profiling events (when LATHE_CUDA_PROFILE=1 and not recording a graph).
+  struct Timed {
+    Timed(CudaOps& o, const char* name) : ops(o), what(name) {
+      on = o.profile_.enabled() && !o.ctx_.capturing;
+      if (on) o.profile_.begin(o.ctx_.stream, start);
+    }
+    ~Timed() {
+      if (on) ops.profile_.end(ops.ctx_.stream, what, start);
+    }
+    CudaOps& ops;
+    const char* what;
+    bool on = false;
+    cudaEvent_t start = nullptr;
+  };
+
+  void no_capture(const char* what) const {
+    if (ctx_.capturing)
+      raise(ErrorKind::kInternal, "cuda: ", what, " is not allowed while a graph is being recorded");
+  }
+
   // Members are destroyed in reverse order: the cuBLAS handle, then its workspace, then the stream.
   std::unique_ptr<std::remove_pointer_t<cudaStream_t>, StreamDeleter> stream_;
   std::unique_ptr<void, DeviceDeleter> workspace_;
   std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, BlasDeleter> blas_;
   cuda::Context ctx_;
+  OpProfile profile_;
   std::unordered_map<void*, size_t> sizes_;  // live alloc() buffers, for memory_stats()
   size_t in_use_ = 0, peak_ = 0;
 };

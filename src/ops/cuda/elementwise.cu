@@ -1,9 +1,10 @@
 // Elementwise and row-copy ops of the CUDA backend: glu, embedding, add, softcap, gather_rows,
-// scatter_add_rows. All are memory-bound one-pass kernels (grid-stride loops, coalesced along the
+// scatter_rows, scatter_add_rows. All are memory-bound one-pass kernels (grid-stride loops, coalesced along the
 // row), using the accurate expf/tanhf/erff so results stay within a few ulp of the reference.
 #include <algorithm>
 #include <climits>
 
+#include "ops/cuda/activation.cuh"
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
@@ -12,23 +13,6 @@ namespace lathe::ops::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-
-template <Activation A>
-__device__ __forceinline__ float activate(float x) {
-  if constexpr (A == Activation::kSilu) {
-    return x / (1.f + expf(-x));  // exp overflow for x << 0 gives x / inf = -0, not NaN
-  } else if constexpr (A == Activation::kGeluTanh) {
-    // 0.5 x (1 + tanh z) == x / (1 + e^(-2z)): same value without the cancellation of 1 + tanh z
-    // for z << 0.
-    const float z = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return x / (1.f + expf(-2.f * z));
-  } else if constexpr (A == Activation::kGelu) {
-    // erfc form: 1 + erf(z) cancels badly for z << 0 (gelu of large negative x); erfc(-z) does not.
-    return 0.5f * x * erfcf(-x * 0.7071067811865476f);
-  } else {
-    return x > 0.f ? x : 0.f;
-  }
-}
 
 // out may alias gate or up: each element is read before it is written, by the same thread.
 template <Activation A>
@@ -75,6 +59,13 @@ __global__ void scatter_add_rows_kernel(float* __restrict__ dst, const int32_t* 
   const float* s = src + int64_t(blockIdx.x) * dim;
   const float w = weight[blockIdx.x];
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) d[j] += w * s[j];
+}
+
+__global__ void scatter_rows_kernel(float* __restrict__ dst, const int32_t* __restrict__ idx,
+                                    const float* __restrict__ src, int64_t dim) {
+  float* d = dst + int64_t(idx[blockIdx.x]) * dim;
+  const float* s = src + int64_t(blockIdx.x) * dim;
+  for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) d[j] = s[j];
 }
 
 int row_threads(int64_t dim) { return int(std::min<int64_t>(kThreads, (dim + kWarp - 1) / kWarp * kWarp)); }
@@ -144,6 +135,13 @@ void softcap(Context& ctx, float* x, int64_t n, float cap) {
   if (!(cap > 0.f)) raise(ErrorKind::kInvalidArgument, "cuda softcap: cap must be > 0, got ", cap);
   softcap_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, ctx.stream>>>(x, n, cap);
   LATHE_CUDA_CHECK_LAUNCH("softcap_kernel");
+}
+
+void scatter_rows(Context& ctx, const ScatterRowsParams& p) {
+  if (p.n <= 0 || p.dim <= 0) return;
+  check_rows(p.n, "scatter_rows");
+  scatter_rows_kernel<<<unsigned(p.n), row_threads(p.dim), 0, ctx.stream>>>(p.dst, p.idx, p.src, p.dim);
+  LATHE_CUDA_CHECK_LAUNCH("scatter_rows_kernel");
 }
 
 void gather_rows(Context& ctx, const GatherRowsParams& p) {

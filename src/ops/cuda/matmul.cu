@@ -16,8 +16,11 @@
 // row-major W[m, k] is column-major [k x m] (lda = k), used transposed; row-major x[n, k] is
 // column-major [k x n] (ldb = k). So C = op_T(A) * B with A = W, B = x.
 #include <climits>
+#include <map>
+#include <tuple>
 #include <type_traits>
 
+#include "ops/cuda/activation.cuh"
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
@@ -120,8 +123,14 @@ struct GemvSegments {
 };
 
 // One warp per RW consecutive rows; lane l covers columns l*VEC + j*32*VEC. Requires k % VEC == 0
-// and 16-byte aligned rows when VEC > 1 (checked by the launcher).
-template <typename T, int NT, int VEC, int RW>
+// and 16-byte aligned rows when VEC > 1 (checked by the launcher). U * RW weight vectors are in
+// flight per lane.
+//
+// Launched as a programmatic dependent launch: the kernel may start while the previous kernel on the
+// stream (the norm or attention that produces x) is still finishing. Weights never depend on it, so
+// the first batch of weight loads is issued before waiting for it (cudaGridDependencySynchronize);
+// x is read and y written only after. That hides this kernel's ramp-up behind the previous one's tail.
+template <typename T, int NT, int VEC, int RW, int U>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* __restrict__ x,
                                                                 const GemvSegments<T> seg, int64_t k) {
   const unsigned b = blockIdx.x;
@@ -131,11 +140,13 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* _
   float* __restrict__ y = s == 0 ? seg.y0 : s == 1 ? seg.y1 : seg.y2;
   const int64_t m = s == 0 ? seg.m0 : s == 1 ? seg.m1 : seg.m2;
   const unsigned first = s == 0 ? 0u : s == 1 ? seg.first1 : seg.first2;
-  constexpr int U = RW >= 4 ? 1 : 4 / RW;  // vectors in flight per lane: U * RW = 4
   const int lane = threadIdx.x & (kWarp - 1);
   const int warp = threadIdx.x / kWarp;
   const int64_t row0 = (int64_t(b - first) * kGemvWarps + warp) * RW;
-  if (row0 >= m) return;
+  if (row0 >= m) {
+    grid_dependency_wait();
+    return;
+  }
   const T* wr[RW];
 #pragma unroll
   for (int r = 0; r < RW; ++r) wr[r] = w + (row0 + r < m ? row0 + r : m - 1) * k;  // clamp: read, never write
@@ -148,15 +159,21 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* _
 
   const int64_t step = int64_t(kWarp) * VEC;
   int64_t c = int64_t(lane) * VEC;
+  bool waited = false;
   for (; c + (U - 1) * step < k; c += U * step) {
     RawVec<T, VEC> raw[U][RW];
 #pragma unroll
     for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int r = 0; r < RW; ++r) raw[u][r].load(wr[r] + c + u * step);
+    if (!waited) {
+      grid_dependency_wait();
+      waited = true;
+    }
 #pragma unroll
     for (int u = 0; u < U; ++u) gemv_step<T, NT, VEC, RW>(acc, raw[u], x, c + u * step, k);
   }
+  if (!waited) grid_dependency_wait();
   for (; c < k; c += step) {
     RawVec<T, VEC> raw[RW];
 #pragma unroll
@@ -176,6 +193,101 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* _
     for (int t = 0; t < NT; ++t)
       if (lane == (r * NT + t) % kWarp && row < m) y[t * m + row] = acc[r][t] + (bias ? bias[row] : 0.f);
   }
+}
+
+// The feed-forward's gate|up GEMV with the activation in its epilogue: warp r streams gate row r and
+// up row r (rows r and inter + r of the side-by-side weights) and writes act(gate) * up, so the
+// decode step needs no separate glu kernel and writes half the outputs. Same per-row arithmetic as
+// gemv_kernel with RW = 2.
+template <typename T, int NT, Activation A>
+__global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_glu_kernel(const float* __restrict__ x,
+                                                                    const T* __restrict__ w, float* __restrict__ y,
+                                                                    int64_t inter, int64_t k) {
+  constexpr int VEC = 8, RW = 2, U = 2;
+  const int lane = threadIdx.x & (kWarp - 1);
+  const int64_t r = int64_t(blockIdx.x) * kGemvWarps + threadIdx.x / kWarp;
+  if (r >= inter) return;
+  const T* wr[RW] = {w + r * k, w + (inter + r) * k};
+  float acc[RW][NT];
+#pragma unroll
+  for (int i = 0; i < RW; ++i)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[i][t] = 0.f;
+  const int64_t step = int64_t(kWarp) * VEC;
+  int64_t c = int64_t(lane) * VEC;
+  for (; c + (U - 1) * step < k; c += U * step) {
+    RawVec<T, VEC> raw[U][RW];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int i = 0; i < RW; ++i) raw[u][i].load(wr[i] + c + u * step);
+#pragma unroll
+    for (int u = 0; u < U; ++u) gemv_step<T, NT, VEC, RW>(acc, raw[u], x, c + u * step, k);
+  }
+  for (; c < k; c += step) {
+    RawVec<T, VEC> raw[RW];
+#pragma unroll
+    for (int i = 0; i < RW; ++i) raw[i].load(wr[i] + c);
+    gemv_step<T, NT, VEC, RW>(acc, raw, x, c, k);
+  }
+#pragma unroll
+  for (int i = 0; i < RW; ++i)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[i][t] = warp_sum(acc[i][t]);
+#pragma unroll
+  for (int t = 0; t < NT; ++t)
+    if (lane == t % kWarp) y[t * inter + r] = activate<A>(acc[0][t]) * acc[1][t];
+}
+
+template <typename T, int NT>
+void launch_gemv_glu_nt(Context& ctx, Activation act, const float* x, const T* w, float* y, int64_t inter, int64_t k) {
+  const unsigned blocks = unsigned((inter + kGemvWarps - 1) / kGemvWarps);
+  switch (act) {
+    case Activation::kSilu:
+      gemv_glu_kernel<T, NT, Activation::kSilu><<<blocks, kGemvWarps * kWarp, 0, ctx.stream>>>(x, w, y, inter, k);
+      break;
+    case Activation::kGeluTanh:
+      gemv_glu_kernel<T, NT, Activation::kGeluTanh><<<blocks, kGemvWarps * kWarp, 0, ctx.stream>>>(x, w, y, inter, k);
+      break;
+    case Activation::kGelu:
+      gemv_glu_kernel<T, NT, Activation::kGelu><<<blocks, kGemvWarps * kWarp, 0, ctx.stream>>>(x, w, y, inter, k);
+      break;
+    default:
+      gemv_glu_kernel<T, NT, Activation::kRelu><<<blocks, kGemvWarps * kWarp, 0, ctx.stream>>>(x, w, y, inter, k);
+      break;
+  }
+  LATHE_CUDA_CHECK_LAUNCH("gemv_glu_kernel");
+}
+
+template <typename T>
+void launch_gemv_glu(Context& ctx, const FfnParams& p) {
+  const T* w = static_cast<const T*>(p.gate.data);
+  const int64_t inter = p.gate.rows, k = p.gate.cols;
+  switch (p.n) {
+    case 1: return launch_gemv_glu_nt<T, 1>(ctx, p.act, p.x, w, p.gate_buf, inter, k);
+    case 2: return launch_gemv_glu_nt<T, 2>(ctx, p.act, p.x, w, p.gate_buf, inter, k);
+    case 3: return launch_gemv_glu_nt<T, 3>(ctx, p.act, p.x, w, p.gate_buf, inter, k);
+    case 4: return launch_gemv_glu_nt<T, 4>(ctx, p.act, p.x, w, p.gate_buf, inter, k);
+    case 5: return launch_gemv_glu_nt<T, 5>(ctx, p.act, p.x, w, p.gate_buf, inter, k);
+    case 6: return launch_gemv_glu_nt<T, 6>(ctx, p.act, p.x, w, p.gate_buf, inter, k);
+    case 7: return launch_gemv_glu_nt<T, 7>(ctx, p.act, p.x, w, p.gate_buf, inter, k);
+    default: return launch_gemv_glu_nt<T, 8>(ctx, p.act, p.x, w, p.gate_buf, inter, k);
+  }
+}
+
+template <typename T, int NT, int VEC, int RW, int U>
+void launch_gemv_kernel(Context& ctx, unsigned blocks, const float* x, const GemvSegments<T>& seg, int64_t k) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(blocks);
+  config.blockDim = dim3(kGemvWarps * kWarp);
+  config.dynamicSmemBytes = 0;
+  config.stream = ctx.stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = attr;
+  config.numAttrs = ctx.pdl ? 1 : 0;
+  LATHE_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, NT, VEC, RW, U>, x, seg, k));
 }
 
 template <typename T, int VEC, int NT>
@@ -200,8 +312,10 @@ void launch_gemv_nt(Context& ctx, const MultiMatmulParams& p) {
     blocks += (p.w[i].rows + rows_per_block - 1) / rows_per_block;
     if (blocks > INT_MAX) raise(ErrorKind::kUnsupported, "cuda matmul: too many output rows for one launch");
   }
-  gemv_kernel<T, NT, VEC, RW><<<unsigned(blocks), kGemvWarps * kWarp, 0, ctx.stream>>>(p.x, seg, k);
-  LATHE_CUDA_CHECK_LAUNCH("gemv_kernel");
+  // Vectors in flight per lane: U * RW = 4. (8 for the few-row shapes was measured slower: qkv of an
+  // 8B model went from 22 to 24 us.)
+  constexpr int U = RW >= 4 ? 1 : 4 / RW;
+  launch_gemv_kernel<T, NT, VEC, RW, U>(ctx, unsigned(blocks), p.x, seg, k);
 }
 
 template <typename T, int VEC>
@@ -255,17 +369,6 @@ __global__ void fill_bias_kernel(float* __restrict__ y, const float* __restrict_
     y[i] = bias ? bias[i % m] : 0.f;
 }
 
-template <typename T>
-__device__ __forceinline__ T round_to(float v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __float2bfloat16_rn(v);
-  else return __float2half_rn(v);
-}
-template <typename T>
-__device__ __forceinline__ float widen(T v) {
-  if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
-  else return __half2float(v);
-}
-
 // out = round(x); with lo: lo = round(x - round(x)), so hi + lo carries ~16 mantissa bits (bf16)
 // and W.hi + W.lo is float32-accurate up to the accumulation order.
 template <typename T>
@@ -282,10 +385,14 @@ void fill_bias(Context& ctx, float* y, const float* bias, int64_t n, int64_t m) 
   LATHE_CUDA_CHECK_LAUNCH("fill_bias_kernel");
 }
 
-void cublas_matmul(Context& ctx, const MatmulParams& p) {
-  const int64_t m = p.w.rows, k = p.w.cols, n = p.n;
+void check_dims(int64_t n, int64_t m, int64_t k) {
   if (m > INT_MAX || k > INT_MAX || n > INT_MAX)
     raise(ErrorKind::kUnsupported, "cuda matmul: shape n=", n, " m=", m, " k=", k, " exceeds cuBLAS int dimensions");
+}
+
+void cublas_matmul(Context& ctx, const MatmulParams& p) {
+  const int64_t m = p.w.rows, k = p.w.cols, n = p.n;
+  check_dims(n, m, k);
   // Bias first, then C = A B + 1 * C: one pass over y for the bias, no epilogue kernel after.
   const float alpha = 1.f;
   const float beta = p.bias ? 1.f : 0.f;
@@ -295,30 +402,123 @@ void cublas_matmul(Context& ctx, const MatmulParams& p) {
                                    static_cast<const float*>(p.w.data), int(k), p.x, int(k), &beta, p.y, int(m)));
     return;
   }
-  const bool bf16 = p.w.dtype == DType::kBF16;
-  const bool split = ctx.exact_matmul;
-  char* xs = static_cast<char*>(ctx.scratch(Scratch::kMatmulX, size_t(n * k) * 2 * (split ? 2 : 1)));
-  char* lo = split ? xs + size_t(n * k) * 2 : nullptr;
-  if (bf16)
-    round_x_kernel<<<elementwise_blocks(n * k, 256), 256, 0, ctx.stream>>>(
-        p.x, reinterpret_cast<__nv_bfloat16*>(xs), reinterpret_cast<__nv_bfloat16*>(lo), n * k);
-  else
-    round_x_kernel<<<elementwise_blocks(n * k, 256), 256, 0, ctx.stream>>>(p.x, reinterpret_cast<__half*>(xs),
-                                                                            reinterpret_cast<__half*>(lo), n * k);
-  LATHE_CUDA_CHECK_LAUNCH("round_x_kernel");
-  const cudaDataType_t type = bf16 ? CUDA_R_16BF : CUDA_R_16F;
-  LATHE_CUBLAS_CHECK(cublasGemmEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha, p.w.data, type,
-                                  int(k), xs, type, int(k), &beta, p.y, CUDA_R_32F, int(m), CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
-  if (split) {  // + W . lo: the part of x that bf16 rounding dropped
-    const float one = 1.f;
-    LATHE_CUBLAS_CHECK(cublasGemmEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha, p.w.data,
-                                    type, int(k), lo, type, int(k), &one, p.y, CUDA_R_32F, int(m),
-                                    CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-  }
+  const LowpX xs = round_activations(ctx, p.x, n, k, p.w.dtype, ctx.exact_matmul);
+  gemm_lowp(ctx, p.w, xs.hi, p.y, false, n, beta);
+  if (xs.lo) gemm_lowp(ctx, p.w, xs.lo, p.y, false, n, 1.f);  // + W . lo: what bf16 rounding dropped
 }
 
 }  // namespace
+
+bool ffn_gemv(Context& ctx, const FfnParams& p) {
+  const DType t = p.gate.dtype;
+  const int64_t inter = p.gate.rows, k = p.gate.cols;
+  const size_t w_bytes = size_t(inter * k) * 2;
+  const bool ok = p.n >= 1 && p.n <= kGemvMaxTokens && (t == DType::kBF16 || t == DType::kF16) && p.up.dtype == t &&
+                  p.up.rows == inter && p.up.cols == k && !p.gate_bias && !p.up_bias && k % 8 == 0 && aligned16(p.x) &&
+                  aligned16(p.gate.data) &&
+                  static_cast<const char*>(p.up.data) == static_cast<const char*>(p.gate.data) + w_bytes &&
+                  (inter + kGemvWarps - 1) / kGemvWarps <= INT_MAX;
+  if (!ok) return false;
+  if (t == DType::kBF16)
+    launch_gemv_glu<Bf16>(ctx, p);
+  else
+    launch_gemv_glu<F16>(ctx, p);
+  MatmulParams d;
+  d.x = p.gate_buf;
+  d.w = p.down;
+  d.bias = p.down_bias;
+  d.y = p.out;
+  d.n = p.n;
+  matmul(ctx, d);
+  return true;
+}
+
+LowpX round_activations(Context& ctx, const float* x, int64_t n, int64_t k, DType wtype, bool split) {
+  char* hi = static_cast<char*>(ctx.scratch(Scratch::kMatmulX, size_t(n * k) * 2 * (split ? 2 : 1)));
+  char* lo = split ? hi + size_t(n * k) * 2 : nullptr;
+  if (wtype == DType::kBF16)
+    round_x_kernel<<<elementwise_blocks(n * k, 256), 256, 0, ctx.stream>>>(
+        x, reinterpret_cast<__nv_bfloat16*>(hi), reinterpret_cast<__nv_bfloat16*>(lo), n * k);
+  else
+    round_x_kernel<<<elementwise_blocks(n * k, 256), 256, 0, ctx.stream>>>(x, reinterpret_cast<__half*>(hi),
+                                                                            reinterpret_cast<__half*>(lo), n * k);
+  LATHE_CUDA_CHECK_LAUNCH("round_x_kernel");
+  return {hi, lo};
+}
+
+// One cuBLASLt plan per GEMM shape: C[m x n] (column-major; row-major y[n, m]) = op_T(A) B with
+// A = W [k x m], B = x [k x n]; the heuristic's first algorithm for the shared workspace.
+struct LtPlan {
+  cublasLtMatmulDesc_t op = nullptr;
+  cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+  cublasLtMatmulAlgo_t algo{};
+  bool ok = false;
+};
+struct LtPlans {
+  std::map<std::tuple<int64_t, int64_t, int64_t, int, int>, LtPlan> plans;
+  ~LtPlans() {
+    for (auto& [key, p] : plans) {
+      if (p.op) cublasLtMatmulDescDestroy(p.op);
+      if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+      if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+      if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+    }
+  }
+};
+
+LtPlans* create_lt_plans() { return new LtPlans(); }
+void destroy_lt_plans(LtPlans* plans) noexcept { delete plans; }
+
+namespace {
+const LtPlan& lt_plan(Context& ctx, int64_t m, int64_t n, int64_t k, cudaDataType_t type, cudaDataType_t ytype) {
+  auto key = std::make_tuple(m, n, k, int(type), int(ytype));
+  auto it = ctx.lt_plans->plans.find(key);
+  if (it != ctx.lt_plans->plans.end()) return it->second;
+  LtPlan& p = ctx.lt_plans->plans[key];
+  const cublasOperation_t ta = CUBLAS_OP_T;
+  bool ok = cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatrixLayoutCreate(&p.a, type, uint64_t(k), uint64_t(m), k) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatrixLayoutCreate(&p.b, type, uint64_t(k), uint64_t(n), k) == CUBLAS_STATUS_SUCCESS &&
+            cublasLtMatrixLayoutCreate(&p.c, ytype, uint64_t(m), uint64_t(n), m) == CUBLAS_STATUS_SUCCESS;
+  if (ok) {
+    cublasLtMatmulPreference_t pref = nullptr;
+    ok = cublasLtMatmulPreferenceCreate(&pref) == CUBLAS_STATUS_SUCCESS;
+    const uint64_t ws = ctx.blas_workspace_bytes;
+    if (ok)
+      ok = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
+           CUBLAS_STATUS_SUCCESS;
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    if (ok)
+      ok = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found) ==
+               CUBLAS_STATUS_SUCCESS &&
+           found > 0;
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (ok) p.algo = result.algo;
+  }
+  p.ok = ok;  // else cublasGemmEx serves this shape
+  return p;
+}
+}  // namespace
+
+void gemm_lowp(Context& ctx, const Weight& w, const void* x_lowp, void* y, bool y_lowp, int64_t n, float beta) {
+  const int64_t m = w.rows, k = w.cols;
+  check_dims(n, m, k);
+  const float alpha = 1.f;
+  const cudaDataType_t type = w.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
+  if (ctx.lt) {
+    const LtPlan& p = lt_plan(ctx, m, n, k, type, y_lowp ? type : CUDA_R_32F);
+    if (p.ok) {
+      LATHE_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.op, &alpha, w.data, p.a, x_lowp, p.b, &beta, y, p.c, y, p.c, &p.algo,
+                                        ctx.blas_workspace, ctx.blas_workspace_bytes, ctx.stream));
+      return;
+    }
+  }
+  LATHE_CUBLAS_CHECK(cublasGemmEx(ctx.blas, CUBLAS_OP_T, CUBLAS_OP_N, int(m), int(n), int(k), &alpha, w.data, type,
+                                  int(k), x_lowp, type, int(k), &beta, y, y_lowp ? type : CUDA_R_32F, int(m),
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
 
 void matmul(Context& ctx, const MatmulParams& p) {
   const int64_t m = p.w.rows, k = p.w.cols;
@@ -341,6 +541,21 @@ void matmul_multi(Context& ctx, const MultiMatmulParams& p) {
                p.w[i].cols > 0 &&
                (p.w[i].dtype == DType::kF32 || p.w[i].dtype == DType::kF16 || p.w[i].dtype == DType::kBF16);
   if (together) return gemv(ctx, p);
+  // cuBLAS path with bf16/f16 weights of one dtype: round x once for every output.
+  bool shared_x = p.n > kGemvMaxTokens && (p.w[0].dtype == DType::kBF16 || p.w[0].dtype == DType::kF16);
+  for (int i = 0; i < p.count; ++i)
+    shared_x = shared_x && p.w[i].dtype == p.w[0].dtype && p.w[i].cols == p.w[0].cols && p.w[i].rows > 0 &&
+               p.w[i].cols > 0;
+  if (shared_x) {
+    const LowpX xs = round_activations(ctx, p.x, p.n, p.w[0].cols, p.w[0].dtype, ctx.exact_matmul);
+    for (int i = 0; i < p.count; ++i) {
+      const float beta = p.bias[i] ? 1.f : 0.f;
+      if (p.bias[i]) fill_bias(ctx, p.y[i], p.bias[i], p.n, p.w[i].rows);
+      gemm_lowp(ctx, p.w[i], xs.hi, p.y[i], false, p.n, beta);
+      if (xs.lo) gemm_lowp(ctx, p.w[i], xs.lo, p.y[i], false, p.n, 1.f);
+    }
+    return;
+  }
   for (int i = 0; i < p.count; ++i) {
     MatmulParams m;
     m.x = p.x;

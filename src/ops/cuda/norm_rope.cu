@@ -1,4 +1,4 @@
-// rms_norm and rope for the CUDA backend.
+// rms_norm, rope and rope_store_kv for the CUDA backend.
 //
 // rms_norm: one block per row (threads = the row length rounded up to a warp, at most 256), fp32
 // sum of squares reduced warp-then-block; y may alias x because each thread rereads exactly the
@@ -62,7 +62,62 @@ __global__ void rope_kernel(float* __restrict__ x, const float* __restrict__ cos
   }
 }
 
+// One block per token: q pairs rotated (in place, or into the dense q_out); each k element computed
+// from its pair and written straight to the cache row (so no thread reads an element another
+// thread writes); v copied. Input rows may be strided (a fused q|k|v projection's output).
+__global__ void rope_store_kernel(const RopeStoreParams p, int half) {
+  const int64_t t = blockIdx.x;
+  const int n_heads = int(p.n_heads), head_dim = int(p.head_dim);
+  const int64_t qrow = int64_t(n_heads) * head_dim, row = p.n_kv_heads * p.head_dim;
+  const float* ct = p.cos + t * half;
+  const float* st = p.sin + t * half;
+  const float* qin = p.q + t * (p.q_stride ? p.q_stride : qrow);
+  float* qo = p.q_out ? p.q_out + t * qrow : p.q + t * (p.q_stride ? p.q_stride : qrow);
+  for (int idx = threadIdx.x; idx < n_heads * half; idx += blockDim.x) {
+    const int i = idx % half;
+    const int64_t h = int64_t(idx / half) * head_dim;
+    const float c = ct[i], s = st[i];
+    const float a = qin[h + i], b = qin[h + i + half];
+    qo[h + i] = a * c - b * s;
+    qo[h + i + half] = b * c + a * s;
+  }
+  if (p.q_out)  // the pass-through tail of partial-rotary heads
+    for (int64_t e = threadIdx.x; e < qrow; e += blockDim.x)
+      if (e % head_dim >= 2 * half) qo[e] = qin[e];
+  const int64_t slot = p.slots[t];
+  const float* kt = p.k + t * (p.k_stride ? p.k_stride : row);
+  const float* vt = p.v + t * (p.v_stride ? p.v_stride : row);
+  float* kd = p.k_cache + slot * row;
+  float* vd = p.v_cache + slot * row;
+  for (int64_t e = threadIdx.x; e < row; e += blockDim.x) {
+    const int i = int(e % head_dim);
+    float out = kt[e];
+    if (i < 2 * half) {
+      const int j = i < half ? i : i - half;
+      const float c = ct[j], s = st[j];
+      const float a = kt[e - i + j], b = kt[e - i + j + half];
+      out = i < half ? a * c - b * s : b * c + a * s;
+    }
+    kd[e] = out;
+    vd[e] = vt[e];
+  }
+}
+
 }  // namespace
+
+void rope_store_kv(Context& ctx, const RopeStoreParams& p) {
+  if (p.n <= 0) return;
+  if (p.rot_dim % 2 != 0 || p.rot_dim > p.head_dim)
+    raise(ErrorKind::kInvalidArgument, "cuda rope_store_kv: rot_dim ", p.rot_dim, " must be even and <= head_dim ",
+          p.head_dim);
+  if (p.n > INT_MAX || p.n_heads * p.head_dim > INT_MAX)
+    raise(ErrorKind::kUnsupported, "cuda rope_store_kv: too large for one launch");
+  if (p.q_stride && p.q_stride != p.n_heads * p.head_dim && !p.q_out)
+    raise(ErrorKind::kInvalidArgument, "cuda rope_store_kv: a strided q needs q_out");
+  const int threads = int(std::min<int64_t>(256, std::max<int64_t>(32, p.n_heads * p.rot_dim / 2)));
+  rope_store_kernel<<<unsigned(p.n), threads, 0, ctx.stream>>>(p, int(p.rot_dim / 2));
+  LATHE_CUDA_CHECK_LAUNCH("rope_store_kernel");
+}
 
 void rms_norm(Context& ctx, const RmsNormParams& p) { add_rms_norm(ctx, const_cast<float*>(p.x), nullptr, p); }
 

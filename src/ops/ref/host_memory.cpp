@@ -1,7 +1,10 @@
 // Default (host) memory management and row gather/scatter of the op contract, shared by every
 // backend whose memory is ordinary host memory.
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "ops/ops.h"
@@ -58,6 +61,126 @@ void Ops::scatter_add_rows(const ScatterAddRowsParams& p) {
     const float* s = p.src + i * p.dim;
     const float w = p.weight[i];
     for (int64_t j = 0; j < p.dim; ++j) d[j] += w * s[j];
+  }
+}
+
+void Ops::scatter_rows(const ScatterRowsParams& p) {
+  for (int64_t i = 0; i < p.n; ++i)
+    std::memcpy(p.dst + int64_t(p.idx[i]) * p.dim, p.src + i * p.dim, size_t(p.dim) * sizeof(float));
+}
+
+void Ops::ffn(const FfnParams& p) {
+  MultiMatmulParams gu;
+  gu.x = p.x;
+  gu.n = p.n;
+  gu.count = 2;
+  gu.w[0] = p.gate;
+  gu.bias[0] = p.gate_bias;
+  gu.y[0] = p.gate_buf;
+  gu.w[1] = p.up;
+  gu.bias[1] = p.up_bias;
+  gu.y[1] = p.up_buf;
+  matmul_multi(gu);
+  GluParams g;
+  g.gate = p.gate_buf;
+  g.up = p.up_buf;
+  g.out = p.gate_buf;
+  g.n = p.n;
+  g.dim = p.gate.rows;
+  g.act = p.act;
+  glu(g);
+  MatmulParams d;
+  d.x = p.gate_buf;
+  d.w = p.down;
+  d.bias = p.down_bias;
+  d.y = p.out;
+  d.n = p.n;
+  matmul(d);
+}
+
+void Ops::rope_store_kv(const RopeStoreParams& p) {
+  const int64_t qrow = p.n_heads * p.head_dim, row = p.n_kv_heads * p.head_dim;
+  const int64_t qs = p.q_stride ? p.q_stride : qrow, ks = p.k_stride ? p.k_stride : row, vs = p.v_stride ? p.v_stride : row;
+  // Dense copies where the input is strided (or q goes elsewhere), so rope() sees [n, heads, dim].
+  float* q = p.q;
+  if (p.q_out) {
+    for (int64_t t = 0; t < p.n; ++t) std::memmove(p.q_out + t * qrow, p.q + t * qs, size_t(qrow) * sizeof(float));
+    q = p.q_out;
+  } else if (qs != qrow) {
+    fail(ErrorKind::kInvalidArgument, "rope_store_kv: a strided q needs q_out");
+  }
+  std::vector<float> kd(static_cast<size_t>(p.n * row)), vd;
+  for (int64_t t = 0; t < p.n; ++t) std::memcpy(kd.data() + t * row, p.k + t * ks, size_t(row) * sizeof(float));
+  const float* v = p.v;
+  if (vs != row) {
+    vd.resize(kd.size());
+    for (int64_t t = 0; t < p.n; ++t) std::memcpy(vd.data() + t * row, p.v + t * vs, size_t(row) * sizeof(float));
+    v = vd.data();
+  }
+  for (auto [x, heads] : {std::pair{q, p.n_heads}, std::pair{kd.data(), p.n_kv_heads}}) {
+    RopeParams r;
+    r.x = x;
+    r.cos = p.cos;
+    r.sin = p.sin;
+    r.n = p.n;
+    r.n_heads = heads;
+    r.head_dim = p.head_dim;
+    r.rot_dim = p.rot_dim;
+    rope(r);
+  }
+  for (auto [dst, src] : {std::pair{p.k_cache, static_cast<const float*>(kd.data())}, std::pair{p.v_cache, v}}) {
+    ScatterRowsParams s;
+    s.dst = dst;
+    s.idx = p.slots;
+    s.src = src;
+    s.n = p.n;
+    s.dim = row;
+    scatter_rows(s);
+  }
+}
+
+void Ops::attention_batch(const BatchAttentionParams& p) {
+  if (!host_memory())
+    fail(ErrorKind::kInternal, "backend {} must implement attention_batch (its memory is not host memory)", name());
+  const int64_t row = p.n_kv_heads * p.head_dim, qrow = p.n_heads * p.head_dim;
+  std::vector<float> kbuf, vbuf;
+  for (int64_t s = 0; s < p.num_seqs; ++s) {
+    const int64_t q0 = p.cu_q[s], nq = p.cu_q[s + 1] - q0, kv = p.kv_len[s];
+    if (nq <= 0) continue;
+    if (kv < nq || kv > p.table_stride * p.block_size)
+      fail(ErrorKind::kInvalidArgument, "attention_batch: sequence {} has {} keys for {} queries (room for {})", s, kv,
+           nq, p.table_stride * p.block_size);
+    const int32_t* table = p.block_table + s * p.table_stride;
+    const int64_t blocks = (kv + p.block_size - 1) / p.block_size;
+    bool consecutive = true;
+    for (int64_t b = 1; b < blocks; ++b) consecutive &= table[b] == table[0] + b;
+    AttentionParams a;
+    if (consecutive) {
+      a.k = p.k + int64_t(table[0]) * p.block_size * row;
+      a.v = p.v + int64_t(table[0]) * p.block_size * row;
+    } else {
+      kbuf.resize(size_t(kv * row));
+      vbuf.resize(size_t(kv * row));
+      for (int64_t j = 0; j < kv; j += p.block_size) {
+        const int64_t len = std::min(p.block_size, kv - j);
+        const int64_t src = int64_t(table[j / p.block_size]) * p.block_size * row;
+        std::memcpy(kbuf.data() + j * row, p.k + src, size_t(len * row) * sizeof(float));
+        std::memcpy(vbuf.data() + j * row, p.v + src, size_t(len * row) * sizeof(float));
+      }
+      a.k = kbuf.data();
+      a.v = vbuf.data();
+    }
+    a.q = p.q + q0 * qrow;
+    a.out = p.out + q0 * qrow;
+    a.n = nq;
+    a.kv_len = kv;
+    a.n_heads = p.n_heads;
+    a.n_kv_heads = p.n_kv_heads;
+    a.head_dim = p.head_dim;
+    a.scale = p.scale;
+    a.softcap = p.softcap;
+    a.window = p.window;
+    attention(a);
   }
 }
 

@@ -1,0 +1,116 @@
+#include "support/batch_attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <numeric>
+#include <string>
+
+namespace lathe::testing {
+namespace {
+
+template <typename T>
+ops::Buffer upload(ops::Ops& ops, const std::vector<T>& v) {
+  ops::Buffer b(ops, std::max<size_t>(1, v.size()) * sizeof(T));
+  ops.copy_to_backend(b.data(), v.data(), v.size() * sizeof(T));
+  return b;
+}
+
+}  // namespace
+
+double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng, Worst& worst,
+                             const BatchAttnCase& c, double tol) {
+  const int64_t S = int64_t(c.q_len.size()), bs = c.block_size, hd = c.head_dim;
+  const int64_t row = c.kv_heads * hd, qrow = c.heads * hd;
+  int64_t stride = 0, n = 0, max_q = 0, max_kv = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    stride = std::max(stride, (c.kv_len[size_t(s)] + bs - 1) / bs);
+    n += c.q_len[size_t(s)];
+    max_q = std::max(max_q, c.q_len[size_t(s)]);
+    max_kv = std::max(max_kv, c.kv_len[size_t(s)]);
+  }
+  stride += c.spare_blocks;
+  // Every sequence gets `stride` blocks of a shuffled pool (plus one block nobody owns).
+  const int64_t blocks = S * stride + 1;
+  std::vector<int32_t> perm(static_cast<size_t>(blocks));
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  std::vector<int32_t> table(static_cast<size_t>(S * stride));
+  for (size_t i = 0; i < table.size(); ++i) table[i] = perm[i];
+
+  const std::vector<float> q = random_floats(rng, size_t(n * qrow), -2.f, 2.f);
+  const std::vector<float> k = random_floats(rng, size_t(blocks * bs * row), -2.f, 2.f);
+  const std::vector<float> v = random_floats(rng, size_t(blocks * bs * row));
+  std::vector<int32_t> cu_q{0}, kv_len;
+  for (int64_t s = 0; s < S; ++s) {
+    cu_q.push_back(cu_q.back() + int32_t(c.q_len[size_t(s)]));
+    kv_len.push_back(int32_t(c.kv_len[size_t(s)]));
+  }
+
+  // Reference: each sequence on its own, K/V gathered into contiguous rows.
+  std::vector<float> o_ref(q.size(), NAN);
+  for (int64_t s = 0; s < S; ++s) {
+    const int64_t kv = c.kv_len[size_t(s)];
+    std::vector<float> ks(size_t(kv * row)), vs(size_t(kv * row));
+    for (int64_t j = 0; j < kv; ++j) {
+      const int64_t src = (int64_t(table[size_t(s * stride + j / bs)]) * bs + j % bs) * row;
+      std::memcpy(ks.data() + j * row, k.data() + src, size_t(row) * sizeof(float));
+      std::memcpy(vs.data() + j * row, v.data() + src, size_t(row) * sizeof(float));
+    }
+    ops::AttentionParams a;
+    a.q = q.data() + cu_q[size_t(s)] * qrow;
+    a.out = o_ref.data() + cu_q[size_t(s)] * qrow;
+    a.k = ks.data();
+    a.v = vs.data();
+    a.n = c.q_len[size_t(s)];
+    a.kv_len = kv;
+    a.n_heads = c.heads;
+    a.n_kv_heads = c.kv_heads;
+    a.head_dim = hd;
+    a.scale = 1.f / std::sqrt(float(hd));
+    a.softcap = c.softcap;
+    a.window = c.window;
+    ref.attention(a);
+  }
+
+  ops::Buffer dq = upload(backend, q), dk = upload(backend, k), dv = upload(backend, v);
+  ops::Buffer dcu = upload(backend, cu_q), dkv = upload(backend, kv_len), dtab = upload(backend, table);
+  ops::Buffer dout(backend, q.size() * sizeof(float));
+  ops::BatchAttentionParams p;
+  p.q = dq.f32();
+  p.k = dk.f32();
+  p.v = dv.f32();
+  p.out = dout.f32();
+  p.n = n;
+  p.num_seqs = S;
+  p.cu_q = static_cast<const int32_t*>(dcu.data());
+  p.kv_len = static_cast<const int32_t*>(dkv.data());
+  p.block_table = static_cast<const int32_t*>(dtab.data());
+  p.block_size = bs;
+  p.table_stride = stride;
+  p.max_q = max_q;
+  p.max_kv = c.spare_blocks ? stride * bs : max_kv;
+  p.n_heads = c.heads;
+  p.n_kv_heads = c.kv_heads;
+  p.head_dim = hd;
+  p.scale = 1.f / std::sqrt(float(hd));
+  p.softcap = c.softcap;
+  p.window = c.window;
+  backend.attention_batch(p);
+  std::vector<float> got(q.size(), NAN);
+  backend.copy_to_host(got.data(), dout.data(), got.size() * sizeof(float));
+
+  std::string what = "seqs (q/kv):";
+  for (int64_t s = 0; s < S; ++s)
+    what += " " + std::to_string(c.q_len[size_t(s)]) + "/" + std::to_string(c.kv_len[size_t(s)]);
+  char tail[160];
+  std::snprintf(tail, sizeof tail, " heads=%lld/%lld d=%lld window=%lld softcap=%g block=%lld spare=%lld",
+                (long long)c.heads, (long long)c.kv_heads, (long long)hd, (long long)c.window, c.softcap,
+                (long long)bs, (long long)c.spare_blocks);
+  const double err = rel_error(got, o_ref);
+  worst.check(err, tol, what + tail);
+  return err;
+}
+
+}  // namespace lathe::testing

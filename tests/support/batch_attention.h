@@ -1,0 +1,30 @@
+// A batched, paged attention case shared by the parity tests of every backend: several sequences
+// with their own query and key counts, K/V rows scattered over a pool through shuffled block
+// tables, checked against the reference's single-sequence attention on each sequence's rows
+// gathered into a contiguous cache.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "ops/ops.h"
+#include "support/parity.h"
+
+namespace lathe::testing {
+
+struct BatchAttnCase {
+  std::vector<int64_t> q_len;   // queries per sequence
+  std::vector<int64_t> kv_len;  // keys per sequence (>= its queries)
+  int64_t heads = 8, kv_heads = 2, head_dim = 64, window = 0;
+  float softcap = 0.f;
+  int64_t block_size = 16;
+  int64_t spare_blocks = 0;  // extra (unused) table entries per sequence, as a recorded graph has
+};
+
+// Runs `backend.attention_batch` (inputs uploaded through its memory interface) and returns the
+// error against `ref`; records it in `worst` against `tol`.
+double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng, Worst& worst,
+                             const BatchAttnCase& c, double tol);
+
+}  // namespace lathe::testing
