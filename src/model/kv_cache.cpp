@@ -17,6 +17,15 @@ KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id++;
   const size_t bytes = size_t(num_blocks * block_size * row_) * sizeof(float);
+  // On a device, say what is needed and what is free before allocating anything.
+  const ops::MemoryStats mem = ops.memory_stats();
+  const size_t need = 2 * size_t(c.num_layers) * bytes;
+  if (mem.device_total > 0 && need > mem.device_total - mem.device_used)
+    fail(ErrorKind::kOutOfRange,
+         "the KV cache for {} positions needs {:.2f} GiB of device memory but {:.2f} GiB of {:.2f} GiB are free; "
+         "lower --ctx (or the number of sequences)",
+         num_blocks * block_size, double(need) / (1 << 30), double(mem.device_total - mem.device_used) / (1 << 30),
+         double(mem.device_total) / (1 << 30));
   for (int64_t i = 0; i < c.num_layers; ++i) {
     k_.emplace_back(ops, bytes);
     v_.emplace_back(ops, bytes);

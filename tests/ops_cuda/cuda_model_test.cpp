@@ -12,8 +12,10 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <string>
 #include <nlohmann/json.hpp>
 
+#include "core/error.h"
 #include "model/model.h"
 #include "support/batch_forward.h"
 #include "support/golden.h"
@@ -75,6 +77,25 @@ TEST_P(CudaGolden, MatchesTransformers) {
     std::printf("[ golden ] %-12s %3zu tokens: worst nll err %.2e, worst last-logit err %.2e, near-tie flips %d\n",
                 arch, ids.size(), worst_nll, worst_logit, flips);
   }
+}
+
+// A KV cache larger than the free device memory is refused up front, saying what it needs.
+TEST(CudaKvCache, TooLargeIsAClearError) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  if (!ops::cuda_available()) GTEST_SKIP() << "no CUDA device: CUDA model tests skipped";
+  auto ops = ops::make_cuda_ops();
+  ASSERT_NE(ops, nullptr);
+  auto model = Model::load(dir);
+  try {
+    KvCache cache(model->config(), (int64_t(1) << 31) - 1, *ops);
+    ADD_FAILURE() << "a " << cache.bytes() << "-byte KV cache was allocated";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kOutOfRange);
+    EXPECT_NE(std::string(e.what()).find("KV cache"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--ctx"), std::string::npos) << e.what();
+  }
+  KvCache ok(model->config(), 64, *ops);  // the backend is still usable
+  EXPECT_EQ(ok.capacity(), 64);
 }
 
 // Continuous batching on the device: paged K/V, mixed prefill/decode steps, and all-decode steps

@@ -41,14 +41,6 @@ __device__ __forceinline__ T round_to(float v) {
   else return __float2half_rn(v);
 }
 
-// Waits until the kernel this one was launched after (as a programmatic dependent launch) has
-// finished and its writes are visible; a no-op for an ordinary launch.
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  cudaGridDependencySynchronize();
-#endif
-}
-
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -30,9 +30,6 @@ class Context {
   void* blas_workspace = nullptr;  // shared by cuBLAS and cuBLASLt (one stream: never concurrent)
   size_t blas_workspace_bytes = 0;
   struct LtPlans* lt_plans = nullptr;  // cuBLASLt descriptors and algorithms per GEMM shape
-  // GEMVs as programmatic dependent launches (LATHE_PDL=1). Off by default: on the 8B decode it
-  // measured 142.3 tok/s against 143.9 without.
-  bool pdl = false;
   bool capturing = false;    // a graph is being recorded: no allocation, no synchronisation
 
   // Device memory of at least `bytes` for `slot`, reused across calls. Growing waits for the

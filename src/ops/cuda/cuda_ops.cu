@@ -160,7 +160,6 @@ class CudaOps final : public Ops {
     LATHE_CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx_.device));
     ctx_.sm_count = prop.multiProcessorCount;
     ctx_.smem_optin = prop.sharedMemPerBlockOptin;
-    if (const char* e = std::getenv("LATHE_PDL"); e && std::string_view(e) == "1") ctx_.pdl = true;
 
     cudaStream_t stream = nullptr;
     LATHE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

@@ -101,6 +101,38 @@ __device__ __forceinline__ void gemv_step(float (&acc)[RW][NT], const RawVec<T, 
   }
 }
 
+// The streaming loop of a warp over its RW weight rows (lane l covers columns l*VEC + j*32*VEC, U
+// vectors per row in flight), ending with the warp-reduced dot products in every lane.
+template <typename T, int NT, int VEC, int RW, int U>
+__device__ __forceinline__ void gemv_rows(float (&acc)[RW][NT], const T* const (&wr)[RW], const float* x, int lane,
+                                          int64_t k) {
+#pragma unroll
+  for (int r = 0; r < RW; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = 0.f;
+  const int64_t step = int64_t(kWarp) * VEC;
+  int64_t c = int64_t(lane) * VEC;
+  for (; c + (U - 1) * step < k; c += U * step) {
+    RawVec<T, VEC> raw[U][RW];
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+#pragma unroll
+      for (int r = 0; r < RW; ++r) raw[u][r].load(wr[r] + c + u * step);
+#pragma unroll
+    for (int u = 0; u < U; ++u) gemv_step<T, NT, VEC, RW>(acc, raw[u], x, c + u * step, k);
+  }
+  for (; c < k; c += step) {
+    RawVec<T, VEC> raw[RW];
+#pragma unroll
+    for (int r = 0; r < RW; ++r) raw[r].load(wr[r] + c);
+    gemv_step<T, NT, VEC, RW>(acc, raw, x, c, k);
+  }
+#pragma unroll
+  for (int r = 0; r < RW; ++r)
+#pragma unroll
+    for (int t = 0; t < NT; ++t) acc[r][t] = warp_sum(acc[r][t]);
+}
+
 // Up to three matrices sharing x, one launch: blocks [first1, first2) serve segment 1, [first2, ...)
 // segment 2 (q/k/v or gate/up in one go: fewer launches per decode step). Fields are named, not
 // arrays, and picked with selects: a runtime index into a by-value kernel parameter array makes nvcc
@@ -124,12 +156,8 @@ struct GemvSegments {
 
 // One warp per RW consecutive rows; lane l covers columns l*VEC + j*32*VEC. Requires k % VEC == 0
 // and 16-byte aligned rows when VEC > 1 (checked by the launcher). U * RW weight vectors are in
-// flight per lane.
-//
-// Launched as a programmatic dependent launch: the kernel may start while the previous kernel on the
-// stream (the norm or attention that produces x) is still finishing. Weights never depend on it, so
-// the first batch of weight loads is issued before waiting for it (cudaGridDependencySynchronize);
-// x is read and y written only after. That hides this kernel's ramp-up behind the previous one's tail.
+// flight per lane. (Launching it as a programmatic dependent launch, first weight loads before
+// waiting on the previous kernel, measured no gain on the 8B decode: 142.3 vs 143.9 tok/s.)
 template <typename T, int NT, int VEC, int RW, int U>
 __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* __restrict__ x,
                                                                 const GemvSegments<T> seg, int64_t k) {
@@ -143,48 +171,14 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_kernel(const float* _
   const int lane = threadIdx.x & (kWarp - 1);
   const int warp = threadIdx.x / kWarp;
   const int64_t row0 = (int64_t(b - first) * kGemvWarps + warp) * RW;
-  if (row0 >= m) {
-    grid_dependency_wait();
-    return;
-  }
-  const T* wr[RW];
+  if (row0 >= m) return;
+  const T* wr_[RW];
 #pragma unroll
-  for (int r = 0; r < RW; ++r) wr[r] = w + (row0 + r < m ? row0 + r : m - 1) * k;  // clamp: read, never write
+  for (int r = 0; r < RW; ++r) wr_[r] = w + (row0 + r < m ? row0 + r : m - 1) * k;  // clamp: read, never write
+  const T* const(&wr)[RW] = wr_;
 
   float acc[RW][NT];
-#pragma unroll
-  for (int r = 0; r < RW; ++r)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[r][t] = 0.f;
-
-  const int64_t step = int64_t(kWarp) * VEC;
-  int64_t c = int64_t(lane) * VEC;
-  bool waited = false;
-  for (; c + (U - 1) * step < k; c += U * step) {
-    RawVec<T, VEC> raw[U][RW];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int r = 0; r < RW; ++r) raw[u][r].load(wr[r] + c + u * step);
-    if (!waited) {
-      grid_dependency_wait();
-      waited = true;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) gemv_step<T, NT, VEC, RW>(acc, raw[u], x, c + u * step, k);
-  }
-  if (!waited) grid_dependency_wait();
-  for (; c < k; c += step) {
-    RawVec<T, VEC> raw[RW];
-#pragma unroll
-    for (int r = 0; r < RW; ++r) raw[r].load(wr[r] + c);
-    gemv_step<T, NT, VEC, RW>(acc, raw, x, c, k);
-  }
-
-#pragma unroll
-  for (int r = 0; r < RW; ++r)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[r][t] = warp_sum(acc[r][t]);
+  gemv_rows<T, NT, VEC, RW, U>(acc, wr, x, lane, k);
   // Every lane now holds every sum; lane r*NT + t stores (r, t) so the stores go out in parallel.
 #pragma unroll
   for (int r = 0; r < RW; ++r) {
@@ -207,33 +201,9 @@ __global__ void __launch_bounds__(kGemvWarps * kWarp) gemv_glu_kernel(const floa
   const int lane = threadIdx.x & (kWarp - 1);
   const int64_t r = int64_t(blockIdx.x) * kGemvWarps + threadIdx.x / kWarp;
   if (r >= inter) return;
-  const T* wr[RW] = {w + r * k, w + (inter + r) * k};
+  const T* const wr[RW] = {w + r * k, w + (inter + r) * k};
   float acc[RW][NT];
-#pragma unroll
-  for (int i = 0; i < RW; ++i)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[i][t] = 0.f;
-  const int64_t step = int64_t(kWarp) * VEC;
-  int64_t c = int64_t(lane) * VEC;
-  for (; c + (U - 1) * step < k; c += U * step) {
-    RawVec<T, VEC> raw[U][RW];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int i = 0; i < RW; ++i) raw[u][i].load(wr[i] + c + u * step);
-#pragma unroll
-    for (int u = 0; u < U; ++u) gemv_step<T, NT, VEC, RW>(acc, raw[u], x, c + u * step, k);
-  }
-  for (; c < k; c += step) {
-    RawVec<T, VEC> raw[RW];
-#pragma unroll
-    for (int i = 0; i < RW; ++i) raw[i].load(wr[i] + c);
-    gemv_step<T, NT, VEC, RW>(acc, raw, x, c, k);
-  }
-#pragma unroll
-  for (int i = 0; i < RW; ++i)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[i][t] = warp_sum(acc[i][t]);
+  gemv_rows<T, NT, VEC, RW, U>(acc, wr, x, lane, k);
 #pragma unroll
   for (int t = 0; t < NT; ++t)
     if (lane == t % kWarp) y[t * inter + r] = activate<A>(acc[0][t]) * acc[1][t];
@@ -275,28 +245,22 @@ void launch_gemv_glu(Context& ctx, const FfnParams& p) {
   }
 }
 
+// Blocks of one GEMV instance that fit on the GPU at once (occupancy x SMs), asked once per instance.
 template <typename T, int NT, int VEC, int RW, int U>
-void launch_gemv_kernel(Context& ctx, unsigned blocks, const float* x, const GemvSegments<T>& seg, int64_t k) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(blocks);
-  config.blockDim = dim3(kGemvWarps * kWarp);
-  config.dynamicSmemBytes = 0;
-  config.stream = ctx.stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attr;
-  config.numAttrs = ctx.pdl ? 1 : 0;
-  LATHE_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, NT, VEC, RW, U>, x, seg, k));
+int64_t gemv_slots(const Context& ctx) {
+  static int per_sm = 0;
+  if (per_sm == 0 && cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, gemv_kernel<T, NT, VEC, RW, U>,
+                                                                     kGemvWarps * kWarp, 0) != cudaSuccess) {
+    cudaGetLastError();
+    per_sm = 1;
+  }
+  return int64_t(per_sm) * ctx.sm_count;
 }
 
-template <typename T, int VEC, int NT>
-void launch_gemv_nt(Context& ctx, const MultiMatmulParams& p) {
-  // More rows per warp as the token count grows, so each x load feeds more weight vectors.
-  constexpr int RW = NT <= 2 ? 1 : NT <= 4 ? 2 : 4;
-  const int64_t k = p.w[0].cols;
-  const int64_t rows_per_block = int64_t(kGemvWarps) * RW;
-  GemvSegments<T> seg;
+// Grid of one launch: segment i gets ceil(rows_i / (8 warps x RW)) blocks.
+template <typename T>
+int64_t gemv_segments(const MultiMatmulParams& p, int rw, GemvSegments<T>& seg) {
+  const int64_t rows_per_block = int64_t(kGemvWarps) * rw;
   int64_t blocks = 0;
   const T** w[3] = {&seg.w0, &seg.w1, &seg.w2};
   const float** bias[3] = {&seg.b0, &seg.b1, &seg.b2};
@@ -310,12 +274,35 @@ void launch_gemv_nt(Context& ctx, const MultiMatmulParams& p) {
     *m[i] = p.w[i].rows;
     if (i > 0) *first[i] = unsigned(blocks);
     blocks += (p.w[i].rows + rows_per_block - 1) / rows_per_block;
-    if (blocks > INT_MAX) raise(ErrorKind::kUnsupported, "cuda matmul: too many output rows for one launch");
   }
-  // Vectors in flight per lane: U * RW = 4. (8 for the few-row shapes was measured slower: qkv of an
-  // 8B model went from 22 to 24 us.)
+  if (blocks > INT_MAX) raise(ErrorKind::kUnsupported, "cuda matmul: too many output rows for one launch");
+  return blocks;
+}
+
+template <typename T, int NT, int VEC, int RW, int U>
+void launch_gemv_rw(Context& ctx, const MultiMatmulParams& p) {
+  GemvSegments<T> seg;
+  const int64_t blocks = gemv_segments(p, RW, seg);
+  gemv_kernel<T, NT, VEC, RW, U><<<unsigned(blocks), kGemvWarps * kWarp, 0, ctx.stream>>>(p.x, seg, p.w[0].cols);
+  LATHE_CUDA_CHECK_LAUNCH("gemv_kernel");
+}
+
+template <typename T, int VEC, int NT>
+void launch_gemv_nt(Context& ctx, const MultiMatmulParams& p) {
+  // More rows per warp as the token count grows, so each x load feeds more weight vectors; U * RW
+  // = 4 weight vectors in flight per lane either way. (8 in flight for the few-row shapes measured
+  // slower: qkv of an 8B model went from 22 to 24 us.)
+  constexpr int RW = NT <= 2 ? 1 : NT <= 4 ? 2 : 4;
   constexpr int U = RW >= 4 ? 1 : 4 / RW;
-  launch_gemv_kernel<T, NT, VEC, RW, U>(ctx, unsigned(blocks), p.x, seg, k);
+  if constexpr (RW == 1) {
+    // A grid a little larger than what fits at once runs a second, mostly idle wave (qkv of an
+    // 8B model: 768 blocks). Then two rows per warp halve the blocks to one wave.
+    GemvSegments<T> seg;
+    const int64_t blocks = gemv_segments(p, 1, seg);
+    const int64_t slots = gemv_slots<T, NT, VEC, 1, 4>(ctx);
+    if (blocks > slots && blocks < 3 * slots) return launch_gemv_rw<T, NT, VEC, 2, 2>(ctx, p);
+  }
+  launch_gemv_rw<T, NT, VEC, RW, U>(ctx, p);
 }
 
 template <typename T, int VEC>
