@@ -190,6 +190,22 @@ ModelConfig parse_model_config(const json& c, const json& g, const std::string& 
   if (arch->window_rule == WindowRule::kFromMaxWindowLayer && !get_or<bool>(c, "use_sliding_window", false, where))
     m.layer_window.assign(size_t(m.num_layers), 0);
 
+  if (has(c, "quantization_config") && c["quantization_config"].is_object()) {
+    const json& q = c["quantization_config"];
+    const std::string w = where + ": quantization_config";
+    m.quant.method = get_or<std::string>(q, "quant_method", "", w);
+    if (m.quant.method == "exl2") {
+      m.quant.bits = get_or<double>(q, "bits", 0.0, w);
+      m.quant.head_bits = get_or<int64_t>(q, "head_bits", 0, w);
+    } else if (m.quant.method == "gptq") {
+      m.quant.bits = double(get_or<int64_t>(q, "bits", 4, w));
+      m.quant.group_size = get_or<int64_t>(q, "group_size", 0, w);
+      m.quant.gptq_v2 = get_or<std::string>(q, "checkpoint_format", "gptq", w) == "gptq_v2";
+    } else {
+      fail(ErrorKind::kUnsupported, "{}: quant_method '{}' is not supported (exl2 and gptq are)", w, m.quant.method);
+    }
+  }
+
   m.attn_logit_softcap = float(get_or<double>(c, "attn_logit_softcapping", 0.0, where));
   m.final_logit_softcap = float(get_or<double>(c, "final_logit_softcapping", 0.0, where));
   if (has(c, "query_pre_attn_scalar"))

@@ -40,6 +40,15 @@ struct GenerationDefaults {
   std::optional<int64_t> top_k, max_new_tokens;
 };
 
+// config.json's quantization_config (absent: unquantized).
+struct QuantConfig {
+  std::string method;        // "", "exl2" or "gptq"
+  double bits = 0;           // exl2: target average bpw; gptq: bits per weight (2, 4, 8)
+  int64_t group_size = 0;    // gptq: rows per group (-1: one group; 0: infer from the tensors)
+  bool gptq_v2 = false;      // gptq: checkpoint_format "gptq_v2" (zeros stored without the -1 offset)
+  int64_t head_bits = 0;     // exl2
+};
+
 struct ModelConfig {
   std::string architecture;  // "LlamaForCausalLM", ...
   std::string model_type;
@@ -66,6 +75,7 @@ struct ModelConfig {
   std::optional<int32_t> bos_token_id;
   std::vector<int32_t> eos_token_ids;
   GenerationDefaults generation;
+  QuantConfig quant;
 };
 
 // Parses DIR/config.json (and DIR/generation_config.json if present). Errors name the file and key.

@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include "core/error.h"
+#include "quant/exl2.h"
+#include "quant/gptq.h"
 
 namespace lathe::model {
 
@@ -37,20 +39,64 @@ const float* WeightLoader::bind_bias(const std::string& name, int64_t n) {
 
 Linear WeightLoader::bind_linear(const std::string& prefix, int64_t out, int64_t in, bool bias) {
   Linear l;
-  l.w = bind(prefix + ".weight", {out, in});
+  if (quant::exl2_present(store_, prefix) || quant::gptq_present(store_, prefix)) {
+    l.w = bind_quantized(prefix, out, in);
+  } else {
+    l.w = bind(prefix + ".weight", {out, in});
+  }
   if (bias) l.bias = bind_bias(prefix + ".bias", out);
   return l;
 }
 
+// EXL2 and GPTQ layers are dequantized once at load into float16 (the precision ExLlamaV2's own
+// kernels dequantize to), so every backend runs them with its ordinary matmul. Fused kernels that
+// read the packed weights come later; this path is for correctness and evaluation.
+ops::Weight WeightLoader::bind_quantized(const std::string& prefix, int64_t out, int64_t in) {
+  int64_t rows = 0, cols = 0;
+  std::vector<float> w;
+  if (quant::exl2_present(store_, prefix)) {
+    const quant::Exl2Matrix m = quant::exl2_read(store_, prefix);
+    rows = m.out_features;
+    cols = m.in_features;
+    if (cols != in || rows < out)
+      fail(ErrorKind::kFormat, "EXL2 layer {} is {} x {}, but the config implies {} x {}", prefix, rows, cols, out, in);
+    w.resize(size_t(rows * cols));
+    quant::exl2_dequantize(m, w.data());
+  } else {
+    if (quant_.method != "gptq")
+      fail(ErrorKind::kFormat, "{} has GPTQ tensors but config.json has no GPTQ quantization_config", prefix);
+    const quant::GptqMatrix m =
+        quant::gptq_read(store_, prefix, int(quant_.bits), quant_.group_size, quant_.gptq_v2);
+    rows = m.out_features;
+    cols = m.in_features;
+    if (cols != in || rows != out)
+      fail(ErrorKind::kFormat, "GPTQ layer {} is {} x {}, but the config implies {} x {}", prefix, rows, cols, out, in);
+    w.resize(size_t(rows * cols));
+    quant::gptq_dequantize(m, w.data());
+  }
+  Tensor t(DType::kF16, {out, in});  // padding rows (EXL2 pads outputs to 32) are dropped
+  convert_from_f32(w.data(), t.data(), DType::kF16, size_t(out * in));
+  owned_.push_back(std::move(t));
+  ops::Weight r;
+  r.data = owned_.back().data();
+  r.dtype = DType::kF16;
+  r.rows = out;
+  r.cols = in;
+  return r;
+}
+
 WeightLoader::WeightLoader(const std::filesystem::path& dir, const ModelConfig& c, const ArchSpec& arch)
-    : store_(dir) {
+    : store_(dir), quant_(c.quant) {
   const int64_t H = c.hidden_size, hd = c.head_dim;
   const int64_t q_rows = c.num_heads * hd, kv_rows = c.num_kv_heads * hd, I = c.intermediate_size;
   weights_.embed = bind("model.embed_tokens.weight", {c.vocab_size, H});
   weights_.final_norm = bind("model.norm.weight", {H});
   // A checkpoint without lm_head.weight ties it to the embedding whatever config.json says: several
   // config classes default tie_word_embeddings to true (Gemma) and exporters often omit the key.
-  if (store_.contains("lm_head.weight") && !c.tie_word_embeddings)
+  // A quantized checkpoint stores its own (quantized) head even when the embedding is tied.
+  if (quant::exl2_present(store_, "lm_head") || quant::gptq_present(store_, "lm_head"))
+    weights_.lm_head = bind_quantized("lm_head", c.vocab_size, H);
+  else if (store_.contains("lm_head.weight") && !c.tie_word_embeddings)
     weights_.lm_head = bind("lm_head.weight", {c.vocab_size, H});
   else
     weights_.lm_head = weights_.embed;

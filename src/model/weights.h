@@ -57,10 +57,12 @@ class WeightLoader {
   ops::Weight bind(const std::string& name, Shape shape);
   Linear bind_linear(const std::string& prefix, int64_t out, int64_t in, bool bias);
   const float* bind_bias(const std::string& name, int64_t n);
+  ops::Weight bind_quantized(const std::string& prefix, int64_t out, int64_t in);
 
   io::WeightStore store_;
+  QuantConfig quant_;
   ModelWeights weights_;
-  std::vector<Tensor> owned_;  // float32 copies of biases
+  std::vector<Tensor> owned_;  // float32 copies of biases, float16 dequantized quantized layers
 };
 
 }  // namespace lathe::model

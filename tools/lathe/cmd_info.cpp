@@ -44,6 +44,10 @@ void add_info_command(CLI::App& app) {
     j["vocab_size"] = c.vocab_size;
     j["max_context"] = c.max_position_embeddings;
     j["rope"] = model::to_string(c.rope.type);
+    if (!c.quant.method.empty()) {
+      j["quantization"] = c.quant.method;
+      j["quant_bits"] = c.quant.bits;
+    }
     j["rope_theta"] = c.rope.theta;
     j["sliding_window_layers"] = windowed;
     j["tied_embeddings"] = c.tie_word_embeddings;
@@ -67,6 +71,11 @@ void add_info_command(CLI::App& app) {
                c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size);
     if (c.num_experts) fmt::print("experts       {} ({} per token)\n", c.num_experts, c.num_experts_per_tok);
     fmt::print("rope          {} (theta {})\n", model::to_string(c.rope.type), c.rope.theta);
+    if (c.quant.method == "exl2")
+      fmt::print("quantization  EXL2, {} bpw target{} (dequantized to f16 at load)\n", c.quant.bits,
+                 c.quant.head_bits ? fmt::format(", head {} bits", c.quant.head_bits) : std::string());
+    else if (c.quant.method == "gptq")
+      fmt::print("quantization  GPTQ {}-bit, group {} (dequantized to f16 at load)\n", c.quant.bits, c.quant.group_size);
     fmt::print("context       {} tokens{}\n", c.max_position_embeddings,
                windowed ? fmt::format(", {} sliding-window layers", windowed) : "");
     fmt::print("memory        weights {:.1f} MiB + KV cache {:.1f} MiB at {} tokens (f32) + activations ~{:.1f} MiB "
