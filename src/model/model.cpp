@@ -244,6 +244,12 @@ struct Runner::Step {
   float* logits = nullptr;         // [rows, vocab]
 };
 
+void Runner::set_tap(Tap tap) {
+  if (tap && !ops_.host_memory())
+    fail(ErrorKind::kUnsupported, "activation taps need a host backend (--device cpu), not {}", ops_.name());
+  tap_ = std::move(tap);
+}
+
 void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Workspace& ws) const {
   const ModelConfig& c = model_.config();
   const ArchSpec& arch = model_.arch();
@@ -265,6 +271,7 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
                      static_cast<const char*>(L.k.w.data) == static_cast<const char*>(L.q.w.data) + q_bytes &&
                      static_cast<const char*>(L.v.w.data) == static_cast<const char*>(L.k.w.data) + k_bytes;
   const int64_t qkv_width = L.q.w.rows + L.k.w.rows + L.v.w.rows;
+  if (tap_) tap_(layer, TapPoint::kAttnIn, h, n, H);
   const float* q_in = q;
   const float* k_in = k;
   const float* v_in = v;
@@ -341,6 +348,7 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
   ops_.attention_batch(a);
 
   float* o = ws.o.f32();
+  if (tap_) tap_(layer, TapPoint::kAttnOut, ws.attn.f32(), n, nh * hd);
   linear(ops_, ws.attn.f32(), L.o, o, n);
   if (arch.norm_layout == NormLayout::kSandwich)
     ops_.rms_norm(norm_params(o, L.attn_post_norm, o, n, H, c.rms_norm_eps, offset));
@@ -354,6 +362,26 @@ void Runner::ffn_block(int64_t layer, int64_t n, Workspace& ws) const {
   const int64_t H = c.hidden_size;
   const float offset = arch.norm_weight_offset;
   float* o = ws.o.f32();
+  if (tap_) {  // unfused, so the activation before the down projection can be observed
+    tap_(layer, TapPoint::kFfnIn, ws.h.f32(), n, H);
+    ops::MultiMatmulParams gu;
+    gu.x = ws.h.f32();
+    gu.n = n;
+    gu.count = 2;
+    gu.w[0] = L.gate.w;
+    gu.bias[0] = L.gate.bias;
+    gu.y[0] = ws.gate.f32();
+    gu.w[1] = L.up.w;
+    gu.bias[1] = L.up.bias;
+    gu.y[1] = ws.up.f32();
+    ops_.matmul_multi(gu);
+    glu(ops_, ws.gate.f32(), ws.up.f32(), n, c.intermediate_size, c.activation);
+    tap_(layer, TapPoint::kFfnMid, ws.gate.f32(), n, c.intermediate_size);
+    linear(ops_, ws.gate.f32(), L.down, o, n);
+    if (arch.norm_layout == NormLayout::kSandwich)
+      ops_.rms_norm(norm_params(o, L.ffn_post_norm, o, n, H, c.rms_norm_eps, offset));
+    return;
+  }
   ops::FfnParams f;
   f.x = ws.h.f32();
   f.gate = L.gate.w;
@@ -500,6 +528,7 @@ void Runner::enqueue(const Step& st, KvPool& pool, Workspace& ws) const {
     ops_.gather_rows(g);
     xr = ws.logit_in.f32();
   }
+  if (tap_) tap_(-1, TapPoint::kHeadIn, xr, st.rows, H);
   ops::MatmulParams p;
   p.x = xr;
   p.w = w_->lm_head;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <memory>
@@ -99,6 +100,11 @@ class Workspace {
   uint64_t generation_ = 1;
 };
 
+// Where Runner::set_tap observes activations: the inputs of each layer's linear layers, and of
+// the LM head.
+enum class TapPoint { kAttnIn, kAttnOut, kFfnIn, kFfnMid, kHeadIn };
+using Tap = std::function<void(int64_t layer, TapPoint point, const float* x, int64_t rows, int64_t dim)>;
+
 class Runner {
  public:
   // Binds the model to a backend; a device backend gets its own copy of the weights here.
@@ -124,6 +130,10 @@ class Runner {
                       int64_t k, Selection* out) const;
   // Row `row` of the penalized logits of the last forward_select (a sampler's fallback).
   void selected_logits_row(Workspace& ws, int64_t row, std::span<float> out) const;
+
+  // Calls `tap` with the activations at every TapPoint during forwards (host backends only; the
+  // feed-forward then runs unfused so its intermediate exists). Null turns it off.
+  void set_tap(Tap tap);
 
   // Decode graphs on or off (on by default; LATHE_GRAPHS=0 in the environment turns them off).
   void set_graphs(bool on) { graphs_ = on; }
@@ -152,6 +162,7 @@ class Runner {
   mutable std::vector<float> rope_cos_, rope_sin_;
   mutable int64_t rope_rows_ = 0;
   bool graphs_ = true;
+  Tap tap_;
 };
 
 }  // namespace lathe::model

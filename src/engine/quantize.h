@@ -1,0 +1,51 @@
+// `lathe quantize`: an unquantized Hugging Face model to an EXL2 folder that lathe and ExLlamaV2
+// load. Calibration text runs through the model on the CPU backend; every linear layer's input
+// Hessian (sum of x^T x) is collected, and each layer is quantized by GPTQ with EXL2 scales to a
+// group layout that meets the target bits per weight (the most important input channels, by
+// Hessian diagonal, get the higher width). The LM head gets --head-bits.
+//
+// This increment uses one layout per target for every layer and the unquantized model's
+// activations for every Hessian; ExLlamaV2-style per-layer measurement, the bit-allocation
+// optimizer and sequential (quantized-input) Hessians come next.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "model/model.h"
+#include "tokenizer/tokenizer.h"
+
+namespace lathe::engine {
+
+struct QuantizeOptions {
+  double bpw = 4.0;
+  int head_bits = 6;
+  std::filesystem::path calib;  // calibration text file
+  int64_t calib_rows = 16;      // windows of calib_length tokens
+  int64_t calib_length = 512;
+  bool rtn = false;             // round-to-nearest (no Hessian, no error feedback): the baseline
+  // (stage, done, total) as work progresses: "calibrate", "quantize".
+  std::function<void(const std::string&, int64_t, int64_t)> progress;
+};
+
+struct QuantizedLayer {
+  std::string name;
+  double bpw = 0;       // the format's storage per weight for this layer
+  double rel_err = 0;   // ||W - Wq||_F / ||W||_F
+};
+
+struct QuantizeReport {
+  std::vector<QuantizedLayer> layers;
+  double bpw = 0;               // over all quantized decoder layers (the head excluded)
+  int64_t calib_tokens = 0;
+  size_t bytes = 0;             // of the written safetensors
+  double seconds = 0;
+};
+
+QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& tokenizer,
+                             const std::filesystem::path& out_dir, const QuantizeOptions& options);
+
+}  // namespace lathe::engine
