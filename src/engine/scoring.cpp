@@ -1,7 +1,9 @@
 #include "engine/scoring.h"
 
 #include <chrono>
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -69,6 +71,85 @@ PerplexityResult perplexity(const model::Runner& runner, std::span<const int32_t
   r.tokens = windows * (opt.ctx - 1);
   r.mean_nll = total / double(r.tokens);
   r.ppl = std::exp(r.mean_nll);
+  r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return r;
+}
+
+namespace {
+// log-sum-exp of a row (float exps, double sum: enough for KL divergence and NLL).
+double row_lse(const float* row, int64_t V) {
+  float mx = row[0];
+  for (int64_t i = 1; i < V; ++i) mx = std::max(mx, row[i]);
+  double sum = 0;
+  for (int64_t i = 0; i < V; ++i) sum += double(std::exp(row[i] - mx));
+  return std::log(sum) + double(mx);
+}
+}  // namespace
+
+CompareResult compare(const model::Runner& base, const model::Runner& other, std::span<const int32_t> tokens,
+                      const PerplexityOptions& opt) {
+  const auto& c = base.config();
+  if (other.config().vocab_size != c.vocab_size)
+    fail(ErrorKind::kInvalidArgument, "the models have different vocabularies ({} and {} tokens)", c.vocab_size,
+         other.config().vocab_size);
+  const int64_t ctx_limit = std::min(c.max_position_embeddings, other.config().max_position_embeddings);
+  if (opt.ctx < 2 || opt.ctx > ctx_limit)
+    fail(ErrorKind::kInvalidArgument, "--ctx {} must be within 2..{} for both models", opt.ctx, ctx_limit);
+  int64_t windows = int64_t(tokens.size()) / opt.ctx;
+  if (windows == 0)
+    fail(ErrorKind::kInvalidArgument, "the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), opt.ctx);
+  if (opt.max_windows > 0) windows = std::min(windows, opt.max_windows);
+  const auto t0 = std::chrono::steady_clock::now();
+  model::KvCache ca(c, opt.ctx, base.ops()), cb(other.config(), opt.ctx, other.ops());
+  model::Workspace wa(base.ops()), wb(other.ops());
+  Tensor la, lb;
+  const int64_t V = c.vocab_size, rows = opt.ctx - 1;
+  std::vector<double> nll_a(static_cast<size_t>(rows)), nll_b(static_cast<size_t>(rows)), kld(static_cast<size_t>(rows));
+  std::vector<char> agree(static_cast<size_t>(rows));
+  double sum_a = 0, sum_b = 0, sum_kld = 0;
+  int64_t n_agree = 0;
+  for (int64_t w = 0; w < windows; ++w) {
+    ca.clear();
+    cb.clear();
+    const auto win = tokens.subspan(size_t(w * opt.ctx), size_t(opt.ctx));
+    base.forward(win, ca, wa, model::LogitsFor::kAll, &la);
+    other.forward(win, cb, wb, model::LogitsFor::kAll, &lb);
+    parallel_for(rows, 8, [&](int64_t b, int64_t e) {
+      for (int64_t j = b; j < e; ++j) {
+        const float* ra = la.as<float>() + j * V;
+        const float* rb = lb.as<float>() + j * V;
+        const double lse_a = row_lse(ra, V), lse_b = row_lse(rb, V);
+        const float la_f = float(lse_a), d_lse = float(lse_b - lse_a);
+        double k = 0;
+        int64_t arg_a = 0, arg_b = 0;
+        for (int64_t i = 0; i < V; ++i) {
+          // p_a(i) * (log p_a(i) - log p_b(i)), log p_a - log p_b = (ra - rb) + (lse_b - lse_a)
+          k += double(std::exp(ra[i] - la_f) * ((ra[i] - rb[i]) + d_lse));
+          if (ra[i] > ra[arg_a]) arg_a = i;
+          if (rb[i] > rb[arg_b]) arg_b = i;
+        }
+        const int32_t next = win[size_t(j + 1)];
+        nll_a[size_t(j)] = lse_a - double(ra[next]);
+        nll_b[size_t(j)] = lse_b - double(rb[next]);
+        kld[size_t(j)] = std::max(0.0, k);
+        agree[size_t(j)] = arg_a == arg_b;
+      }
+    });
+    for (int64_t j = 0; j < rows; ++j) {
+      sum_a += nll_a[size_t(j)];
+      sum_b += nll_b[size_t(j)];
+      sum_kld += kld[size_t(j)];
+      n_agree += agree[size_t(j)];
+    }
+    if (opt.progress) opt.progress(w + 1, windows);
+  }
+  CompareResult r;
+  r.windows = windows;
+  r.tokens = windows * rows;
+  r.ppl_base = std::exp(sum_a / double(r.tokens));
+  r.ppl = std::exp(sum_b / double(r.tokens));
+  r.kld = sum_kld / double(r.tokens);
+  r.top1_agree = double(n_agree) / double(r.tokens);
   r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   return r;
 }

@@ -41,4 +41,18 @@ struct PerplexityOptions {
 PerplexityResult perplexity(const model::Runner& runner, std::span<const int32_t> tokens,
                             const PerplexityOptions& options);
 
+// A model against a base model on the same windows (the perplexity protocol): both perplexities,
+// the mean KL divergence KL(base || model) of the next-token distributions, and how often their
+// top-1 tokens agree. The two models must share the tokenizer's vocabulary.
+struct CompareResult {
+  double ppl_base = 0, ppl = 0;
+  double kld = 0;           // mean over scored positions, nats
+  double top1_agree = 0;    // fraction of positions with the same argmax
+  int64_t tokens = 0, windows = 0;
+  double seconds = 0;
+};
+
+CompareResult compare(const model::Runner& base, const model::Runner& other, std::span<const int32_t> tokens,
+                      const PerplexityOptions& options);
+
 }  // namespace lathe::engine

@@ -149,7 +149,7 @@ TEST(Cli, ChatWithATemplateFileWhenTheModelHasNone) {
 
 TEST(Cli, EveryCommandHasHelp) {
   for (const char* c :
-       {"info", "score", "generate", "perplexity", "chat", "tokenize", "template", "bench", "quantize"}) {
+       {"info", "score", "generate", "perplexity", "chat", "tokenize", "template", "bench", "quantize", "eval"}) {
     const auto r = lathe_cli(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << c;
@@ -216,6 +216,15 @@ TEST(Cli, QuantizeReferenceModel) {
               report["bytes"].get<size_t>(), quant, base, 100 * (quant / base - 1));
   EXPECT_LT(quant, base * 1.06);
   EXPECT_GT(quant, base * 0.98);
+  // lathe eval: KL divergence and top-1 agreement against the original.
+  const auto ev = lathe_cli("eval -m " + out.string() + " --base " + dir.string() + " -f " + val.string() +
+                            " --max-windows 5 --json");
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  const auto e = json::parse(ev.out);
+  EXPECT_GT(e["kld"].get<double>(), 0.0);
+  EXPECT_LT(e["kld"].get<double>(), 0.2);
+  EXPECT_GT(e["top1_agreement"].get<double>(), 0.7);
+  EXPECT_LT(e["bytes"].get<size_t>(), e["base_bytes"].get<size_t>());
   // Quantizing the quantized folder, and a missing calibration file, are one-line errors.
   const auto again = lathe_cli("quantize -m " + out.string() + " -o " + out.string() + "-2 --calib " + calib.string());
   EXPECT_NE(again.code, 0);
@@ -224,6 +233,20 @@ TEST(Cli, QuantizeReferenceModel) {
   EXPECT_NE(missing.code, 0);
   EXPECT_NE(missing.err.find("/no/such/file.txt"), std::string::npos) << missing.err;
   std::filesystem::remove_all(out);
+}
+
+// A model against itself: zero divergence, full agreement, equal perplexities.
+TEST(Cli, EvalOfAModelAgainstItself) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  LATHE_REQUIRE_SHARED(val, "data/text/val.txt");
+  const auto r = lathe_cli("eval -m " + dir.string() + " --base " + dir.string() + " -f " + val.string() +
+                           " --ctx 64 --max-windows 3 --json");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const auto j = json::parse(r.out);
+  EXPECT_NEAR(j["kld"].get<double>(), 0.0, 1e-6);
+  EXPECT_EQ(j["top1_agreement"].get<double>(), 1.0);
+  EXPECT_EQ(j["ppl"].get<double>(), j["ppl_base"].get<double>());
+  EXPECT_EQ(j["tokens"].get<int64_t>(), 3 * 63);
 }
 
 }  // namespace

@@ -15,5 +15,6 @@ void add_tokenize_command(CLI::App& app);
 void add_template_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
+void add_eval_command(CLI::App& app);
 
 }  // namespace lathe::cli
