@@ -149,7 +149,7 @@ TEST(Cli, ChatWithATemplateFileWhenTheModelHasNone) {
 
 TEST(Cli, EveryCommandHasHelp) {
   for (const char* c :
-       {"info", "score", "generate", "perplexity", "chat", "tokenize", "template", "bench", "quantize", "eval"}) {
+       {"info", "score", "generate", "perplexity", "chat", "tokenize", "template", "bench", "quantize", "eval", "compare"}) {
     const auto r = lathe_cli(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find("Usage"), std::string::npos) << c;
@@ -247,6 +247,16 @@ TEST(Cli, EvalOfAModelAgainstItself) {
   EXPECT_EQ(j["top1_agreement"].get<double>(), 1.0);
   EXPECT_EQ(j["ppl"].get<double>(), j["ppl_base"].get<double>());
   EXPECT_EQ(j["tokens"].get<int64_t>(), 3 * 63);
+  // lathe compare: the base row and one row per model, same numbers as eval.
+  const auto c = lathe_cli("compare --base " + dir.string() + " " + dir.string() + " -f " + val.string() +
+                           " --ctx 64 --max-windows 3 --decode 4 --json");
+  ASSERT_EQ(c.code, 0) << c.err;
+  const auto rows = json::parse(c.out);
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[1]["ppl"].get<double>(), j["ppl"].get<double>());
+  EXPECT_EQ(rows[1]["top1_agreement"].get<double>(), 1.0);
+  EXPECT_GT(rows[1]["decode_tok_s"].get<double>(), 0.0);
+  EXPECT_NEAR(rows[0]["bpw"].get<double>(), 16.0, 1e-9);  // bf16 fixture
 }
 
 }  // namespace

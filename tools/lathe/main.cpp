@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
   lathe::cli::add_bench_command(app);
   lathe::cli::add_quantize_command(app);
   lathe::cli::add_eval_command(app);
+  lathe::cli::add_compare_command(app);
 
   try {
     app.parse(argc, argv);
