@@ -62,6 +62,35 @@ std::vector<float> to_f32(const ops::Weight& w) {
 
 }  // namespace
 
+QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t ctx, int head_bits) {
+  const model::ModelConfig& c = model.config();
+  if (ctx < 1) fail(ErrorKind::kInvalidArgument, "--ctx must be positive");
+  double linear = 0;
+  for (const auto& L : model.loader().weights().layers) {
+    for (const model::Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+      linear += double(l->w.rows) * double(l->w.cols);
+    for (const auto& e : L.experts)
+      for (const model::Linear* l : {&e.gate, &e.up, &e.down}) linear += double(l->w.rows) * double(l->w.cols);
+  }
+  const double head = double(c.vocab_size) * double(c.hidden_size);
+  const double embed_bytes = head * 2.0;  // float16
+  QuantAdvice a;
+  a.kv_bytes = size_t(2 * c.num_layers * c.num_kv_heads * c.head_dim) * sizeof(float) * size_t(ctx);
+  // Activations of a 512-token step and one row of logits, plus the runtime's own reserve.
+  a.other_bytes = size_t(8 * std::max(c.hidden_size, c.intermediate_size) + c.vocab_size) * sizeof(float) * 512 +
+                  (size_t(512) << 20);
+  for (int step = 110; step >= 0; --step) {  // 8.0 down to 2.5 bpw
+    const double bpw = 2.5 + 0.05 * step;
+    a.bpw = bpw;
+    a.weight_bytes = size_t(linear * bpw / 8.0 + head * (head_bits + 0.1) / 8.0 + embed_bytes);
+    if (a.total() <= memory_bytes) {
+      a.fits = true;
+      return a;
+    }
+  }
+  return a;
+}
+
 QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& tokenizer, const fs::path& out_dir,
                              const QuantizeOptions& opt) {
   using clock = std::chrono::steady_clock;

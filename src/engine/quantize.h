@@ -45,6 +45,18 @@ struct QuantizeReport {
   double seconds = 0;
 };
 
+// `lathe quantize --advise`: the largest target bpw (2.5 to 8.0, steps of 0.05) whose EXL2 footprint
+// (decoder at that bpw, head at head_bits, float16 embedding) plus the KV cache for `ctx` tokens, the
+// activations and a fixed runtime reserve fits in `memory_bytes`. fits is false when even 2.5 does
+// not; then bpw is 2.5 and the byte counts say what that would need.
+struct QuantAdvice {
+  double bpw = 0;
+  bool fits = false;
+  size_t weight_bytes = 0, kv_bytes = 0, other_bytes = 0;
+  size_t total() const { return weight_bytes + kv_bytes + other_bytes; }
+};
+QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t ctx, int head_bits = 6);
+
 QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& tokenizer,
                              const std::filesystem::path& out_dir, const QuantizeOptions& options);
 

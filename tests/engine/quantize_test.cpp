@@ -68,6 +68,30 @@ TEST(Quantize, FixtureModelToExl2) {
   EXPECT_LT(change[1], change[0]) << "6 bpw should stay closer to the original than 4 bpw";
 }
 
+// --advise: more memory never gives fewer bits; the answer's footprint fits; too little memory says so.
+TEST(Quantize, AdviseBpwFitsTheMemory) {
+  LATHE_REQUIRE_SHARED(dir, "models/ref-llama-14m");
+  auto model = model::Model::load(dir);
+  const size_t MiB = size_t(1) << 20;
+  const auto none = advise_bpw(*model, 100 * MiB, 2048);
+  EXPECT_FALSE(none.fits);
+  EXPECT_GT(none.total(), 100 * MiB);
+  const size_t floor = none.total();  // what 2.5 bpw needs
+  EXPECT_FALSE(advise_bpw(*model, floor - 1, 2048).fits);
+  double last = 0;
+  for (size_t mem : {floor, floor + 2 * MiB, floor + 4 * MiB, floor + 1024 * MiB}) {
+    const auto a = advise_bpw(*model, mem, 2048);
+    ASSERT_TRUE(a.fits) << mem / MiB << " MiB";
+    EXPECT_LE(a.total(), mem);
+    EXPECT_GE(a.bpw, last);
+    last = a.bpw;
+  }
+  EXPECT_DOUBLE_EQ(advise_bpw(*model, floor, 2048).bpw, 2.5);
+  EXPECT_DOUBLE_EQ(last, 8.0);
+  // A longer context leaves less room for weights.
+  EXPECT_LT(advise_bpw(*model, floor + 4 * MiB, 2048 + 512).bpw, advise_bpw(*model, floor + 4 * MiB, 2048).bpw);
+}
+
 TEST(Quantize, BadRequestsAreClearErrors) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto model = model::Model::load(dir);

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli_common.h"
+#include "core/error.h"
 #include "commands.h"
 #include "engine/quantize.h"
 #include "model/model.h"
@@ -15,22 +16,58 @@ void add_quantize_command(CLI::App& app) {
     std::string model, out, calib;
     double bpw = 4.0;
     int head_bits = 6;
-    int64_t rows = 16, length = 512;
-    bool json = false, rtn = false;
+    int64_t rows = 16, length = 512, ctx = 4096;
+    double memory_gib = 0;
+    bool json = false, rtn = false, advise = false;
   };
   auto opts = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("quantize", "Quantize a model to EXL2 (GPTQ with EXL2 scales, mixed widths)");
   cmd->add_option("-m,--model", opts->model, "Hugging Face model folder (unquantized)")->required();
-  cmd->add_option("-o,--output", opts->out, "folder to write the EXL2 model to")->required();
+  cmd->add_option("-o,--output", opts->out, "folder to write the EXL2 model to (required unless --advise)");
   cmd->add_option("-b,--bpw", opts->bpw, "target bits per weight of the decoder layers (2.5 to 8)")->capture_default_str();
   cmd->add_option("--head-bits", opts->head_bits, "bits of the LM head (2, 3, 4, 5, 6 or 8)")->capture_default_str();
-  cmd->add_option("-c,--calib", opts->calib, "calibration text file (UTF-8)")->required();
+  cmd->add_option("-c,--calib", opts->calib, "calibration text file (UTF-8; required unless --advise)");
   cmd->add_option("--calib-rows", opts->rows, "calibration windows")->capture_default_str();
   cmd->add_option("--calib-length", opts->length, "tokens per calibration window")->capture_default_str();
+  cmd->add_flag("--advise", opts->advise,
+                "print the largest --bpw whose weights, KV cache (--ctx) and activations fit --memory GiB");
+  cmd->add_option("--memory", opts->memory_gib, "GPU memory in GiB for --advise");
+  cmd->add_option("--ctx", opts->ctx, "context length for --advise")->capture_default_str();
   cmd->add_flag("--rtn", opts->rtn, "round to nearest instead of GPTQ (a baseline for comparisons)");
   cmd->add_flag("--json", opts->json, "print a JSON report");
   cmd->callback([opts] {
     auto model = model::Model::load(opts->model);
+    if (opts->advise) {
+      if (!(opts->memory_gib > 0)) fail(ErrorKind::kInvalidArgument, "--advise needs --memory GiB (e.g. --memory 24)");
+      const auto a = engine::advise_bpw(*model, size_t(opts->memory_gib * double(1ull << 30)), opts->ctx,
+                                        opts->head_bits);
+      const double gib = double(1ull << 30);
+      if (opts->json) {
+        nlohmann::ordered_json j;
+        j["bpw"] = a.bpw;
+        j["fits"] = a.fits;
+        j["weight_bytes"] = a.weight_bytes;
+        j["kv_cache_bytes"] = a.kv_bytes;
+        j["other_bytes"] = a.other_bytes;
+        fmt::print("{}\n", j.dump());
+        return;
+      }
+      if (a.fits)
+        fmt::print("--bpw {:.2f} fits {:.1f} GiB at context {}: weights {:.2f} GiB + KV cache {:.2f} GiB + activations "
+                   "and reserve {:.2f} GiB\n",
+                   a.bpw, opts->memory_gib, opts->ctx, double(a.weight_bytes) / gib, double(a.kv_bytes) / gib,
+                   double(a.other_bytes) / gib);
+      else
+        fmt::print("nothing fits {:.1f} GiB at context {}: even 2.5 bpw needs {:.2f} GiB (weights {:.2f} + KV cache "
+                   "{:.2f}); lower --ctx or use a larger GPU\n",
+                   opts->memory_gib, opts->ctx, double(a.total()) / gib, double(a.weight_bytes) / gib,
+                   double(a.kv_bytes) / gib);
+      fmt::print("(the EXL2 footprint; lathe dequantizes quantized layers to float16 at load until its fused "
+                 "kernels land)\n");
+      return;
+    }
+    if (opts->out.empty() || opts->calib.empty())
+      fail(ErrorKind::kInvalidArgument, "lathe quantize needs -o OUT_DIR and --calib FILE (or --advise)");
     auto tokenizer = require_tokenizer(opts->model);
     engine::QuantizeOptions qo;
     qo.bpw = opts->bpw;
