@@ -54,6 +54,39 @@ struct Hessians {
   }
 };
 
+// The candidate widths of the measurement (targets for exl2_groups_for_bpw).
+const double kCandidates[] = {2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0};
+
+int64_t group_for(double bpw) { return bpw < 3.5 ? 32 : 128; }
+
+// tr(D H D^T) / tr(W H W^T) with D = W - Wq: the layer's relative output error on the calibration
+// inputs (H = sum of x^T x), or the plain relative weight error without a Hessian.
+double output_error(const std::vector<float>& w, const quant::Exl2Matrix& m, const double* h) {
+  const int64_t N = m.out_features, K = m.in_features;
+  std::vector<float> dq(static_cast<size_t>(N * K));
+  quant::exl2_dequantize(m, dq.data());
+  double num = 0, den = 0;
+  std::vector<double> d(static_cast<size_t>(K)), hd(static_cast<size_t>(K)), wh(static_cast<size_t>(K));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) d[size_t(k)] = double(w[size_t(n * K + k)]) - dq[size_t(n * K + k)];
+    if (!h) {
+      for (int64_t k = 0; k < K; ++k) num += d[size_t(k)] * d[size_t(k)], den += double(w[size_t(n * K + k)]) * w[size_t(n * K + k)];
+      continue;
+    }
+    parallel_for(K, 64, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        const double* hi = h + i * K;
+        double a = 0, b = 0;
+        for (int64_t k = 0; k < K; ++k) a += hi[k] * d[size_t(k)], b += hi[k] * double(w[size_t(n * K + k)]);
+        hd[size_t(i)] = a;
+        wh[size_t(i)] = b;
+      }
+    });
+    for (int64_t k = 0; k < K; ++k) num += d[size_t(k)] * hd[size_t(k)], den += double(w[size_t(n * K + k)]) * wh[size_t(k)];
+  }
+  return den > 0 ? num / den : 0.0;
+}
+
 std::vector<float> to_f32(const ops::Weight& w) {
   std::vector<float> out(size_t(w.rows * w.cols));
   convert_to_f32(w.data, w.dtype, out.data(), out.size());
@@ -166,14 +199,73 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
     jobs.push_back({p + "mlp.up_proj", &L.up, l, model::TapPoint::kFfnIn});
     jobs.push_back({p + "mlp.down_proj", &L.down, l, model::TapPoint::kFfnMid});
   }
+  // Per-layer widths: measured candidates and the Lagrangian choice, or the target everywhere.
+  std::vector<double> target(jobs.size(), opt.bpw);
+  if (opt.measure && !opt.rtn) {
+    nlohmann::json meas = nlohmann::json::object();
+    if (!opt.measurement.empty() && fs::exists(opt.measurement)) meas = io::read_json_file(opt.measurement);
+    if (!meas.contains("layers")) meas["layers"] = nlohmann::json::object();
+    meas["model"] = model.dir().string();
+    for (size_t i = 0; i < jobs.size(); ++i) {
+      const Job& j = jobs[i];
+      if (!meas["layers"].contains(j.name)) {
+        const ops::Weight& w = j.lin->w;
+        const std::vector<float> wf = to_f32(w);
+        nlohmann::json cands = nlohmann::json::array();
+        for (double b : kCandidates) {
+          const auto groups = quant::exl2_groups_for_bpw(b, w.cols, w.rows, group_for(b));
+          const quant::Exl2Matrix m =
+              quant::gptq_quantize_exl2(wf.data(), w.rows, w.cols, hs.get(j.layer, j.tap), groups, nullptr, {});
+          cands.push_back({{"target", b},
+                           {"bits", quant::exl2_bits_per_weight(m) * double(w.rows * w.cols)},
+                           {"err", output_error(wf, m, hs.get(j.layer, j.tap))}});
+        }
+        meas["layers"][j.name] = cands;
+        if (!opt.measurement.empty()) {  // after every layer, atomically: an interruption loses nothing finished
+          const fs::path tmp = opt.measurement.string() + ".tmp";
+          std::ofstream(tmp) << meas.dump(1) << "\n";
+          fs::rename(tmp, opt.measurement);
+        }
+      }
+      if (opt.progress) opt.progress("measure", int64_t(i + 1), int64_t(jobs.size()));
+    }
+    // Minimise sum(err) + lambda * sum(bits) per layer; bisect lambda for the largest total within budget.
+    double budget = 0;
+    for (const Job& j : jobs) budget += opt.bpw * double(j.lin->w.rows * j.lin->w.cols);
+    auto choose = [&](double lambda, std::vector<double>* pick) {
+      double bits = 0;
+      for (size_t i = 0; i < jobs.size(); ++i) {
+        const auto& cands = meas["layers"][jobs[i].name];
+        double best = INFINITY, best_bits = 0, best_target = 0;
+        for (const auto& c : cands) {
+          const double cost = c["err"].get<double>() + lambda * c["bits"].get<double>();
+          if (cost < best) best = cost, best_bits = c["bits"].get<double>(), best_target = c["target"].get<double>();
+        }
+        bits += best_bits;
+        if (pick) (*pick)[i] = best_target;
+      }
+      return bits;
+    };
+    double lo = 0, hi = 1;
+    while (choose(hi, nullptr) > budget && hi < 1e6) hi *= 2;
+    for (int it = 0; it < 60; ++it) {
+      const double mid = 0.5 * (lo + hi);
+      if (choose(mid, nullptr) > budget) lo = mid;
+      else hi = mid;
+    }
+    choose(hi, &target);
+  }
+
   double bits_sum = 0, weights_sum = 0;
   for (size_t i = 0; i < jobs.size(); ++i) {
     const Job& j = jobs[i];
     const ops::Weight& w = j.lin->w;
     const std::vector<float> wf = to_f32(w);
-    const auto groups = quant::exl2_groups_for_bpw(opt.bpw, w.cols, w.rows, group);
+    const double b = target[i];
+    const auto groups = quant::exl2_groups_for_bpw(b, w.cols, w.rows, opt.measure && !opt.rtn ? group_for(b) : group);
     QuantizedLayer q;
     q.name = j.name;
+    q.target = b;
     layers.push_back(std::make_unique<quant::Exl2Matrix>(quant::gptq_quantize_exl2(
         wf.data(), w.rows, w.cols, opt.rtn ? nullptr : hs.get(j.layer, j.tap), groups, j.lin->bias, {}, &q.rel_err)));
     q.bpw = quant::exl2_bits_per_weight(*layers.back());

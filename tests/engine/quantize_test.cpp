@@ -6,6 +6,9 @@
 
 #include <cmath>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
 
 #include "core/error.h"
 #include "engine/scoring.h"
@@ -66,6 +69,43 @@ TEST(Quantize, FixtureModelToExl2) {
   // (The fixture is a tiny random model, so its predictions move more than a trained model's: the
   // trained reference model's perplexity is checked in tests/tools/cli_test.cpp.)
   EXPECT_LT(change[1], change[0]) << "6 bpw should stay closer to the original than 4 bpw";
+}
+
+// --measure with a measurement file: every layer's candidates are saved; a rerun (even after an
+// "interruption" that lost some layers) reuses what is there and writes the same model.
+TEST(Quantize, MeasurementIsSavedAndReused) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  LATHE_REQUIRE_SHARED(calib, "data/text/calib.txt");
+  auto model = model::Model::load(dir);
+  auto tokenizer = tok::Tokenizer::load(dir);
+  const fs::path base = fs::temp_directory_path() / "lathe_quantize_measure";
+  fs::remove_all(base);
+  fs::create_directories(base);
+  QuantizeOptions o;
+  o.bpw = 4.0;
+  o.calib = calib;
+  o.calib_rows = 2;
+  o.calib_length = 64;
+  o.measure = true;
+  o.measurement = base / "measurement.json";
+  const auto r1 = quantize_exl2(*model, tokenizer, base / "a", o);
+  auto meas = lathe::testing::read_json(o.measurement);
+  ASSERT_EQ(meas["layers"].size(), size_t(7 * model->config().num_layers));
+  for (const auto& [name, cands] : meas["layers"].items()) EXPECT_EQ(cands.size(), 8u) << name;
+  EXPECT_LE(r1.bpw, 4.0 + 0.05);
+  // Lose two layers' measurements, as an interrupted run would, then run again.
+  meas["layers"].erase("model.layers.1.mlp.down_proj");
+  meas["layers"].erase("model.layers.0.self_attn.q_proj");
+  std::ofstream(o.measurement) << meas.dump();
+  quantize_exl2(*model, tokenizer, base / "b", o);
+  EXPECT_EQ(lathe::testing::read_json(o.measurement)["layers"].size(), size_t(7 * model->config().num_layers));
+  auto bytes = [](const fs::path& p) {
+    std::ifstream in(p, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  EXPECT_EQ(bytes(base / "a" / "output.safetensors"), bytes(base / "b" / "output.safetensors"))
+      << "a rerun on the saved measurement wrote a different model";
+  fs::remove_all(base);
 }
 
 // --advise: more memory never gives fewer bits; the answer's footprint fits; too little memory says so.

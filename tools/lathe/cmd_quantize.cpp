@@ -13,12 +13,12 @@ namespace lathe::cli {
 
 void add_quantize_command(CLI::App& app) {
   struct Opts {
-    std::string model, out, calib;
+    std::string model, out, calib, measurement;
     double bpw = 4.0;
     int head_bits = 6;
     int64_t rows = 16, length = 512, ctx = 4096;
     double memory_gib = 0;
-    bool json = false, rtn = false, advise = false;
+    bool json = false, rtn = false, advise = false, measure = false;
   };
   auto opts = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("quantize", "Quantize a model to EXL2 (GPTQ with EXL2 scales, mixed widths)");
@@ -33,6 +33,10 @@ void add_quantize_command(CLI::App& app) {
                 "print the largest --bpw whose weights, KV cache (--ctx) and activations fit --memory GiB");
   cmd->add_option("--memory", opts->memory_gib, "GPU memory in GiB for --advise");
   cmd->add_option("--ctx", opts->ctx, "context length for --advise")->capture_default_str();
+  cmd->add_flag("--measure", opts->measure,
+                "experimental: choose each layer's width from measured candidates (default: one layout everywhere)");
+  cmd->add_option("--measurement", opts->measurement,
+                  "with --measure: measurement JSON, written as layers are measured and reused when it exists");
   cmd->add_flag("--rtn", opts->rtn, "round to nearest instead of GPTQ (a baseline for comparisons)");
   cmd->add_flag("--json", opts->json, "print a JSON report");
   cmd->callback([opts] {
@@ -76,6 +80,8 @@ void add_quantize_command(CLI::App& app) {
     qo.calib_rows = opts->rows;
     qo.calib_length = opts->length;
     qo.rtn = opts->rtn;
+    qo.measure = opts->measure;
+    qo.measurement = opts->measurement;
     std::unique_ptr<ProgressBar> bar;
     std::string stage;
     qo.progress = [&](const std::string& s, int64_t done, int64_t total) {
@@ -96,7 +102,8 @@ void add_quantize_command(CLI::App& app) {
       j["bytes"] = r.bytes;
       j["calib_tokens"] = r.calib_tokens;
       j["seconds"] = r.seconds;
-      for (const auto& l : r.layers) j["layers"].push_back({{"name", l.name}, {"bpw", l.bpw}, {"rel_err", l.rel_err}});
+      for (const auto& l : r.layers)
+        j["layers"].push_back({{"name", l.name}, {"target", l.target}, {"bpw", l.bpw}, {"rel_err", l.rel_err}});
       fmt::print("{}\n", j.dump());
       return;
     }
