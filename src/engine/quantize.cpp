@@ -138,20 +138,19 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
     fail(ErrorKind::kInvalidArgument, "--bpw {} is outside what EXL2 can store here (2.5 to 8.0)", opt.bpw);
   if (!quant::exl2_bits_supported(opt.head_bits))
     fail(ErrorKind::kInvalidArgument, "--head-bits {} is not an EXL2 width (2, 3, 4, 5, 6, 8)", opt.head_bits);
-  if (opt.calib.empty()) fail(ErrorKind::kInvalidArgument, "quantization needs calibration text: pass --calib FILE");
   if (opt.calib_rows < 1 || opt.calib_length < 16)
     fail(ErrorKind::kInvalidArgument, "calibration needs at least one window of 16 or more tokens");
   if (fs::exists(out_dir) && fs::equivalent(out_dir, model.dir()))
     fail(ErrorKind::kInvalidArgument, "the output folder is the model's own folder; choose another");
 
   // 1. Calibration: windows of the tokenized text through the model, Hessians at every tap.
-  const std::string text = io::read_text_file(opt.calib);
+  const std::string text = opt.calib.empty() ? std::string(builtin_calibration_text()) : io::read_text_file(opt.calib);
   const std::vector<int32_t> tokens = tokenizer.encode(text, /*add_special=*/false);
   const int64_t length = std::min<int64_t>(opt.calib_length, c.max_position_embeddings);
   const int64_t rows = std::min<int64_t>(opt.calib_rows, int64_t(tokens.size()) / length);
   if (rows < 1)
-    fail(ErrorKind::kInvalidArgument, "{} has {} tokens; calibration needs at least {} (one window)", opt.calib.string(),
-         tokens.size(), length);
+    fail(ErrorKind::kInvalidArgument, "{} has {} tokens; calibration needs at least {} (one window)",
+         opt.calib.empty() ? std::string("the built-in calibration text") : opt.calib.string(), tokens.size(), length);
   auto ops = ops::make_cpu_ops();
   model::Runner runner(model, *ops);
   Hessians hs;
@@ -321,7 +320,9 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
                                    {"bits", opt.bpw},
                                    {"head_bits", opt.head_bits},
                                    {"calibration",
-                                    {{"rows", rows}, {"length", length}, {"dataset", opt.calib.filename().string()}}}};
+                                    {{"rows", rows},
+                                     {"length", length},
+                                     {"dataset", opt.calib.empty() ? std::string("(built-in)") : opt.calib.filename().string()}}}};
   std::ofstream(out_dir / "config.json") << config.dump(4) << "\n";
   for (const char* f : {"tokenizer.json", "tokenizer_config.json", "generation_config.json", "special_tokens_map.json",
                         "chat_template.jinja", "tokenizer.model"})

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "model/model.h"
@@ -23,7 +24,7 @@ namespace lathe::engine {
 struct QuantizeOptions {
   double bpw = 4.0;
   int head_bits = 6;
-  std::filesystem::path calib;  // calibration text file
+  std::filesystem::path calib;  // calibration text file; empty: the built-in text
   int64_t calib_rows = 16;      // windows of calib_length tokens
   int64_t calib_length = 512;
   bool rtn = false;             // round-to-nearest (no Hessian, no error feedback): the baseline
@@ -66,6 +67,9 @@ struct QuantAdvice {
   size_t weight_bytes = 0, kv_bytes = 0, other_bytes = 0;
   size_t total() const { return weight_bytes + kv_bytes + other_bytes; }
 };
+// The built-in calibration text (varied prose, code, tables, numbers, several languages).
+std::string_view builtin_calibration_text();
+
 QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t ctx, int head_bits = 6);
 
 QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& tokenizer,

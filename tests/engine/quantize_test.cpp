@@ -151,8 +151,15 @@ TEST(Quantize, BadRequestsAreClearErrors) {
   o.head_bits = 7;
   EXPECT_THROW(quantize_exl2(*model, tokenizer, out, o), Error);
   o.head_bits = 6;
+  // No calibration file: the built-in text calibrates.
   o.calib.clear();
-  EXPECT_THROW(quantize_exl2(*model, tokenizer, out, o), Error);
+  o.calib_rows = 2;
+  o.calib_length = 128;
+  const auto r = quantize_exl2(*model, tokenizer, out, o);
+  EXPECT_EQ(r.calib_tokens, 2 * 128);
+  EXPECT_EQ(lathe::testing::read_json(out / "config.json")["quantization_config"]["calibration"]["dataset"],
+            "(built-in)");
+  fs::remove_all(out);
 }
 
 }  // namespace

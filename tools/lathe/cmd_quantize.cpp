@@ -26,7 +26,7 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("-o,--output", opts->out, "folder to write the EXL2 model to (required unless --advise)");
   cmd->add_option("-b,--bpw", opts->bpw, "target bits per weight of the decoder layers (2.5 to 8)")->capture_default_str();
   cmd->add_option("--head-bits", opts->head_bits, "bits of the LM head (2, 3, 4, 5, 6 or 8)")->capture_default_str();
-  cmd->add_option("-c,--calib", opts->calib, "calibration text file (UTF-8; required unless --advise)");
+  cmd->add_option("-c,--calib", opts->calib, "calibration text file (UTF-8; default: lathe's built-in text)");
   cmd->add_option("--calib-rows", opts->rows, "calibration windows")->capture_default_str();
   cmd->add_option("--calib-length", opts->length, "tokens per calibration window")->capture_default_str();
   cmd->add_flag("--advise", opts->advise,
@@ -70,8 +70,7 @@ void add_quantize_command(CLI::App& app) {
                  "kernels land)\n");
       return;
     }
-    if (opts->out.empty() || opts->calib.empty())
-      fail(ErrorKind::kInvalidArgument, "lathe quantize needs -o OUT_DIR and --calib FILE (or --advise)");
+    if (opts->out.empty()) fail(ErrorKind::kInvalidArgument, "lathe quantize needs -o OUT_DIR (or --advise)");
     auto tokenizer = require_tokenizer(opts->model);
     engine::QuantizeOptions qo;
     qo.bpw = opts->bpw;
