@@ -35,18 +35,7 @@ struct Hessians {
       m.assign(size_t(d * d), 0.0);
       dim[key] = d;
     }
-    // m += x^T x, rows of x split over threads by output row of m.
-    parallel_for(d, 8, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        double* mi = m.data() + i * d;
-        for (int64_t r = 0; r < rows; ++r) {
-          const double xi = x[r * d + i];
-          if (xi == 0) continue;
-          const float* xr = x + r * d;
-          for (int64_t j = 0; j < d; ++j) mi[j] += xi * double(xr[j]);
-        }
-      }
-    });
+    quant::accumulate_hessian(m.data(), x, rows, d);
   }
   const double* get(int64_t layer, model::TapPoint point) const {
     auto it = h.find({layer, point});
