@@ -12,6 +12,7 @@
 #   2. cuda_model_test   every fixture model on the CUDA backend against golden.json
 #   3. cuda_ops_bench    GEMV/GEMM/attention timings at Llama-3-8B shapes
 #   4. lathe CLI         `lathe score/generate --device cuda` on every fixture case, if bin/lathe exists
+#   5. ref perplexity    `lathe perplexity` of models/ref-llama-14m on val.txt, exact and fast, within 1% of the CPU
 # then prints a summary table. Exit status: 0 when every step that ran passed.
 #
 # Environment: LATHE_SHARED (fixtures folder; default: the first of ./shared, ./carry/shared,
@@ -39,8 +40,9 @@ if [ "${1:-}" = "--pack" ]; then
       while read -r lib; do cp -L -n "$lib" "$stage/lib/"; done
   done
   mkdir -p carry
-  # xz: the four binaries each embed every kernel; gzip would make the bundle too big to carry.
-  XZ_OPT="-T0 -6" tar cJf carry/gpu-check.tar.xz -C "$stage" build lib
+  # xz -9 (64 MB dictionary): the four binaries each embed every kernel, and only a window larger than
+  # one binary lets xz store those kernels once; gzip or xz -6 would make the bundle too big to carry.
+  XZ_OPT="-T0 -9" tar cJf carry/gpu-check.tar.xz -C "$stage" build lib
   rm -rf "$stage"
   echo "packed: $(ls -la carry/gpu-check.tar.xz | awk '{print $5}') bytes in carry/gpu-check.tar.xz"
   tar tJf carry/gpu-check.tar.xz | sed 's/^/  /'
@@ -159,6 +161,38 @@ else
   record "lathe CLI golden" SKIP 0 "needs $LATHE, fixtures and python3"
 fi
 
+# ---- reference model perplexity on val.txt: CUDA exact and fast (bf16 K/V) within 1% of the CPU's ----
+REF="$LATHE_SHARED/models/ref-llama-14m"
+VAL="$LATHE_SHARED/data/text/val.txt"
+if [ -x "$LATHE" ] && [ -f "$REF/reference.json" ] && [ -f "$VAL" ] && command -v python3 >/dev/null; then
+  echo
+  echo "== reference model perplexity (--device cuda, exact and fast)"
+  t0=$SECONDS
+  LATHE="$LATHE" timeout "$TIMEOUT" python3 - "$REF" "$VAL" >"$LOGS/perplexity.log" 2>&1 <<'PY'
+import json, os, subprocess, sys
+ref, val, lathe = sys.argv[1], sys.argv[2], os.environ["LATHE"]
+want = json.load(open(os.path.join(ref, "reference.json")))["val_ppl_ctx512"]
+bad = 0
+for precision in ("exact", "fast"):
+    r = subprocess.run([lathe, "perplexity", "-m", ref, "-f", val, "--device", "cuda", "--precision", precision,
+                        "--json"], capture_output=True, text=True)
+    if r.returncode != 0:
+        print(f"FAIL {precision}: {r.stderr.strip()}"); bad += 1; continue
+    j = json.loads(r.stdout)
+    rel = abs(j["ppl"] / want - 1)
+    ok = rel < 0.01
+    bad += 0 if ok else 1
+    print(f"{'ok  ' if ok else 'FAIL'} {precision:5s} ppl {j['ppl']:.5f} vs CPU/transformers {want:.5f} "
+          f"({100 * rel:.3f}%) in {j['seconds']:.1f} s")
+sys.exit(1 if bad else 0)
+PY
+  rc=$?
+  cat "$LOGS/perplexity.log"
+  if [ $rc -eq 0 ]; then record "ref perplexity" PASS $((SECONDS - t0)) ""; else record "ref perplexity" FAIL $((SECONDS - t0)) "exit $rc"; fi
+else
+  record "ref perplexity" SKIP 0 "needs $LATHE, models/ref-llama-14m, data/text/val.txt and python3"
+fi
+
 # ---- summary ----------------------------------------------------------------------------------------
 {
   echo
@@ -167,6 +201,7 @@ fi
   for i in "${!NAMES[@]}"; do printf "  %-20s %-6s %6s  %s\n" "${NAMES[$i]}" "${STATUS[$i]}" "${SECS[$i]}" "${NOTES[$i]}"; done
   if [ -f "$LOGS/ops_cuda_test.log" ]; then echo; echo "  worst errors (ops_cuda_test):"; grep -h "^\[ worst \]" "$LOGS/ops_cuda_test.log" | sed 's/^/    /'; fi
   if [ -f "$LOGS/cuda_model_test.log" ]; then echo; echo "  fixtures (cuda_model_test):"; grep -h -E "^\[ (golden|note) \]" "$LOGS/cuda_model_test.log" | sed 's/^/    /'; fi
+  if [ -f "$LOGS/perplexity.log" ]; then echo; echo "  reference perplexity:"; sed 's/^/    /' "$LOGS/perplexity.log"; fi
   if [ -f "$LOGS/ops_cuda_test.log" ] || [ -f "$LOGS/cuda_model_test.log" ]; then
     echo; echo "  failed tests:"; grep -h "^\[  FAILED  \]" "$LOGS"/ops_cuda_test.log "$LOGS"/cuda_model_test.log 2>/dev/null | sort -u | sed 's/^/    /' || true
   fi

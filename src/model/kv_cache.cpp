@@ -1,13 +1,16 @@
 #include "model/kv_cache.h"
 
+#include <algorithm>
 #include <atomic>
+#include <cstdint>
 
 #include "core/error.h"
 
 namespace lathe::model {
 
 KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops::Ops& ops)
-    : num_blocks_(num_blocks), block_size_(block_size), row_(c.num_kv_heads * c.head_dim) {
+    : num_blocks_(num_blocks), block_size_(block_size), row_(c.num_kv_heads * c.head_dim),
+      dtype_(ops.kv_dtype(c.head_dim)) {
   if (num_blocks <= 0 || block_size <= 0)
     fail(ErrorKind::kInvalidArgument, "KV cache needs at least one block of at least one position (got {} x {})",
          num_blocks, block_size);
@@ -16,7 +19,7 @@ KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops
          block_size);
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id++;
-  const size_t bytes = size_t(num_blocks * block_size * row_) * sizeof(float);
+  const size_t bytes = size_t(num_blocks * block_size * row_) * dtype_size(dtype_);
   // On a device, say what is needed and what is free before allocating anything.
   const ops::MemoryStats mem = ops.memory_stats();
   const size_t need = 2 * size_t(c.num_layers) * bytes;
@@ -39,8 +42,18 @@ size_t KvPool::bytes() const {
   return b;
 }
 
-size_t KvPool::block_bytes(const ModelConfig& c, int64_t block_size) {
-  return size_t(2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim) * sizeof(float);
+size_t KvPool::block_bytes(const ModelConfig& c, int64_t block_size, DType dtype) {
+  return size_t(2 * c.num_layers * block_size * c.num_kv_heads * c.head_dim) * dtype_size(dtype);
+}
+
+int64_t KvPool::positions_that_fit(const ModelConfig& c, ops::Ops& ops, double fraction) {
+  if (!(fraction > 0 && fraction <= 1))
+    fail(ErrorKind::kInvalidArgument, "the KV cache memory fraction must be in (0, 1], not {}", fraction);
+  const ops::MemoryStats mem = ops.memory_stats();
+  if (mem.device_total == 0) return INT64_MAX;
+  const double free = double(mem.device_total - std::min(mem.device_used, mem.device_total));
+  const size_t per_position = block_bytes(c, 1, ops.kv_dtype(c.head_dim));
+  return int64_t(free * fraction / double(per_position));
 }
 
 KvCache::KvCache(const ModelConfig& c, int64_t capacity, ops::Ops& ops) : pool_(c, 1, capacity, ops) {

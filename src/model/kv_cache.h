@@ -4,8 +4,10 @@
 // of a sequence through its block table. KvCache is the one-sequence case used by generate, score
 // and chat: a pool of one block as long as the context, so its rows are contiguous.
 //
-// Layout: for each layer, K and V as [num_blocks * block_size, n_kv_heads, head_dim] float32,
-// position-major inside a block so attention streams keys in order.
+// Layout: for each layer, K and V as [num_blocks * block_size, n_kv_heads, head_dim] of the
+// backend's kv_dtype (float32 on the CPU and in CUDA exact mode, bfloat16 in CUDA fast mode: half the
+// bytes for decode attention to stream and for prefill tiles to pull through L2), position-major
+// inside a block so attention streams keys in order.
 #pragma once
 
 #include <cstdint>
@@ -23,17 +25,22 @@ class KvPool {
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   int64_t row_size() const { return row_; }  // n_kv_heads * head_dim
-  float* k(int64_t layer) const { return k_[size_t(layer)].f32(); }
-  float* v(int64_t layer) const { return v_[size_t(layer)].f32(); }
+  void* k(int64_t layer) const { return k_[size_t(layer)].data(); }
+  void* v(int64_t layer) const { return v_[size_t(layer)].data(); }
+  DType dtype() const { return dtype_; }
   size_t bytes() const;
   // Distinct for every pool made in this process (recorded graphs remember which pool they read).
   uint64_t id() const { return id_; }
   // Bytes one block takes over all layers (K and V).
-  static size_t block_bytes(const ModelConfig& config, int64_t block_size);
+  static size_t block_bytes(const ModelConfig& config, int64_t block_size, DType dtype = DType::kF32);
+  // Positions whose K/V (in the backend's kv_dtype) fit in `fraction` of the device memory free now
+  // (call after the weights are loaded); INT64_MAX on a host backend.
+  static int64_t positions_that_fit(const ModelConfig& config, ops::Ops& ops, double fraction);
 
  private:
   int64_t num_blocks_ = 0, block_size_ = 0, row_ = 0;
   uint64_t id_ = 0;
+  DType dtype_ = DType::kF32;
   std::vector<ops::Buffer> k_, v_;
 };
 

@@ -61,6 +61,14 @@ Runner::Runner(const Model& model, ops::Ops& ops)
     upload_weights();
     w_ = &device_weights_;
   }
+  const ModelConfig& c = model.config();
+  if (!model.arch().moe && c.num_layers > 0) {
+    const DType d = w_->layers[0].q.w.dtype;
+    bool same = d == DType::kBF16 || d == DType::kF16;
+    for (const LayerWeights& L : w_->layers)
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) same = same && l->w.dtype == d;
+    if (same) lowp_dtype_ = d;
+  }
 }
 
 namespace {
@@ -185,6 +193,26 @@ void Runner::upload_weights() {
     for (const auto& e : L.experts) D.experts.push_back({linear(e.gate), linear(e.up), linear(e.down)});
     d.layers.push_back(std::move(D));
   }
+  // Expert pointer tables for small-batch MoE on the device: [gate x E, up x E, down x E].
+  for (const LayerWeights& D : d.layers) {
+    if (D.experts.empty()) break;
+    const DType dt = D.experts[0].gate.w.dtype;
+    bool ok = true;
+    std::vector<const void*> table;
+    for (int part = 0; part < 3; ++part)
+      for (const ExpertWeights& e : D.experts) {
+        const Linear& l = part == 0 ? e.gate : part == 1 ? e.up : e.down;
+        ok = ok && !l.bias && l.w.dtype == dt && l.w.data;
+        table.push_back(l.w.data);
+      }
+    if (!ok) {
+      moe_tables_.clear();
+      break;
+    }
+    owned_.emplace_back(ops_, table.size() * sizeof(void*));
+    ops_.copy_to_backend(owned_.back().data(), table.data(), table.size() * sizeof(void*));
+    moe_tables_.push_back(static_cast<const void* const*>(owned_.back().data()));
+  }
   ops_.synchronize();
 }
 
@@ -233,6 +261,7 @@ struct Runner::Step {
   int64_t stride = 0;      // block table row length
   int64_t rows = 0;        // logits rows
   int64_t rows_first = 0;  // >= 0: logits rows are h rows [rows_first, rows_first + rows); else gathered
+  bool lowp = false;       // layer inputs and attention outputs as ws.h_lowp / ws.attn_lowp only
   const int32_t* ids = nullptr;    // [n]
   const int32_t* slots = nullptr;  // [n] pool row of each token's K/V
   const int32_t* cu_q = nullptr;   // [seqs + 1]
@@ -279,7 +308,8 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
   if (fused) {
     float* qkv = ws.qkv.f32();
     ops::MatmulParams m;
-    m.x = h;
+    m.x = st.lowp ? nullptr : h;
+    m.x_lowp = st.lowp ? ws.h_lowp.data() : nullptr;
     m.w = L.q.w;
     m.w.rows = qkv_width;
     m.y = qkv;
@@ -291,7 +321,8 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
     in_stride = qkv_width;
   } else {
     ops::MultiMatmulParams mm;
-    mm.x = h;
+    mm.x = st.lowp ? nullptr : h;
+    mm.x_lowp = st.lowp ? ws.h_lowp.data() : nullptr;
     mm.n = n;
     mm.count = 3;
     const Linear* proj[3] = {&L.q, &L.k, &L.v};
@@ -318,6 +349,7 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
   r.sin = st.sin;
   r.k_cache = pool.k(layer);
   r.v_cache = pool.v(layer);
+  r.kv_dtype = pool.dtype();
   r.slots = st.slots;
   r.n = n;
   r.n_heads = nh;
@@ -329,7 +361,10 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
   a.q = q;
   a.k = pool.k(layer);
   a.v = pool.v(layer);
-  a.out = ws.attn.f32();
+  a.kv_dtype = pool.dtype();
+  a.out = st.lowp ? nullptr : ws.attn.f32();
+  a.out_lowp = st.lowp ? ws.attn_lowp.data() : nullptr;
+  a.lowp_dtype = lowp_dtype_;
   a.n = n;
   a.num_seqs = st.seqs;
   a.cu_q = st.cu_q;
@@ -349,13 +384,21 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
 
   float* o = ws.o.f32();
   if (tap_) tap_(layer, TapPoint::kAttnOut, ws.attn.f32(), n, nh * hd);
-  linear(ops_, ws.attn.f32(), L.o, o, n);
+  ops::MatmulParams op;
+  op.x = st.lowp ? nullptr : ws.attn.f32();
+  op.x_lowp = st.lowp ? ws.attn_lowp.data() : nullptr;
+  op.w = L.o.w;
+  op.bias = L.o.bias;
+  op.y = o;
+  op.n = n;
+  ops_.matmul(op);
   if (arch.norm_layout == NormLayout::kSandwich)
     ops_.rms_norm(norm_params(o, L.attn_post_norm, o, n, H, c.rms_norm_eps, offset));
   // The caller adds o to the residual stream, fused with the next norm.
 }
 
-void Runner::ffn_block(int64_t layer, int64_t n, Workspace& ws) const {
+void Runner::ffn_block(int64_t layer, const Step& st, Workspace& ws) const {
+  const int64_t n = st.n;
   const ModelConfig& c = model_.config();
   const ArchSpec& arch = model_.arch();
   const LayerWeights& L = w_->layers[size_t(layer)];
@@ -383,7 +426,8 @@ void Runner::ffn_block(int64_t layer, int64_t n, Workspace& ws) const {
     return;
   }
   ops::FfnParams f;
-  f.x = ws.h.f32();
+  f.x = st.lowp ? nullptr : ws.h.f32();
+  f.x_lowp = st.lowp ? ws.h_lowp.data() : nullptr;
   f.gate = L.gate.w;
   f.up = L.up.w;
   f.down = L.down.w;
@@ -408,6 +452,26 @@ void Runner::moe_block(int64_t layer, int64_t n, Workspace& ws) const {
   float* h = ws.h.f32();  // normalised by the caller
   float* router = ws.get(ws.router, n, E);
   linear(ops_, h, L.router, router, n);
+  if (size_t(layer) < moe_tables_.size()) {
+    ops::MoeParams p;
+    p.x = h;
+    p.logits = router;
+    p.out = ws.x.f32();
+    p.gate = moe_tables_[size_t(layer)];
+    p.up = p.gate + E;
+    p.down = p.gate + 2 * E;
+    p.dtype = L.experts[0].gate.w.dtype;
+    p.n = n;
+    p.hidden = H;
+    p.inter = I;
+    p.experts = E;
+    p.top_k = top;
+    p.act = c.activation;
+    if (ops_.moe_small_batch(p)) {
+      moe_device_tokens_ = std::max(moe_device_tokens_, n);
+      return;
+    }
+  }
   std::vector<float> logits(static_cast<size_t>(n * E));
   ops_.copy_to_host(logits.data(), router, logits.size() * sizeof(float));
 
@@ -501,18 +565,31 @@ void Runner::enqueue(const Step& st, KvPool& pool, Workspace& ws) const {
   const float offset = arch.norm_weight_offset;
   float* x = ws.x.f32();
   float* h = ws.h.f32();
-  ops_.rms_norm(norm_params(x, w_->layers[0].attn_norm, h, n, H, eps, offset));
+  // A layer input as the next projection takes it: fp32 h, or only its lowp copy.
+  const auto layer_norm = [&](const ops::Weight& w) {
+    ops::RmsNormParams p = norm_params(x, w, h, n, H, eps, offset);
+    if (st.lowp) {
+      p.y = nullptr;
+      p.y_lowp = ws.h_lowp.data();
+      p.lowp_dtype = lowp_dtype_;
+    }
+    return p;
+  };
+  ops_.rms_norm(layer_norm(w_->layers[0].attn_norm));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const LayerWeights& L = w_->layers[size_t(l)];
-    const ops::Weight& next_norm = l + 1 < c.num_layers ? w_->layers[size_t(l + 1)].attn_norm : w_->final_norm;
+    const bool last = l + 1 == c.num_layers;
+    const ops::Weight& next_norm = last ? w_->final_norm : w_->layers[size_t(l + 1)].attn_norm;
+    // The final norm feeds the LM head (gathered rows, a GEMV): always fp32.
+    const ops::RmsNormParams next = last ? norm_params(x, next_norm, h, n, H, eps, offset) : layer_norm(next_norm);
     attention_block(l, st, pool, ws);
-    ops_.add_rms_norm(x, ws.o.f32(), norm_params(x, L.ffn_norm, h, n, H, eps, offset));
+    ops_.add_rms_norm(x, ws.o.f32(), layer_norm(L.ffn_norm));
     if (arch.moe) {
       moe_block(l, n, ws);  // scatters the experts' outputs straight into x
-      ops_.rms_norm(norm_params(x, next_norm, h, n, H, eps, offset));
+      ops_.rms_norm(next);
     } else {
-      ffn_block(l, n, ws);
-      ops_.add_rms_norm(x, ws.o.f32(), norm_params(x, next_norm, h, n, H, eps, offset));
+      ffn_block(l, st, ws);
+      ops_.add_rms_norm(x, ws.o.f32(), next);
     }
   }
   if (st.rows == 0) return;
@@ -626,7 +703,8 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
 
   // Decode steps replay a graph: its shapes must not depend on this step's lengths, so the table
   // row length is rounded up to a power of two and the key bound is what that table can hold.
-  const bool graph = decode && graphs_ && !arch.moe && !ws.graphs_unsupported && !ops_.host_memory();
+  const bool graph = decode && graphs_ && (!arch.moe || st.n <= moe_device_tokens_) &&
+                     !ws.graphs_unsupported && !ops_.host_memory();
   st.stride = graph ? int64_t(std::bit_ceil(uint64_t(max_blocks))) : max_blocks;
   if (graph) st.max_kv = st.stride * bs;
 
@@ -660,6 +738,11 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
   ws.get(ws.qkv, n, (c.num_heads + 2 * c.num_kv_heads) * hd);
   ws.get(ws.gate, n, I);
   ws.get(ws.up, n, I);
+  st.lowp = !tap_ && lowp_dtype_ != DType::kF32 && ops_.lowp_activations(n, lowp_dtype_);
+  if (st.lowp) {  // 16-bit rows, allocated as floats
+    ws.get(ws.h_lowp, n, (H + 1) / 2);
+    ws.get(ws.attn_lowp, n, (c.num_heads * hd + 1) / 2);
+  }
   if (st.rows_first < 0) ws.get(ws.logit_in, st.rows, H);
   // Selection inputs: per row penalty pairs (offsets, ids, counts), then four floats per row.
   size_t n_pairs = 0;

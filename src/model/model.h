@@ -82,6 +82,7 @@ class Workspace {
   uint64_t generation() const { return generation_; }
 
   ops::Buffer x, h, q, k, v, qkv, attn, o, gate, up, router, moe_in, moe_out, moe_idx, moe_w, logits, logit_in;
+  ops::Buffer h_lowp, attn_lowp;  // h and attn rounded to the weights' dtype (see Runner::lowp_dtype_)
   ops::Buffer sel_ids, sel_values, sel_sums;  // token selection outputs
   ops::Buffer meta;  // this step's ids, slots, sequence table and rope tables (see Runner::forward_batch)
 
@@ -145,7 +146,7 @@ class Runner {
             const SelectRequest* select) const;
   void enqueue(const Step& st, KvPool& pool, Workspace& ws) const;
   void attention_block(int64_t layer, const Step& st, KvPool& pool, Workspace& ws) const;
-  void ffn_block(int64_t layer, int64_t n, Workspace& ws) const;
+  void ffn_block(int64_t layer, const Step& st, Workspace& ws) const;
   void moe_block(int64_t layer, int64_t n, Workspace& ws) const;
   void upload_weights();
 
@@ -154,6 +155,12 @@ class Runner {
   const ModelWeights* w_ = nullptr;  // host weights, or device_weights_
   ModelWeights device_weights_;
   std::vector<ops::Buffer> owned_;
+  // MoE on a device backend: per layer, a table of the experts' gate, up and down pointers in
+  // backend memory ([3, experts]) for ops::Ops::moe_small_batch; empty when the experts do not
+  // qualify (biases, mixed dtypes). moe_device_tokens_ is the largest step the backend has taken
+  // there; only steps up to it are recorded as graphs (the host routing path cannot be).
+  std::vector<const void* const*> moe_tables_;
+  mutable int64_t moe_device_tokens_ = 0;
   RopeFrequencies rope_short_;  // frequencies for every length <= rope_static_length
   // cos/sin rows of rope_short_ for positions [0, rope_rows_), computed once and copied per step
   // (computing them per step cost ~5 ms of host time for a 2048-token prefill).
@@ -163,6 +170,10 @@ class Runner {
   mutable int64_t rope_rows_ = 0;
   bool graphs_ = true;
   Tap tap_;
+  // The dtype shared by every projection weight of a dense model (bf16/f16; else F32). Where the
+  // backend rounds GEMM inputs to it (ops::Ops::lowp_activations), the norms and attention hand
+  // their outputs over already rounded and the fp32 copies are not written.
+  DType lowp_dtype_ = DType::kF32;
 };
 
 }  // namespace lathe::model

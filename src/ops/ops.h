@@ -24,8 +24,14 @@ struct Weight {
 
 enum class Activation : uint8_t { kSilu, kGeluTanh, kGelu, kRelu };
 
+// Lowp activations. A backend that rounds GEMM inputs to the weights' 16-bit dtype for n rows
+// (Ops::lowp_activations) lets the op producing such an input also write the rounded copy
+// (RmsNormParams::y_lowp, BatchAttentionParams::out_lowp) and the GEMM take it (x_lowp): one pass
+// over the activations fewer. With the copy requested, the fp32 output may be null. A backend
+// whose lowp_activations() is false never receives these fields set.
 struct MatmulParams {
   const float* x = nullptr;     // [n, k]
+  const void* x_lowp = nullptr; // x rounded to w.dtype (bf16/f16), or null
   Weight w;                     // [m, k]
   const float* bias = nullptr;  // [m] or null
   float* y = nullptr;           // [n, m] = x @ w^T (+ bias); overwritten
@@ -37,6 +43,7 @@ struct MatmulParams {
 struct MultiMatmulParams {
   static constexpr int kMax = 3;
   const float* x = nullptr;  // [n, k]
+  const void* x_lowp = nullptr;  // x rounded to the weights' dtype, or null
   int64_t n = 0;
   int count = 0;
   Weight w[kMax];
@@ -48,6 +55,8 @@ struct RmsNormParams {
   const float* x = nullptr;  // [n, dim]
   Weight w;                  // [1, dim] (rows = 1, cols = dim)
   float* y = nullptr;        // [n, dim]; may alias x
+  void* y_lowp = nullptr;    // also y rounded to lowp_dtype, or null (see MatmulParams)
+  DType lowp_dtype = DType::kBF16;
   int64_t n = 0;
   int64_t dim = 0;
   float eps = 1e-6f;
@@ -90,9 +99,12 @@ struct AttentionParams {
 // cu_q, kv_len and block_table are backend memory (host memory for host backends).
 struct BatchAttentionParams {
   const float* q = nullptr;       // [n, n_heads, head_dim]
-  const float* k = nullptr;       // pool [rows, n_kv_heads, head_dim]
-  const float* v = nullptr;       // pool [rows, n_kv_heads, head_dim]
+  const void* k = nullptr;        // pool [rows, n_kv_heads, head_dim] of kv_dtype
+  const void* v = nullptr;        // pool [rows, n_kv_heads, head_dim] of kv_dtype
+  DType kv_dtype = DType::kF32;   // what Ops::kv_dtype() chose for the pool
   float* out = nullptr;           // [n, n_heads, head_dim]
+  void* out_lowp = nullptr;       // also out rounded to lowp_dtype, or null (see MatmulParams)
+  DType lowp_dtype = DType::kBF16;
   int64_t n = 0;                  // query rows of all sequences
   int64_t num_seqs = 0;
   const int32_t* cu_q = nullptr;         // [num_seqs + 1], cu_q[0] = 0, cu_q[num_seqs] = n
@@ -124,8 +136,9 @@ struct RopeStoreParams {
   float* q_out = nullptr;      // dense [n, n_heads, head_dim] rotated q; null: q is rotated in place
   const float* cos = nullptr;  // [n, rot_dim / 2]
   const float* sin = nullptr;
-  float* k_cache = nullptr;    // [rows, n_kv_heads, head_dim]
-  float* v_cache = nullptr;
+  void* k_cache = nullptr;     // [rows, n_kv_heads, head_dim] of kv_dtype
+  void* v_cache = nullptr;
+  DType kv_dtype = DType::kF32;
   const int32_t* slots = nullptr;  // [n] (backend memory), distinct
   int64_t n = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, rot_dim = 0;
 };
@@ -152,6 +165,7 @@ struct GluParams {
 // gate_buf and up_buf are scratch the op may overwrite ([n, inter] floats each).
 struct FfnParams {
   const float* x = nullptr;  // [n, hidden]
+  const void* x_lowp = nullptr;  // x rounded to the weights' dtype, or null (see MatmulParams)
   Weight gate, up, down;     // [inter, hidden], [inter, hidden], [hidden, inter]
   const float* gate_bias = nullptr;
   const float* up_bias = nullptr;
@@ -160,6 +174,23 @@ struct FfnParams {
   float* up_buf = nullptr;
   float* out = nullptr;      // [n, hidden]; must not alias x
   int64_t n = 0;
+  Activation act = Activation::kSilu;
+};
+
+// A small batch's mixture-of-experts feed-forward with the routing in backend memory (no host
+// round trip, so a decode step with it can be recorded as a graph). For each token t: the top_k
+// experts by router logit (equal logits: lower index first), weights w_j = softmax over the
+// selected logits, and out[t] += sum_j w_j * down_j(act(gate_j(x[t])) * up_j(x[t])), j in order.
+struct MoeParams {
+  const float* x = nullptr;       // [n, hidden]
+  const float* logits = nullptr;  // [n, experts]
+  float* out = nullptr;           // [n, hidden], accumulated into (the residual stream)
+  // Per expert (backend memory, [experts] each): [inter, hidden] gate/up and [hidden, inter] down.
+  const void* const* gate = nullptr;
+  const void* const* up = nullptr;
+  const void* const* down = nullptr;
+  DType dtype = DType::kBF16;  // of every expert matrix
+  int64_t n = 0, hidden = 0, inter = 0, experts = 0, top_k = 0;
   Activation act = Activation::kSilu;
 };
 
@@ -241,6 +272,19 @@ class Ops {
   // A device backend overrides all of these; then every pointer passed to an op (weights
   // included) must come from alloc() or point into such memory.
   virtual bool host_memory() const { return true; }
+  // Element type of the K/V cache for a model with this head_dim: F32 everywhere except where a
+  // backend's attention kernels read a narrower cache directly (CUDA fast mode: BF16).
+  virtual DType kv_dtype(int64_t head_dim) const {
+    (void)head_dim;
+    return DType::kF32;
+  }
+  // Whether a GEMM over n rows with weights of this dtype rounds its input to that dtype, so its
+  // producer may hand over a lowp copy instead (see MatmulParams).
+  virtual bool lowp_activations(int64_t n, DType weight_dtype) const {
+    (void)n;
+    (void)weight_dtype;
+    return false;
+  }
   virtual void* alloc(size_t bytes);  // zero-filled; throws on failure
   virtual void free(void* p) noexcept;
   virtual void copy_to_backend(void* dst, const void* host_src, size_t bytes);
@@ -290,6 +334,12 @@ class Ops {
   virtual void ffn(const FfnParams& p);
   // Default: rope(q), rope(k), scatter_rows(k), scatter_rows(v).
   virtual void rope_store_kv(const RopeStoreParams& p);
+  // Returns false (nothing done) where the backend has no such path for these sizes/dtypes; the
+  // caller then routes on the host. Default: false.
+  virtual bool moe_small_batch(const MoeParams& p) {
+    (void)p;
+    return false;
+  }
   // Token selection (engine sampling) where the logits are. Defaults: host loops.
   virtual void apply_penalties(const PenaltyParams& p);
   virtual void top_k(const TopKParams& p);
@@ -343,6 +393,9 @@ struct BackendOptions {
   // false: x is rounded to the weight dtype before the GEMM (the usual bf16 engine numerics,
   //   fastest prefill; decode GEMVs stay float32 either way).
   bool exact_matmul = true;
+  // Fast mode keeps the K/V cache in bf16 where its attention kernels allow (half the memory and
+  // bandwidth); true keeps float32 K/V in every mode.
+  bool kv_f32 = false;
 };
 
 // The CUDA backend when lathe was built with it and a GPU is present, else null.

@@ -119,3 +119,20 @@ TEST(ModelErrors, TokenIdOutOfRange) {
 
 }  // namespace
 }  // namespace lathe::model
+
+namespace lathe::model {
+namespace {
+
+// The KV cache sizing helper on a host backend: no device limit, and a bad fraction is refused.
+TEST(KvCacheSizing, HostBackendHasNoDeviceLimit) {
+  LATHE_REQUIRE_SHARED(src, "fixtures/models/llama");
+  auto model = Model::load(src);
+  auto cpu = ops::make_cpu_ops();
+  EXPECT_EQ(KvPool::positions_that_fit(model->config(), *cpu, 0.5), INT64_MAX);
+  EXPECT_THROW(KvPool::positions_that_fit(model->config(), *cpu, 0.0), Error);
+  EXPECT_THROW(KvPool::positions_that_fit(model->config(), *cpu, 1.5), Error);
+  EXPECT_EQ(cpu->kv_dtype(model->config().head_dim), DType::kF32);
+}
+
+}  // namespace
+}  // namespace lathe::model

@@ -409,7 +409,7 @@ TEST_F(CudaParity, AttentionBatchPaged) {
   // decode batch, mixed prefill chunks and decodes, one sequence, long contexts with key splits.
   check_batch_attention(*cuda, *ref, rng, worst, {{1, 1, 1, 1, 1}, {5, 40, 17, 1, 300}, 8, 2, 128, 0, 0.f, 16}, kAttentionTol);
   check_batch_attention(*cuda, *ref, rng, worst, {{7, 1, 33, 2}, {7, 90, 60, 2}, 4, 1, 64, 0, 0.f, 8}, kAttentionTol);
-  check_batch_attention(*cuda, *ref, rng, worst, {{3}, {700}, 8, 8, 80, 0, 0.f, 32}, kAttentionTol);
+  check_batch_attention(*cuda, *ref, rng, worst, {{3}, {700}, 8, 8, 80, 0, 0.f, 32, 0, DType::kF32, true}, kAttentionTol);
   check_batch_attention(*cuda, *ref, rng, worst, {{1, 2, 1}, {3000, 1500, 64}, 16, 4, 128, 0, 0.f, 64}, kAttentionTol);
   check_batch_attention(*cuda, *ref, rng, worst, {{1, 1}, {900, 20}, 8, 2, 64, 100, 20.f, 16}, kAttentionTol);
   check_batch_attention(*cuda, *ref, rng, worst, {{1, 1, 1}, {5, 700, 64}, 4, 2, 72, 0, 0.f, 10}, kAttentionTol);
@@ -418,8 +418,50 @@ TEST_F(CudaParity, AttentionBatchPaged) {
   auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
   check_batch_attention(*fast, *ref, rng, worst, {{100, 1, 130, 70}, {100, 50, 400, 70}, 8, 2, 128, 0, 0.f, 16},
                         kAttentionBf16Tol);
-  check_batch_attention(*fast, *ref, rng, worst, {{200, 64}, {230, 64}, 4, 1, 64, 50, 30.f, 32}, kAttentionBf16Tol);
+  check_batch_attention(*fast, *ref, rng, worst, {{200, 64}, {230, 64}, 4, 1, 64, 50, 30.f, 32, 0, DType::kF32, true},
+                        kAttentionBf16Tol);
   check_batch_attention(*fast, *ref, rng, worst, {{65, 80}, {65, 81}, 4, 4, 256, 0, 0.f, 64, 2}, kAttentionBf16Tol);
+}
+
+// Fast mode's bf16 K/V pool. Decode-sized calls (queries x group <= 16 per kv head) take the
+// register-resident decode kernel in fp32 math, so against the reference on the same rounded K/V
+// they meet the fp32 tolerance: one split, many splits merged by the last block (run twice so the
+// split counters are seen to reset), windows and soft-capping, 4 queries x group 4 = 16 rows,
+// head_dim 64/128/256, a graph's spare table entries. Longer chunks take the tensor-core kernel
+// reading bf16 tiles.
+TEST_F(CudaParity, AttentionBatchPagedBf16Cache) {
+  using lathe::testing::BatchAttnCase;
+  using lathe::testing::check_batch_attention;
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  ASSERT_EQ(fast->kv_dtype(128), DType::kBF16);
+  ASSERT_EQ(fast->kv_dtype(80), DType::kF32);
+  ASSERT_EQ(cuda->kv_dtype(128), DType::kF32);
+  const DType bf = DType::kBF16;
+  {
+    Worst worst("attention batch, bf16 cache, decode kernel");
+    for (int rep = 0; rep < 2; ++rep) {
+      check_batch_attention(*fast, *ref, rng, worst,
+                            {{1, 1, 1, 1, 1}, {5, 40, 17, 1, 300}, 8, 2, 128, 0, 0.f, 16, 0, bf, rep == 1}, kAttentionTol);
+      check_batch_attention(*fast, *ref, rng, worst, {{1}, {4000}, 32, 8, 128, 0, 0.f, 16, 0, bf, rep == 1},
+                            kAttentionTol);
+      check_batch_attention(*fast, *ref, rng, worst, {{1, 1}, {3000, 77}, 8, 1, 64, 0, 0.f, 32, 0, bf}, kAttentionTol);
+    }
+    check_batch_attention(*fast, *ref, rng, worst, {{1, 1}, {900, 20}, 8, 2, 64, 100, 20.f, 16, 0, bf}, kAttentionTol);
+    check_batch_attention(*fast, *ref, rng, worst, {{4, 2, 3}, {4, 700, 90}, 16, 4, 128, 0, 0.f, 16, 0, bf}, kAttentionTol);
+    check_batch_attention(*fast, *ref, rng, worst, {{1, 2}, {2500, 9}, 8, 4, 256, 0, 0.f, 32, 0, bf}, kAttentionTol);
+    check_batch_attention(*fast, *ref, rng, worst, {{1, 1, 1, 1}, {1, 130, 64, 5}, 8, 2, 128, 0, 0.f, 64, 3, bf},
+                          kAttentionTol);
+  }
+  {
+    Worst worst("attention batch, bf16 cache, tensor cores");
+    check_batch_attention(*fast, *ref, rng, worst, {{100, 1, 130, 70}, {100, 50, 400, 70}, 8, 2, 128, 0, 0.f, 16, 0, bf},
+                          kAttentionBf16Tol);
+    check_batch_attention(*fast, *ref, rng, worst, {{8, 1, 3}, {8, 600, 3}, 32, 8, 128, 0, 0.f, 16, 0, bf},
+                          kAttentionBf16Tol);
+    check_batch_attention(*fast, *ref, rng, worst, {{200, 64}, {230, 64}, 4, 1, 64, 50, 30.f, 32, 0, bf, true},
+                          kAttentionBf16Tol);
+    check_batch_attention(*fast, *ref, rng, worst, {{65, 80}, {65, 81}, 4, 4, 256, 0, 0.f, 64, 2, bf}, kAttentionBf16Tol);
+  }
 }
 
 TEST_F(CudaParity, AttentionRejectsUnsupported) {
@@ -505,6 +547,82 @@ TEST_F(CudaFastAttention, TensorCoresRouting) {
     check_attention(*fast, *ref, rng, worst, {128, 128, 8, 2, 80, 0, 0.f});
     check_attention(*fast, *ref, rng, worst, {128, 128, 8, 2, 128, 0, 0.f, 1});  // misaligned K/V
   }
+}
+
+// ---- lowp activations (ops.h) ---------------------------------------------------------------
+
+std::vector<uint16_t> round16(const std::vector<float>& v, DType t) {
+  std::vector<uint16_t> r;
+  for (float x : v) r.push_back(t == DType::kBF16 ? f32_to_bf16(x) : f32_to_f16(x));
+  return r;
+}
+
+std::vector<uint16_t> download16(Ops& ops, const void* src, size_t n) {
+  std::vector<uint16_t> v(n);
+  ops.copy_to_host(v.data(), src, n * 2);
+  return v;
+}
+
+// A norm's 16-bit copy is exactly its fp32 output rounded (with the fp32 output skipped, and with
+// the residual add updating x the same way); a matmul handed x_lowp equals one rounding x itself.
+TEST_F(CudaParity, LowpActivationsHandOver) {
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  EXPECT_TRUE(fast->lowp_activations(9, DType::kBF16));
+  EXPECT_TRUE(fast->lowp_activations(9, DType::kF16));
+  EXPECT_FALSE(fast->lowp_activations(8, DType::kBF16));  // GEMV sizes keep fp32 activations
+  EXPECT_FALSE(fast->lowp_activations(100, DType::kF32));
+  EXPECT_FALSE(cuda->lowp_activations(100, DType::kBF16));  // exact mode
+  for (DType lp : {DType::kBF16, DType::kF16})
+    for (int64_t dim : {17, 4096})
+      for (int64_t n : {1, 40})
+        for (bool with_delta : {false, true}) {
+          const HostWeight w = random_weight(rng, 1, dim, DType::kBF16);
+          const auto x = random_floats(rng, size_t(n * dim), -3.f, 3.f);
+          const auto delta = random_floats(rng, x.size());
+          DeviceWeight dw = upload(*fast, w);
+          Buffer xa = upload(*fast, x), xb = upload(*fast, x), dd = upload(*fast, delta);
+          Buffer y32(*fast, x.size() * 4), y16(*fast, x.size() * 2);
+          RmsNormParams p;
+          p.w = dw.w;
+          p.n = n;
+          p.dim = dim;
+          p.eps = 1e-5f;
+          p.x = xa.f32();
+          p.y = y32.f32();
+          if (with_delta) fast->add_rms_norm(xa.f32(), dd.f32(), p);
+          else fast->rms_norm(p);
+          p.x = xb.f32();
+          p.y = nullptr;
+          p.y_lowp = y16.data();
+          p.lowp_dtype = lp;
+          if (with_delta) fast->add_rms_norm(xb.f32(), dd.f32(), p);
+          else fast->rms_norm(p);
+          const std::string what = std::string(dtype_name(lp)) + " dim=" + std::to_string(dim) + " n=" +
+                                   std::to_string(n) + (with_delta ? " add" : "");
+          EXPECT_EQ(download16(*fast, y16.data(), x.size()), round16(download(*fast, y32.data(), x.size()), lp)) << what;
+          EXPECT_EQ(download(*fast, xb.data(), x.size()), download(*fast, xa.data(), x.size())) << what;
+        }
+  for (DType dt : {DType::kBF16, DType::kF16})
+    for (int64_t n : {9, 130}) {
+      const int64_t m = 67, k = 4096;
+      const HostWeight w = random_weight(rng, m, k, dt);
+      const auto x = random_floats(rng, size_t(n * k));
+      DeviceWeight dw = upload(*fast, w);
+      Buffer dx = upload(*fast, x), dxl = upload(*fast, round16(x, dt));
+      Buffer y1(*fast, size_t(n * m) * 4), y2(*fast, size_t(n * m) * 4);
+      MatmulParams mp;
+      mp.w = dw.w;
+      mp.n = n;
+      mp.x = dx.f32();
+      mp.y = y1.f32();
+      fast->matmul(mp);
+      mp.x = nullptr;
+      mp.x_lowp = dxl.data();
+      mp.y = y2.f32();
+      fast->matmul(mp);
+      EXPECT_EQ(download(*fast, y2.data(), size_t(n * m)), download(*fast, y1.data(), size_t(n * m)))
+          << dtype_name(dt) << " n=" << n;
+    }
 }
 
 // ---- rms_norm / rope ------------------------------------------------------------------------
@@ -791,6 +909,25 @@ TEST_F(CudaParity, FfnFusedAndDefault) {
       }
 }
 
+// n distinct cache rows out of `rows`, shuffled.
+std::vector<int32_t> distinct_slots(std::mt19937& rng, int64_t rows, int64_t n) {
+  std::vector<int32_t> slots(static_cast<size_t>(rows));
+  std::iota(slots.begin(), slots.end(), 0);
+  std::shuffle(slots.begin(), slots.end(), rng);
+  slots.resize(size_t(n));
+  return slots;
+}
+
+RopeStoreParams rope_store_shape(int64_t n, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t rot_dim) {
+  RopeStoreParams p;
+  p.n = n;
+  p.n_heads = heads;
+  p.n_kv_heads = kv_heads;
+  p.head_dim = head_dim;
+  p.rot_dim = rot_dim;
+  return p;
+}
+
 TEST_F(CudaParity, RopeStoreKv) {
   Worst worst("rope_store_kv");
   for (int64_t hd : {64, 96, 128})
@@ -801,13 +938,10 @@ TEST_F(CudaParity, RopeStoreKv) {
         auto k = random_floats(rng, size_t(n * row));
         const auto v = random_floats(rng, size_t(n * row));
         const auto cos = random_floats(rng, size_t(n * half)), sin = random_floats(rng, size_t(n * half));
-        std::vector<int32_t> slots(static_cast<size_t>(rows));
-        std::iota(slots.begin(), slots.end(), 0);
-        std::shuffle(slots.begin(), slots.end(), rng);
-        slots.resize(size_t(n));
+        const std::vector<int32_t> slots = distinct_slots(rng, rows, n);
         const auto kc0 = random_floats(rng, size_t(rows * row)), vc0 = random_floats(rng, size_t(rows * row));
         std::vector<float> qr = q, kr = k, kc = kc0, vc = vc0;
-        RopeStoreParams p;
+        RopeStoreParams p = rope_store_shape(n, nh, nkv, hd, rot);
         p.q = qr.data();
         p.k = kr.data();
         p.v = v.data();
@@ -816,11 +950,6 @@ TEST_F(CudaParity, RopeStoreKv) {
         p.k_cache = kc.data();
         p.v_cache = vc.data();
         p.slots = slots.data();
-        p.n = n;
-        p.n_heads = nh;
-        p.n_kv_heads = nkv;
-        p.head_dim = hd;
-        p.rot_dim = rot;
         ref->rope_store_kv(p);
         Buffer dq = upload(*cuda, q), dk = upload(*cuda, k), dv = upload(*cuda, v), dc = upload(*cuda, cos),
                ds = upload(*cuda, sin), dkc = upload(*cuda, kc0), dvc = upload(*cuda, vc0), dsl = upload(*cuda, slots);
@@ -837,6 +966,152 @@ TEST_F(CudaParity, RopeStoreKv) {
         worst.check(rel_error(download(*cuda, dq.data(), qr.size()), qr), kElementTol, "q " + what);
         worst.check(rel_error(download(*cuda, dkc.data(), kc.size()), kc), kElementTol, "k cache " + what);
         worst.check(rel_error(download(*cuda, dvc.data(), vc.size()), vc), 0.0, "v cache " + what);
+      }
+}
+
+// The fused projection's layout (q|k|v interleaved per token, q to a dense q_out, partial rotary
+// tails copied) into a bf16 cache, as fast mode stores it: equal to the reference's fp32 cache
+// rounded to bf16 (one bf16 ulp where fp32 contraction differences meet a rounding boundary).
+TEST_F(CudaParity, RopeStoreKvStridedIntoBf16Cache) {
+  Worst worst("rope_store_kv (strided, bf16 cache)");
+  for (int64_t hd : {64, 128})
+    for (int64_t rot : {hd, hd / 2})
+      for (int64_t n : {1, 5, 300}) {
+        const int64_t nh = 8, nkv = 2, row = nkv * hd, qrow = nh * hd, width = qrow + 2 * row, rows = n + 3;
+        const int64_t half = rot / 2;
+        const auto qkv = random_floats(rng, size_t(n * width));
+        const auto cos = random_floats(rng, size_t(n * half)), sin = random_floats(rng, size_t(n * half));
+        const std::vector<int32_t> slots = distinct_slots(rng, rows, n);
+        std::vector<float> in = qkv, q_ref(size_t(n * qrow)), kc(size_t(rows * row), 0.f), vc(kc.size(), 0.f);
+        RopeStoreParams p = rope_store_shape(n, nh, nkv, hd, rot);
+        p.q = in.data();
+        p.k = in.data() + qrow;
+        p.v = in.data() + qrow + row;
+        p.q_stride = p.k_stride = p.v_stride = width;
+        p.q_out = q_ref.data();
+        p.cos = cos.data();
+        p.sin = sin.data();
+        p.k_cache = kc.data();
+        p.v_cache = vc.data();
+        p.slots = slots.data();
+        ref->rope_store_kv(p);
+        const std::vector<uint16_t> zero16(kc.size(), 0);
+        Buffer dqkv = upload(*cuda, qkv), dc = upload(*cuda, cos), ds = upload(*cuda, sin), dsl = upload(*cuda, slots);
+        Buffer dq(*cuda, q_ref.size() * sizeof(float));
+        Buffer dkc = upload(*cuda, zero16), dvc = upload(*cuda, zero16);
+        p.q = dqkv.f32();
+        p.k = dqkv.f32() + qrow;
+        p.v = dqkv.f32() + qrow + row;
+        p.q_out = dq.f32();
+        p.cos = dc.f32();
+        p.sin = ds.f32();
+        p.k_cache = dkc.data();
+        p.v_cache = dvc.data();
+        p.kv_dtype = DType::kBF16;
+        p.slots = static_cast<const int32_t*>(dsl.data());
+        cuda->rope_store_kv(p);
+        std::vector<uint16_t> k16(kc.size()), v16(vc.size());
+        cuda->copy_to_host(k16.data(), dkc.data(), k16.size() * 2);
+        cuda->copy_to_host(v16.data(), dvc.data(), v16.size() * 2);
+        std::vector<float> kg, vg, kr, vr;
+        for (size_t i = 0; i < kc.size(); ++i) {
+          kg.push_back(bf16_to_f32(k16[i]));
+          vg.push_back(bf16_to_f32(v16[i]));
+          kr.push_back(bf16_to_f32(f32_to_bf16(kc[i])));
+          vr.push_back(bf16_to_f32(f32_to_bf16(vc[i])));
+        }
+        const std::string what = "d=" + std::to_string(hd) + " rot=" + std::to_string(rot) + " n=" + std::to_string(n);
+        worst.check(rel_error(download(*cuda, dq.data(), q_ref.size()), q_ref), kElementTol, "q_out " + what);
+        worst.check(rel_error(kg, kr), 1e-2, "k cache " + what);
+        worst.check(rel_error(vg, vr), 0.0, "v cache " + what);
+      }
+}
+
+// ---- mixture of experts ---------------------------------------------------------------------
+
+// Small-batch MoE with routing on the device: top-k by logit (ties to the lower expert), softmax of
+// the selected logits, weighted expert outputs added to the residual rows; against a double-precision
+// host evaluation of the same rounded weights. Sizes outside the path are declined, not run.
+TEST_F(CudaParity, MoeSmallBatchRoutesOnTheDevice) {
+  Worst worst("moe_small_batch");
+  const int64_t H = 64, I = 96, E = 8;
+  const auto value = [](const HostWeight& w, size_t i) {
+    return double(w.w.dtype == DType::kBF16 ? bf16_to_f32(w.half[i]) : f16_to_f32(w.half[i]));
+  };
+  for (DType dt : {DType::kBF16, DType::kF16})
+    for (int64_t n : {1, 3, 8})
+      for (int64_t top : {1, 2, 3}) {
+        std::vector<HostWeight> gate, up, down;
+        std::vector<DeviceWeight> dev;
+        std::vector<const void*> table(size_t(3 * E));
+        for (int64_t e = 0; e < E; ++e) {
+          gate.push_back(random_weight(rng, I, H, dt, -0.2f, 0.2f));
+          up.push_back(random_weight(rng, I, H, dt, -0.2f, 0.2f));
+          down.push_back(random_weight(rng, H, I, dt, -0.2f, 0.2f));
+        }
+        for (int part = 0; part < 3; ++part)
+          for (int64_t e = 0; e < E; ++e) {
+            const auto& hw = part == 0 ? gate : part == 1 ? up : down;
+            dev.push_back(upload(*cuda, hw[size_t(e)]));
+            table[size_t(part * E + e)] = dev.back().w.data;
+          }
+        const auto x = random_floats(rng, size_t(n * H));
+        auto logits = random_floats(rng, size_t(n * E), -2.f, 2.f);
+        logits[3] = logits[5] = 3.f;  // token 0: a tie for first place
+        const auto res = random_floats(rng, size_t(n * H));
+        std::vector<float> want = res;
+        for (int64_t t = 0; t < n; ++t) {
+          std::vector<int64_t> order(static_cast<size_t>(E));
+          std::iota(order.begin(), order.end(), 0);
+          const float* lg = logits.data() + t * E;
+          std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lg[a] > lg[b]; });
+          double sum = 0;
+          for (int64_t j = 0; j < top; ++j) sum += std::exp(double(lg[order[size_t(j)]]) - lg[order[0]]);
+          for (int64_t j = 0; j < top; ++j) {
+            const int64_t e = order[size_t(j)];
+            const double w = std::exp(double(lg[e]) - lg[order[0]]) / sum;
+            std::vector<double> mid(static_cast<size_t>(I));
+            for (int64_t r = 0; r < I; ++r) {
+              double g = 0, u = 0;
+              for (int64_t c = 0; c < H; ++c) {
+                g += value(gate[size_t(e)], size_t(r * H + c)) * x[size_t(t * H + c)];
+                u += value(up[size_t(e)], size_t(r * H + c)) * x[size_t(t * H + c)];
+              }
+              mid[size_t(r)] = g / (1 + std::exp(-g)) * u;
+            }
+            for (int64_t r = 0; r < H; ++r) {
+              double d = 0;
+              for (int64_t c = 0; c < I; ++c) d += value(down[size_t(e)], size_t(r * I + c)) * mid[size_t(c)];
+              want[size_t(t * H + r)] += float(w * d);
+            }
+          }
+        }
+        Buffer dx = upload(*cuda, x), dl = upload(*cuda, logits), dout = upload(*cuda, res);
+        Buffer dt_table(*cuda, table.size() * sizeof(void*));
+        cuda->copy_to_backend(dt_table.data(), table.data(), table.size() * sizeof(void*));
+        const auto* tab = static_cast<const void* const*>(dt_table.data());
+        MoeParams p;
+        p.x = dx.f32();
+        p.logits = dl.f32();
+        p.out = dout.f32();
+        p.gate = tab;
+        p.up = tab + E;
+        p.down = tab + 2 * E;
+        p.dtype = dt;
+        p.n = n;
+        p.hidden = H;
+        p.inter = I;
+        p.experts = E;
+        p.top_k = top;
+        ASSERT_TRUE(cuda->moe_small_batch(p));
+        worst.check(rel_error(download(*cuda, dout.data(), want.size()), want), kMatmulTol,
+                    std::string(dtype_name(dt)) + " n=" + std::to_string(n) + " top=" + std::to_string(top));
+        MoeParams too_many = p;
+        too_many.n = 9;
+        EXPECT_FALSE(cuda->moe_small_batch(too_many));
+        MoeParams f32 = p;
+        f32.dtype = DType::kF32;
+        EXPECT_FALSE(cuda->moe_small_batch(f32));
       }
 }
 

@@ -40,8 +40,15 @@ double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng
   for (size_t i = 0; i < table.size(); ++i) table[i] = perm[i];
 
   const std::vector<float> q = random_floats(rng, size_t(n * qrow), -2.f, 2.f);
-  const std::vector<float> k = random_floats(rng, size_t(blocks * bs * row), -2.f, 2.f);
-  const std::vector<float> v = random_floats(rng, size_t(blocks * bs * row));
+  std::vector<float> k = random_floats(rng, size_t(blocks * bs * row), -2.f, 2.f);
+  std::vector<float> v = random_floats(rng, size_t(blocks * bs * row));
+  std::vector<uint16_t> k16, v16;
+  if (c.kv_dtype == DType::kBF16) {
+    for (auto* kv : {&k, &v})
+      for (float& x : *kv) x = bf16_to_f32(f32_to_bf16(x));
+    for (float x : k) k16.push_back(f32_to_bf16(x));
+    for (float x : v) v16.push_back(f32_to_bf16(x));
+  }
   std::vector<int32_t> cu_q{0}, kv_len;
   for (int64_t s = 0; s < S; ++s) {
     cu_q.push_back(cu_q.back() + int32_t(c.q_len[size_t(s)]));
@@ -74,13 +81,16 @@ double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng
     ref.attention(a);
   }
 
-  ops::Buffer dq = upload(backend, q), dk = upload(backend, k), dv = upload(backend, v);
+  ops::Buffer dq = upload(backend, q);
+  ops::Buffer dk = c.kv_dtype == DType::kBF16 ? upload(backend, k16) : upload(backend, k);
+  ops::Buffer dv = c.kv_dtype == DType::kBF16 ? upload(backend, v16) : upload(backend, v);
   ops::Buffer dcu = upload(backend, cu_q), dkv = upload(backend, kv_len), dtab = upload(backend, table);
   ops::Buffer dout(backend, q.size() * sizeof(float));
   ops::BatchAttentionParams p;
   p.q = dq.f32();
-  p.k = dk.f32();
-  p.v = dv.f32();
+  p.k = dk.data();
+  p.v = dv.data();
+  p.kv_dtype = c.kv_dtype;
   p.out = dout.f32();
   p.n = n;
   p.num_seqs = S;
@@ -104,12 +114,24 @@ double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng
   std::string what = "seqs (q/kv):";
   for (int64_t s = 0; s < S; ++s)
     what += " " + std::to_string(c.q_len[size_t(s)]) + "/" + std::to_string(c.kv_len[size_t(s)]);
-  char tail[160];
-  std::snprintf(tail, sizeof tail, " heads=%lld/%lld d=%lld window=%lld softcap=%g block=%lld spare=%lld",
+  char tail[200];
+  std::snprintf(tail, sizeof tail, " heads=%lld/%lld d=%lld window=%lld softcap=%g block=%lld spare=%lld kv=%s",
                 (long long)c.heads, (long long)c.kv_heads, (long long)hd, (long long)c.window, c.softcap,
-                (long long)bs, (long long)c.spare_blocks);
+                (long long)bs, (long long)c.spare_blocks, dtype_name(c.kv_dtype));
   const double err = rel_error(got, o_ref);
   worst.check(err, tol, what + tail);
+  if (c.lowp_out) {  // the same call handing over a bf16 copy only: bit-identical to got, rounded
+    ops::Buffer dlow(backend, q.size() * 2);
+    p.out = nullptr;
+    p.out_lowp = dlow.data();
+    p.lowp_dtype = DType::kBF16;
+    backend.attention_batch(p);
+    std::vector<uint16_t> low(q.size());
+    backend.copy_to_host(low.data(), dlow.data(), low.size() * 2);
+    size_t mismatched = 0;
+    for (size_t i = 0; i < low.size(); ++i) mismatched += low[i] != f32_to_bf16(got[i]);
+    worst.check(double(mismatched), 0.0, what + tail + " (bf16 out_lowp, mismatched elements)");
+  }
   return err;
 }
 

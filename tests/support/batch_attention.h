@@ -20,6 +20,8 @@ struct BatchAttnCase {
   float softcap = 0.f;
   int64_t block_size = 16;
   int64_t spare_blocks = 0;  // extra (unused) table entries per sequence, as a recorded graph has
+  DType kv_dtype = DType::kF32;  // kBF16: the pool holds bf16 K/V (the reference gets the same rounded values)
+  bool lowp_out = false;  // also run with only a bf16 output (out_lowp): must be the fp32 output rounded
 };
 
 // Runs `backend.attention_batch` (inputs uploaded through its memory interface) and returns the

@@ -17,6 +17,9 @@ std::unique_ptr<ops::Ops> make_backend(const DeviceOptions& options, bool exact_
   else if (options.precision == "fast") bo.exact_matmul = false;
   else if (options.precision == "auto") bo.exact_matmul = exact_by_default;
   else fail(ErrorKind::kInvalidArgument, "unknown precision '{}' (choose auto, exact or fast)", options.precision);
+  if (options.kv_cache == "f32") bo.kv_f32 = true;
+  else if (options.kv_cache != "auto")
+    fail(ErrorKind::kInvalidArgument, "unknown --kv-cache '{}' (choose auto or f32)", options.kv_cache);
   if (name == "auto") {
     if (auto cuda = ops::make_cuda_ops(bo)) return cuda;
     return ops::make_cpu_ops();
@@ -39,6 +42,10 @@ void add_backend_option(CLI::App* cmd, DeviceOptions& options) {
   cmd->add_option("--precision", options.precision,
                   "GPU matmul activations: exact (float32-accurate, split bf16 GEMMs), fast (rounded to bf16), or "
                   "auto (exact for score/perplexity, fast for generation); the CPU is always exact")
+      ->capture_default_str();
+  cmd->add_option("--kv-cache", options.kv_cache,
+                  "K/V cache element type: auto (bf16 on a GPU in fast precision: half the memory and attention "
+                  "bandwidth; float32 otherwise) or f32")
       ->capture_default_str();
 }
 

@@ -22,6 +22,7 @@ void add_chat_command(CLI::App& app) {
     std::string model, system, template_file;
     DeviceOptions device;
     int64_t n = 512, ctx = 0;
+    double memory_fraction = 0.9;
     SamplingOptions sampling;
   };
   auto opts = std::make_shared<Opts>();
@@ -31,7 +32,13 @@ void add_chat_command(CLI::App& app) {
   cmd->add_option("--template", opts->template_file,
                   "Jinja chat template file (default: the model's chat_template.jinja or tokenizer_config.json)");
   cmd->add_option("-n,--max-tokens", opts->n, "most tokens per reply")->capture_default_str();
-  cmd->add_option("--ctx", opts->ctx, "conversation length limit in tokens (default: the model's context)");
+  cmd->add_option("--ctx,--max-context", opts->ctx,
+                  "conversation length limit in tokens; its KV cache is allocated up front (default: the model's "
+                  "context, or as much of it as --gpu-memory-fraction allows on a GPU)");
+  cmd->add_option("--gpu-memory-fraction", opts->memory_fraction,
+                  "share of the GPU memory left free by the weights that the KV cache may take when --ctx is not "
+                  "given")
+      ->capture_default_str();
   opts->sampling.add_to(cmd);
   add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
@@ -40,7 +47,6 @@ void add_chat_command(CLI::App& app) {
     const auto tmpl = tmpl::load_chat_template(opts->model, /*want_tools=*/false, opts->template_file);
     auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     const auto& c = model->config();
-    const int64_t ctx = opts->ctx > 0 ? std::min(opts->ctx, c.max_position_embeddings) : c.max_position_embeddings;
     engine::GenerateConfig g;
     g.max_new_tokens = opts->n;
     g.sampler = opts->sampling.resolve(c.generation);
@@ -48,6 +54,22 @@ void add_chat_command(CLI::App& app) {
     if (auto eos = tokenizer.eos_id()) g.eos_ids.push_back(*eos);
     model::Runner runner(*model, *backend);
     engine::Generator gen(runner, &tokenizer);
+    // The cache is preallocated: an explicit --ctx must fit (KvPool says what is needed and free);
+    // by default the model's context is capped at what the memory fraction holds.
+    int64_t ctx = opts->ctx > 0 ? std::min(opts->ctx, c.max_position_embeddings) : c.max_position_embeddings;
+    if (opts->ctx <= 0) {
+      const int64_t fit = model::KvPool::positions_that_fit(c, *backend, opts->memory_fraction);
+      if (fit < ctx) {
+        if (fit < 256)
+          fail(ErrorKind::kOutOfRange,
+               "only {} positions of KV cache fit in {:.0f}% of the free device memory; raise --gpu-memory-fraction "
+               "or use a smaller or quantized model",
+               fit, 100 * opts->memory_fraction);
+        ctx = fit;
+        fmt::print(stderr, "lathe chat: context limited to {} tokens by the GPU memory (--gpu-memory-fraction {})\n",
+                   ctx, opts->memory_fraction);
+      }
+    }
     engine::Session session(runner, ctx);
     const bool tty = isatty(STDIN_FILENO) != 0;
     nlohmann::json messages = nlohmann::json::array();

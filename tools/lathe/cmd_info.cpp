@@ -78,7 +78,7 @@ void add_info_command(CLI::App& app) {
       fmt::print("quantization  GPTQ {}-bit, group {} (dequantized to f16 at load)\n", c.quant.bits, c.quant.group_size);
     fmt::print("context       {} tokens{}\n", c.max_position_embeddings,
                windowed ? fmt::format(", {} sliding-window layers", windowed) : "");
-    fmt::print("memory        weights {:.1f} MiB + KV cache {:.1f} MiB at {} tokens (f32) + activations ~{:.1f} MiB "
+    fmt::print("memory        weights {:.1f} MiB + KV cache {:.1f} MiB at {} tokens (f32; bf16, half, on a GPU in fast precision) + activations ~{:.1f} MiB "
                "= {:.1f} MiB\n",
                mib(weights), mib(kv_per_token * size_t(ctx)), ctx, mib(act), mib(total));
   });

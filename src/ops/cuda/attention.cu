@@ -24,7 +24,9 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 
+#include "ops/cuda/attention_decode.cuh"
 #include "ops/cuda/attention_tc.cuh"
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
@@ -41,7 +43,9 @@ struct AttnArgs {
   const float* q;
   const float* k;
   const float* v;
-  float* out;
+  float* out;           // may be null when out_lowp is set
+  uint16_t* out_lowp;   // bf16/f16 copy of out, or null
+  bool lowp_bf16;
   float* part_ml;   // [splits][n * n_heads][2]: running max, sum (split runs only)
   float* part_acc;  // [splits][n * n_heads][head_dim]: unnormalised output (split runs only)
   int n, kv_len, n_heads, n_kv_heads, head_dim, group;
@@ -258,10 +262,9 @@ __global__ void __launch_bounds__(kWarps * kWarp) attention_kernel(const AttnArg
     const int64_t row = int64_t(t) * a.n_heads + h;
     if (a.splits == 1) {
       const float inv = 1.f / l[r];  // l >= 1: the row's own position is always visible
-      float* o = a.out + row * hd;
 #pragma unroll
       for (int i = 0; i < DL; ++i)
-        if (lane + kWarp * i < hd) o[lane + kWarp * i] = acc[r][i] * inv;
+        if (lane + kWarp * i < hd) store_out(a.out, a.out_lowp, a.lowp_bf16, row * hd + lane + kWarp * i, acc[r][i] * inv);
     } else {
       const int64_t prow = int64_t(split) * a.n * a.n_heads + row;
       if (lane == 0) {
@@ -326,7 +329,7 @@ __global__ void __launch_bounds__(kCombineThreads) combine_kernel(const AttnArgs
     float num = 0.f;
 #pragma unroll 4
     for (int s = s_first; s <= s_last; ++s) num = fmaf(acc[s * split_stride + d], w[s], num);
-    a.out[row * a.head_dim + d] = num * inv;
+    store_out(a.out, a.out_lowp, a.lowp_bf16, row * a.head_dim + d, num * inv);
   }
 }
 
@@ -366,9 +369,12 @@ constexpr int64_t kTcMinQueries = 64;
 // One attention launch, single-sequence or batched, as the launchers see it.
 struct Call {
   const float* q;
-  const float* k;
-  const float* v;
+  const void* k;
+  const void* v;
+  DType kv_dtype;
   float* out;
+  uint16_t* out_lowp;
+  bool lowp_bf16;
   int64_t n, kv_len;          // all query rows; kv_len of a single sequence
   int64_t num_seqs, max_q, max_kv;
   const int32_t* cu_q;        // null: single sequence
@@ -381,7 +387,7 @@ struct Call {
 
 bool use_tensor_cores(const Context& ctx, const Call& c) {
   return !ctx.exact_matmul && c.max_q >= kTcMinQueries && attn_tc::supports_head_dim(c.head_dim) &&
-         aligned16(c.q) && aligned16(c.k) && aligned16(c.v) && aligned16(c.out);
+         aligned16(c.q) && aligned16(c.k) && aligned16(c.v) && aligned16(c.out) && aligned16(c.out_lowp);
 }
 
 void validate(const Call& c) {
@@ -399,9 +405,11 @@ void validate(const Call& c) {
 AttnArgs make_args(const Call& c) {
   AttnArgs a{};
   a.q = c.q;
-  a.k = c.k;
-  a.v = c.v;
+  a.k = static_cast<const float*>(c.k);  // the fp32 kernel runs fp32 caches only (run() checks)
+  a.v = static_cast<const float*>(c.v);
   a.out = c.out;
+  a.out_lowp = c.out_lowp;
+  a.lowp_bf16 = c.lowp_bf16;
   a.n = int(c.n);
   a.kv_len = int(c.kv_len);
   a.n_heads = int(c.n_heads);
@@ -438,6 +446,8 @@ void attention_tensor_cores(Context& ctx, const Call& c, AttnArgs& a) {
   t.k = c.k;
   t.v = c.v;
   t.out = c.out;
+  t.out_lowp = c.out_lowp;
+  t.lowp_bf16 = c.lowp_bf16;
   t.n = a.n;
   t.kv_len = a.kv_len;
   t.n_heads = a.n_heads;
@@ -480,14 +490,85 @@ void attention_tensor_cores(Context& ctx, const Call& c, AttnArgs& a) {
     a.part_acc = t.part_acc = part + splits * c.n * c.n_heads * 2;
   }
   // kv heads fastest, then row blocks (the kernel reverses them: longest first), then splits.
-  attn_tc::run(ctx, t, dim3(unsigned(a.n_kv_heads), unsigned(seq_blocks * c.num_seqs), unsigned(splits)),
-               a.head_dim);
+  const dim3 grid(unsigned(a.n_kv_heads), unsigned(seq_blocks * c.num_seqs), unsigned(splits));
+  if (c.kv_dtype == DType::kBF16)
+    attn_tc::run<Bf16>(ctx, t, grid, a.head_dim);
+  else
+    attn_tc::run<float>(ctx, t, grid, a.head_dim);
   if (splits > 1) combine(ctx, a);
+}
+
+// Few queries per sequence: the register-resident flash-decoding kernel (attention_decode.cuh).
+bool use_decode_kernel(const Call& c) {
+  const int64_t group = c.n_heads / c.n_kv_heads;
+  return attn_dec::supports_head_dim(c.head_dim) && c.max_q * group <= attn_dec::max_rows(c.head_dim) &&
+         c.num_seqs <= 65535 && aligned16(c.q) && aligned16(c.k) && aligned16(c.v);
+}
+
+void attention_decode(Context& ctx, const Call& c) {
+  attn_dec::Args d{};
+  d.q = c.q;
+  d.k = c.k;
+  d.v = c.v;
+  d.out = c.out;
+  d.out_lowp = c.out_lowp;
+  d.lowp_bf16 = c.lowp_bf16;
+  d.n = int(c.n);
+  d.n_heads = int(c.n_heads);
+  d.n_kv_heads = int(c.n_kv_heads);
+  d.group = int(c.n_heads / c.n_kv_heads);
+  d.window = c.window > 0 ? int(std::min<int64_t>(c.window, INT_MAX)) : 0;
+  d.scale = c.scale;
+  d.softcap = c.softcap;
+  d.cu_q = c.cu_q;
+  d.kv_lens = c.kv_lens;
+  d.kv_len = int(c.kv_len);
+  d.table = c.table;
+  d.block_size = int(c.block_size);
+  d.table_stride = int(c.table_stride);
+  // Splits: one wave of (sequence, kv head, split) blocks (what fits at once: blocks_per_sm per
+  // SM), each with >= kMinKeys keys of the launch's key bound; the kernel spreads the actual keys
+  // over them. A second wave, or thinner splits, only lengthen the step (measured on the 8B decode:
+  // 146 tok/s at one block per SM vs 133-143 with 2-4x the blocks of the 1-block-per-SM instance).
+  const int64_t blocks = c.num_seqs * c.n_kv_heads;
+  const int64_t span = c.window > 0 ? std::min<int64_t>(c.max_kv, c.window + c.max_q) : c.max_kv;
+  static const int64_t knob = [] {  // LATHE_DECODE_BLOCKS_PER_SM: a tuning knob for measurements
+    const char* e = std::getenv("LATHE_DECODE_BLOCKS_PER_SM");
+    return e ? int64_t(std::atoll(e)) : int64_t(0);
+  }();
+  const int64_t per_sm =
+      knob > 0 ? knob : attn_dec::blocks_per_sm(c.kv_dtype == DType::kBF16, c.head_dim, c.max_q * (c.n_heads / c.n_kv_heads));
+  const int64_t want = (per_sm * int64_t(ctx.sm_count) + blocks - 1) / blocks;
+  const int64_t splits = std::clamp<int64_t>(std::min<int64_t>(want, (span + attn_dec::kMinKeys - 1) / attn_dec::kMinKeys),
+                                             1, attn_dec::kMaxSplits);
+  d.splits = int(splits);
+  if (splits > 1) {
+    float* part = split_scratch(ctx, c, splits);
+    d.part_ml = part;
+    d.part_acc = part + splits * c.n * c.n_heads * 2;
+    d.counters = static_cast<int*>(ctx.zeroed_scratch(Scratch::kCounters, sizeof(int) * size_t(blocks)));
+  }
+  const dim3 grid(unsigned(c.n_kv_heads), unsigned(c.num_seqs), unsigned(splits));
+  const int rows = int(c.max_q * d.group);
+  if (c.kv_dtype == DType::kBF16)
+    attn_dec::launch<Bf16>(d, grid, rows, int(c.head_dim), ctx.stream);
+  else
+    attn_dec::launch<float>(d, grid, rows, int(c.head_dim), ctx.stream);
 }
 
 void run(Context& ctx, const Call& c) {
   validate(c);
+  if (c.kv_dtype != DType::kF32 && c.kv_dtype != DType::kBF16)
+    raise(ErrorKind::kUnsupported, "cuda attention: K/V cache dtype ", dtype_name(c.kv_dtype), " is not supported");
+  if (use_decode_kernel(c)) return attention_decode(ctx, c);
   AttnArgs a = make_args(c);
+  if (c.kv_dtype == DType::kBF16) {
+    // bf16 caches exist only where the tensor-core kernel takes every other call (kv_dtype()).
+    if (!attn_tc::supports_head_dim(c.head_dim) || !aligned16(c.q) || !aligned16(c.k) || !aligned16(c.v) ||
+        !aligned16(c.out) || !aligned16(c.out_lowp))
+      raise(ErrorKind::kUnsupported, "cuda attention: a bf16 K/V cache needs head_dim 64/128/256 and aligned rows");
+    return attention_tensor_cores(ctx, c, a);
+  }
   if (use_tensor_cores(ctx, c)) return attention_tensor_cores(ctx, c, a);
 
   // Rows per warp: enough to fill the block's 4 warps, at most 8 (register budget: 8 x head_dim/32).
@@ -545,7 +626,10 @@ Call common_call(const P& p) {
   c.q = p.q;
   c.k = p.k;
   c.v = p.v;
+  c.kv_dtype = DType::kF32;
   c.out = p.out;
+  c.out_lowp = nullptr;
+  c.lowp_bf16 = true;
   c.n = p.n;
   c.n_heads = p.n_heads;
   c.n_kv_heads = p.n_kv_heads;
@@ -578,6 +662,12 @@ void attention_batch(Context& ctx, const BatchAttentionParams& p) {
     raise(ErrorKind::kInvalidArgument, "cuda attention_batch: bounds max_q ", p.max_q, ", max_kv ", p.max_kv,
           " are inconsistent");
   Call c = common_call(p);
+  c.kv_dtype = p.kv_dtype;
+  c.out_lowp = static_cast<uint16_t*>(p.out_lowp);
+  c.lowp_bf16 = p.lowp_dtype == DType::kBF16;
+  if (p.out_lowp && p.lowp_dtype != DType::kBF16 && p.lowp_dtype != DType::kF16)
+    raise(ErrorKind::kInvalidArgument, "cuda attention_batch: a lowp copy must be bf16 or f16");
+  if (!p.out && !p.out_lowp) raise(ErrorKind::kInvalidArgument, "cuda attention_batch: no output");
   c.num_seqs = p.num_seqs;
   c.max_q = p.max_q;
   c.max_kv = std::min(p.max_kv, p.table_stride * p.block_size);

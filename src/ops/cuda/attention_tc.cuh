@@ -9,11 +9,13 @@
 //    them. A block is 8 warps x 16 rows = 128 rows; a warp's 16 rows are the M of m16n8k16.
 //    128 rows (rather than 64) per block halves the fp32 K/V bytes pulled from L2 per flop: with
 //    fp32 caches that traffic, not the tensor cores, is what limits a 64-row block.
-//  * Staging. Q, K and V are fp32 in memory; they are rounded to bf16 on the way into shared memory
-//    (16-byte global loads, cvt to bf16x2, 8-byte shared stores), so cp.async cannot be used. K/V
-//    tiles are double-buffered through registers instead: the next tile's K is loaded from global
-//    before this tile's Q K^T and stored after it, its V loaded before the softmax and stored after
-//    P V, so the loads are in flight while the tensor cores work; one barrier per tile.
+//  * Staging. Q is fp32; K and V are the cache's dtype (fp32, or bf16 in the backend's fast mode).
+//    fp32 is rounded to bf16 on the way into shared memory (16-byte global loads, cvt to bf16x2,
+//    8-byte shared stores); bf16 goes in as it is (16-byte loads and stores), half the bytes pulled
+//    through L2 per tile. K/V tiles are double-buffered through registers: the next tile's K is
+//    loaded from global before this tile's Q K^T and stored after it, its V loaded before the
+//    softmax and stored after P V, so the loads are in flight while the tensor cores work; one
+//    barrier per tile.
 //  * Fragments. Shared-memory rows are padded by 8 bf16 (16 bytes) so ldmatrix's 8 row addresses
 //    fall in distinct banks. Q fragments (A) stay in registers for head_dim <= 128; K fragments (B of
 //    S = Q K^T, "col" = K row-major) come from ldmatrix, V fragments (B of O = P V) from
@@ -47,9 +49,11 @@ inline constexpr int kPad = 8;             // bf16 per shared-memory row beyond 
 
 struct Args {
   const float* q;
-  const float* k;
-  const float* v;
-  float* out;
+  const void* k;  // float or Bf16 (the kernel's KV parameter)
+  const void* v;
+  float* out;          // may be null when out_lowp is set
+  uint16_t* out_lowp;  // bf16/f16 copy of out, or null
+  bool lowp_bf16;
   float* part_ml;   // [splits][n * n_heads][2] (split runs only)
   float* part_acc;  // [splits][n * n_heads][head_dim] (split runs only)
   int n, kv_len, n_heads, n_kv_heads, group;
@@ -71,8 +75,6 @@ struct Shape {
   static constexpr int kKeys = HD > 128 ? 32 : 64;  // head_dim 256: a smaller tile keeps O + S in registers
   static constexpr int kStride = HD + kPad;          // bf16 per shared row
   static constexpr bool kQInRegs = HD <= 128;
-  static constexpr int kLoads = kKeys * HD / 4 / kThreads;  // float4 per thread per K (or V) tile
-  static_assert(kKeys * HD / 4 % kThreads == 0, "tile float4s must split evenly over the block");
   static constexpr size_t kSmemBytes = sizeof(uint16_t) * size_t(kStride) * (kRows + 4 * kKeys);  // Q, 2 K, 2 V
 };
 
@@ -113,41 +115,65 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Global fp32 rows -> registers: thread i of the block takes float4s i, i + kThreads, ... of the
+// How a K/V tile of element type KV travels: 16-byte raw vectors (4 fp32 or 8 bf16) per load.
+template <typename KV>
+struct TileRaw {
+  using Raw = float4;
+  static constexpr int kElems = 4;
+};
+template <>
+struct TileRaw<Bf16> {
+  using Raw = uint4;
+  static constexpr int kElems = 8;
+};
+template <typename KV, int HD>
+inline constexpr int kTileLoads = Shape<HD>::kKeys * HD / TileRaw<KV>::kElems / kThreads;  // per thread
+
+// Global rows -> registers: thread i of the block takes vectors i, i + kThreads, ... of the
 // [kKeys, HD] tile starting at key j0 (row-major, so a warp reads contiguous 512-byte runs). Keys past
 // `last` (the block's last needed key: beyond it the cache may end) read as zeros, which the causal
 // mask hides. Position j of sequence s is found through the block table when there is one.
-template <int HD>
-__device__ __forceinline__ void load_tile(float4 (&r)[Shape<HD>::kLoads], const Args& a, int s, const float* base,
-                                          int64_t row_stride, int j0, int last) {
-  constexpr int kQuads = HD / 4;
+template <typename KV, int HD>
+__device__ __forceinline__ void load_tile(typename TileRaw<KV>::Raw (&r)[kTileLoads<KV, HD>], const Args& a, int s,
+                                          const KV* base, int64_t row_stride, int j0, int last) {
+  using Raw = typename TileRaw<KV>::Raw;
+  constexpr int kVecs = HD / TileRaw<KV>::kElems;  // vectors per row
 #pragma unroll
-  for (int i = 0; i < Shape<HD>::kLoads; ++i) {
+  for (int i = 0; i < kTileLoads<KV, HD>; ++i) {
     const int idx = int(threadIdx.x) + i * kThreads;
-    const int j = j0 + idx / kQuads;
+    const int j = j0 + idx / kVecs;
     int64_t row = j;
     if (a.table && j <= last)
       row = int64_t(__ldg(a.table + int64_t(s) * a.table_stride + j / a.block_size)) * a.block_size + j % a.block_size;
-    r[i] = j <= last ? __ldg(reinterpret_cast<const float4*>(base + row * row_stride) + idx % kQuads)
-                     : make_float4(0.f, 0.f, 0.f, 0.f);
+    if (j <= last) {
+      r[i] = __ldg(reinterpret_cast<const Raw*>(base + row * row_stride) + idx % kVecs);
+    } else {
+      r[i] = Raw{};
+    }
   }
 }
 
 // Registers -> bf16 shared tile (same element order as load_tile).
-template <int HD>
-__device__ __forceinline__ void store_tile(uint32_t tile, const float4 (&r)[Shape<HD>::kLoads]) {
-  constexpr int kQuads = HD / 4;
+template <typename KV, int HD>
+__device__ __forceinline__ void store_tile(uint32_t tile, const typename TileRaw<KV>::Raw (&r)[kTileLoads<KV, HD>]) {
+  constexpr int kE = TileRaw<KV>::kElems;
+  constexpr int kVecs = HD / kE;
 #pragma unroll
-  for (int i = 0; i < Shape<HD>::kLoads; ++i) {
+  for (int i = 0; i < kTileLoads<KV, HD>; ++i) {
     const int idx = int(threadIdx.x) + i * kThreads;
-    const uint32_t at = tile + 2u * uint32_t((idx / kQuads) * Shape<HD>::kStride + 4 * (idx % kQuads));
-    st_shared_v2(at, pack_bf16(r[i].x, r[i].y), pack_bf16(r[i].z, r[i].w));
+    const uint32_t at = tile + 2u * uint32_t((idx / kVecs) * Shape<HD>::kStride + kE * (idx % kVecs));
+    if constexpr (kE == 4) {
+      st_shared_v2(at, pack_bf16(r[i].x, r[i].y), pack_bf16(r[i].z, r[i].w));
+    } else {
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at), "r"(r[i].x), "r"(r[i].y), "r"(r[i].z),
+                   "r"(r[i].w));
+    }
   }
 }
 
 // One block per SM: ptxas schedules ldmatrix far ahead and takes ~180-255 registers; capping
 // head_dim 64 at 128 (two blocks per SM) made it spill.
-template <int HD>
+template <int HD, typename KV>
 __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a) {
   using S = Shape<HD>;
   constexpr int BN = S::kKeys;
@@ -193,9 +219,10 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
 #pragma unroll
   for (int r = 0; r < 2; ++r) pos[r] = first_q + min(row_base + warp * 16 + gq + 8 * r, rows_per_kv - 1) / a.group;
 
-  const int64_t kv_row = int64_t(a.n_kv_heads) * HD;  // floats between consecutive positions
-  const float* kg = a.k + int64_t(g) * HD;
-  const float* vg = a.v + int64_t(g) * HD;
+  const int64_t kv_row = int64_t(a.n_kv_heads) * HD;  // elements between consecutive positions
+  const KV* kg = static_cast<const KV*>(a.k) + int64_t(g) * HD;
+  const KV* vg = static_cast<const KV*>(a.v) + int64_t(g) * HD;
+  using Raw = typename TileRaw<KV>::Raw;
 
   float o[HD / 8][4];
 #pragma unroll
@@ -217,11 +244,11 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
       }
     }
     {
-      float4 st[S::kLoads];
-      load_tile<HD>(st, a, seq, kg, kv_row, s_lo, s_hi);
-      store_tile<HD>(k_sm, st);
-      load_tile<HD>(st, a, seq, vg, kv_row, s_lo, s_hi);
-      store_tile<HD>(v_sm, st);
+      Raw st[kTileLoads<KV, HD>];
+      load_tile<KV, HD>(st, a, seq, kg, kv_row, s_lo, s_hi);
+      store_tile<KV, HD>(k_sm, st);
+      load_tile<KV, HD>(st, a, seq, vg, kv_row, s_lo, s_hi);
+      store_tile<KV, HD>(v_sm, st);
     }
     __syncthreads();
 
@@ -247,8 +274,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
       const uint32_t k_cur = k_sm + buf * kTileBytes, k_next = k_sm + (buf ^ 1u) * kTileBytes;
       const uint32_t v_cur = v_sm + buf * kTileBytes, v_next = v_sm + (buf ^ 1u) * kTileBytes;
 
-      float4 st[S::kLoads];
-      if (more) load_tile<HD>(st, a, seq, kg, kv_row, j0 + BN, s_hi);
+      Raw st[kTileLoads<KV, HD>];
+      if (more) load_tile<KV, HD>(st, a, seq, kg, kv_row, j0 + BN, s_hi);
 
       // S = Q K^T for the warp's 16 rows x BN keys.
       float s[BN / 8][4];
@@ -271,8 +298,8 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
         }
       }
       if (more) {
-        store_tile<HD>(k_next, st);
-        load_tile<HD>(st, a, seq, vg, kv_row, j0 + BN, s_hi);
+        store_tile<KV, HD>(k_next, st);
+        load_tile<KV, HD>(st, a, seq, vg, kv_row, j0 + BN, s_hi);
       }
 
       // Soft-capping acts on scaled scores, before masking (the reference's order).
@@ -343,7 +370,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
           mma_bf16(o[2 * dp + 1], pa, vb[2], vb[3]);
         }
       }
-      if (more) store_tile<HD>(v_next, st);
+      if (more) store_tile<KV, HD>(v_next, st);
       __syncthreads();  // next tile staged; this tile's buffers free for the one after
     }
   }
@@ -363,10 +390,17 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
     const int64_t row = int64_t(t) * a.n_heads + h;
     if (a.splits == 1) {
       const float inv = 1.f / l[r];  // l >= 1: the row's own position is always visible
-      float* dst = a.out + row * HD + 2 * cq;
+      const int64_t at = row * HD + 2 * cq;
 #pragma unroll
-      for (int i = 0; i < HD / 8; ++i)
-        *reinterpret_cast<float2*>(dst + 8 * i) = make_float2(o[i][2 * r] * inv, o[i][2 * r + 1] * inv);
+      for (int i = 0; i < HD / 8; ++i) {
+        const float x0 = o[i][2 * r] * inv, x1 = o[i][2 * r + 1] * inv;
+        if (a.out) *reinterpret_cast<float2*>(a.out + at + 8 * i) = make_float2(x0, x1);
+        if (a.out_lowp) {
+          const uint32_t lo = a.lowp_bf16 ? store_as<Bf16>(x0).bits : store_as<F16>(x0).bits;
+          const uint32_t hi = a.lowp_bf16 ? store_as<Bf16>(x1).bits : store_as<F16>(x1).bits;
+          *reinterpret_cast<uint32_t*>(a.out_lowp + at + 8 * i) = lo | hi << 16;
+        }
+      }
     } else {
       // Partial state in the fp32 kernel's units: m as a natural-log score, l = sum e^(score - m).
       const int64_t prow = int64_t(split) * a.n * a.n_heads + row;
@@ -382,7 +416,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
   }
 }
 
-template <int HD>
+template <int HD, typename KV>
 void launch(Context& ctx, const Args& a, dim3 grid) {
   constexpr size_t smem = Shape<HD>::kSmemBytes;
   if (smem > ctx.smem_optin)
@@ -392,10 +426,10 @@ void launch(Context& ctx, const Args& a, dim3 grid) {
   static bool opted_in = false;
   if (!opted_in) {
     LATHE_CUDA_CHECK(
-        cudaFuncSetAttribute(attention_tc_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+        cudaFuncSetAttribute(attention_tc_kernel<HD, KV>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     opted_in = true;
   }
-  attention_tc_kernel<HD><<<grid, kThreads, smem, ctx.stream>>>(a);
+  attention_tc_kernel<HD, KV><<<grid, kThreads, smem, ctx.stream>>>(a);
   LATHE_CUDA_CHECK_LAUNCH("attention_tc_kernel");
 }
 
@@ -404,11 +438,12 @@ inline int key_tile(int head_dim) { return head_dim > 128 ? Shape<256>::kKeys : 
 
 inline bool supports_head_dim(int64_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
 
-inline void run(Context& ctx, const Args& a, dim3 grid, int head_dim) {
+template <typename KV>
+void run(Context& ctx, const Args& a, dim3 grid, int head_dim) {
   switch (head_dim) {
-    case 64: return launch<64>(ctx, a, grid);
-    case 128: return launch<128>(ctx, a, grid);
-    case 256: return launch<256>(ctx, a, grid);
+    case 64: return launch<64, KV>(ctx, a, grid);
+    case 128: return launch<128, KV>(ctx, a, grid);
+    case 256: return launch<256, KV>(ctx, a, grid);
     default: raise(ErrorKind::kInternal, "cuda attention (tensor cores): head_dim ", head_dim, " has no instance");
   }
 }

@@ -41,6 +41,21 @@ __device__ __forceinline__ T round_to(float v) {
   else return __float2half_rn(v);
 }
 
+// fp32 -> a storage type (round to nearest even for the 16-bit ones).
+template <typename T>
+__device__ __forceinline__ T store_as(float v) {
+  if constexpr (std::is_same_v<T, float>) return v;
+  else if constexpr (std::is_same_v<T, Bf16>) return Bf16{__bfloat16_as_ushort(__float2bfloat16_rn(v))};
+  else return F16{__half_as_ushort(__float2half_rn(v))};
+}
+
+// One output element to an fp32 destination and/or its 16-bit copy (bf16 or f16); either may be
+// null (the lowp activations of ops.h).
+__device__ __forceinline__ void store_out(float* out, uint16_t* lowp, bool lowp_bf16, int64_t i, float v) {
+  if (out) out[i] = v;
+  if (lowp) lowp[i] = lowp_bf16 ? store_as<Bf16>(v).bits : store_as<F16>(v).bits;
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -16,7 +16,7 @@
 namespace lathe::ops::cuda {
 
 // Scratch slots: buffers a single op needs while it runs (never held across ops).
-enum class Scratch : int { kMatmulX = 0, kAttention = 1, kSelect = 2, kCount = 3 };
+enum class Scratch : int { kMatmulX = 0, kAttention = 1, kSelect = 2, kCounters = 3, kMoe = 4, kCount = 5 };
 
 class Context {
  public:
@@ -35,6 +35,8 @@ class Context {
   // Device memory of at least `bytes` for `slot`, reused across calls. Growing waits for the
   // stream first, so earlier kernels that still read the old buffer finish before it is freed.
   void* scratch(Scratch slot, size_t bytes);
+  // The same, zero-filled when (re)allocated; for counters the kernels using them leave at zero.
+  void* zeroed_scratch(Scratch slot, size_t bytes);
   void release_scratch() noexcept;
 
  private:
@@ -59,6 +61,7 @@ void scatter_add_rows(Context& ctx, const ScatterAddRowsParams& p);
 void scatter_rows(Context& ctx, const ScatterRowsParams& p);
 void apply_penalties(Context& ctx, const PenaltyParams& p);
 void top_k(Context& ctx, const TopKParams& p);
+bool moe_small_batch(Context& ctx, const MoeParams& p);  // false: not these sizes/dtypes (nothing done)
 
 // The cuBLAS path's pieces (matmul.cu), shared with the fused feed-forward (ffn.cu).
 // x [n, k] rounded to the weight dtype (bf16/f16) in scratch; with split, also lo = x - hi rounded.

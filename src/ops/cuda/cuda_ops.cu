@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -43,6 +44,14 @@ void* Context::scratch(Scratch slot, size_t bytes) {
   if (err != cudaSuccess) raise_cuda(err, "cudaMalloc (scratch)", __FILE__, __LINE__, rounded);
   scratch_bytes_[s] = rounded;
   return scratch_[s];
+}
+
+void* Context::zeroed_scratch(Scratch slot, size_t bytes) {
+  const int s = int(slot);
+  if (scratch_bytes_[s] >= bytes) return scratch_[s];
+  void* p = scratch(slot, bytes);
+  LATHE_CUDA_CHECK(cudaMemsetAsync(p, 0, scratch_bytes_[s], stream));
+  return p;
 }
 
 void Context::release_scratch() noexcept {
@@ -76,7 +85,19 @@ class OpProfile {
   OpProfile() {
     const char* e = std::getenv("LATHE_CUDA_PROFILE");
     enabled_ = e && std::string_view(e) == "1";
+    // LATHE_CUDA_SKIP=op1,op2 (op names as in the profile table): those ops are not launched at all,
+    // so a benchmark shows what they cost inside a recorded graph. Wrong results by design.
+    if (const char* s = std::getenv("LATHE_CUDA_SKIP")) {
+      std::string all(s);
+      for (size_t at = 0; at <= all.size();) {
+        size_t comma = all.find(',', at);
+        if (comma == std::string::npos) comma = all.size();
+        if (comma > at) skip_.insert(all.substr(at, comma - at));
+        at = comma + 1;
+      }
+    }
   }
+  bool skipped(const char* name) const { return !skip_.empty() && skip_.count(name) != 0; }
   ~OpProfile() {
     if (!enabled_) return;
     resolve();
@@ -136,6 +157,7 @@ class OpProfile {
     cudaEvent_t start, stop;
   };
   bool enabled_ = false;
+  std::set<std::string> skip_;
   std::vector<Pending> pending_;
   std::vector<cudaEvent_t> free_;
   std::map<std::string, std::pair<double, long>> totals_;
@@ -200,9 +222,20 @@ class CudaOps final : public Ops {
   const char* name() const override { return "cuda"; }
   cudaStream_t stream() const { return ctx_.stream; }
   cuda::Context& context() { return ctx_; }
+  void set_kv_f32(bool on) { kv_f32_ = on; }
 
   // ---- memory ------------------------------------------------------------------------------
   bool host_memory() const override { return false; }
+  // Fast mode keeps K/V in bf16 where the tensor-core prefill kernel and the decode kernel cover
+  // every attention call (head_dim 64/128/256); exact mode, and any other head_dim, keep fp32.
+  DType kv_dtype(int64_t head_dim) const override {
+    const bool bf16 = !ctx_.exact_matmul && !kv_f32_ && (head_dim == 64 || head_dim == 128 || head_dim == 256);
+    return bf16 ? DType::kBF16 : DType::kF32;
+  }
+
+  bool lowp_activations(int64_t n, DType weight_dtype) const override {
+    return !ctx_.exact_matmul && n > cuda::kGemvMaxTokens && (weight_dtype == DType::kBF16 || weight_dtype == DType::kF16);
+  }
 
   void* alloc(size_t bytes) override {
     no_capture("alloc");
@@ -325,50 +358,67 @@ class CudaOps final : public Ops {
   // ---- ops ---------------------------------------------------------------------------------
   void matmul(const MatmulParams& p) override {
     Timed t(*this, p.n > kGemvMaxTokens ? "matmul (cublas)" : "matmul (gemv)");
+    if (t.skipped) return;
     cuda::matmul(ctx_, p);
   }
   void matmul_multi(const MultiMatmulParams& p) override {
     Timed t(*this, p.n > kGemvMaxTokens ? "matmul_multi (cublas)" : "matmul_multi (gemv)");
+    if (t.skipped) return;
     cuda::matmul_multi(ctx_, p);
   }
   void rms_norm(const RmsNormParams& p) override {
     Timed t(*this, "rms_norm");
+    if (t.skipped) return;
     cuda::rms_norm(ctx_, p);
   }
   void add_rms_norm(float* x, const float* delta, const RmsNormParams& p) override {
     Timed t(*this, "add_rms_norm");
+    if (t.skipped) return;
     cuda::add_rms_norm(ctx_, x, delta, p);
   }
   void rope(const RopeParams& p) override {
     Timed t(*this, "rope");
+    if (t.skipped) return;
     cuda::rope(ctx_, p);
   }
   void rope_store_kv(const RopeStoreParams& p) override {
     Timed t(*this, "rope_store_kv");
+    if (t.skipped) return;
     cuda::rope_store_kv(ctx_, p);
   }
   void attention(const AttentionParams& p) override {
     Timed t(*this, "attention");
+    if (t.skipped) return;
     cuda::attention(ctx_, p);
   }
   void attention_batch(const BatchAttentionParams& p) override {
     Timed t(*this, "attention_batch");
+    if (t.skipped) return;
     cuda::attention_batch(ctx_, p);
   }
   void scatter_rows(const ScatterRowsParams& p) override {
     Timed t(*this, "scatter_rows");
+    if (t.skipped) return;
     cuda::scatter_rows(ctx_, p);
   }
   void apply_penalties(const PenaltyParams& p) override {
     Timed t(*this, "apply_penalties");
+    if (t.skipped) return;
     cuda::apply_penalties(ctx_, p);
+  }
+  bool moe_small_batch(const MoeParams& p) override {
+    Timed t(*this, "moe_small_batch");
+    if (t.skipped) return true;
+    return cuda::moe_small_batch(ctx_, p);
   }
   void top_k(const TopKParams& p) override {
     Timed t(*this, "top_k");
+    if (t.skipped) return;
     cuda::top_k(ctx_, p);
   }
   void glu(const GluParams& p) override {
     Timed t(*this, "glu");
+    if (t.skipped) return;
     cuda::glu(ctx_, p);
   }
   void ffn(const FfnParams& p) override {
@@ -379,32 +429,39 @@ class CudaOps final : public Ops {
                        p.down.rows == p.gate.cols && p.out != p.x;
     if (fused) {
       Timed t(*this, "ffn (fused bf16)");
+    if (t.skipped) return;
       return cuda::ffn(ctx_, p);
     }
     {
       Timed t(*this, "ffn (gemv + glu)");
+      if (t.skipped) return;
       if (cuda::ffn_gemv(ctx_, p)) return;
     }
     Ops::ffn(p);
   }
   void embedding(const EmbeddingParams& p) override {
     Timed t(*this, "embedding");
+    if (t.skipped) return;
     cuda::embedding(ctx_, p);
   }
   void add(float* y, const float* x, int64_t n) override {
     Timed t(*this, "add");
+    if (t.skipped) return;
     cuda::add(ctx_, y, x, n);
   }
   void softcap(float* x, int64_t n, float cap) override {
     Timed t(*this, "softcap");
+    if (t.skipped) return;
     cuda::softcap(ctx_, x, n, cap);
   }
   void gather_rows(const GatherRowsParams& p) override {
     Timed t(*this, "gather_rows");
+    if (t.skipped) return;
     cuda::gather_rows(ctx_, p);
   }
   void scatter_add_rows(const ScatterAddRowsParams& p) override {
     Timed t(*this, "scatter_add_rows");
+    if (t.skipped) return;
     cuda::scatter_add_rows(ctx_, p);
   }
 
@@ -412,7 +469,8 @@ class CudaOps final : public Ops {
   // Brackets one op with profiling events (when LATHE_CUDA_PROFILE=1 and not recording a graph).
   struct Timed {
     Timed(CudaOps& o, const char* name) : ops(o), what(name) {
-      on = o.profile_.enabled() && !o.ctx_.capturing;
+      skipped = o.profile_.skipped(name);
+      on = !skipped && o.profile_.enabled() && !o.ctx_.capturing;
       if (on) o.profile_.begin(o.ctx_.stream, start);
     }
     ~Timed() {
@@ -421,6 +479,7 @@ class CudaOps final : public Ops {
     CudaOps& ops;
     const char* what;
     bool on = false;
+    bool skipped = false;  // LATHE_CUDA_SKIP names this op: a timing diagnostic, results are garbage
     cudaEvent_t start = nullptr;
   };
 
@@ -435,6 +494,7 @@ class CudaOps final : public Ops {
   std::unique_ptr<std::remove_pointer_t<cublasHandle_t>, BlasDeleter> blas_;
   cuda::Context ctx_;
   OpProfile profile_;
+  bool kv_f32_ = false;  // BackendOptions::kv_f32
   std::unordered_map<void*, size_t> sizes_;  // live alloc() buffers, for memory_stats()
   size_t in_use_ = 0, peak_ = 0;
 };
@@ -462,6 +522,7 @@ std::unique_ptr<Ops> make_cuda_ops(const BackendOptions& options) {
   try {
     auto ops = std::make_unique<cuda::CudaOps>();
     ops->context().exact_matmul = options.exact_matmul;
+    ops->set_kv_f32(options.kv_f32);
     return ops;
   } catch (const Error& e) {
     // Callers treat null as "no usable GPU" and may fall back to the CPU; say why.

@@ -74,7 +74,7 @@ void glu_lowp(Context& ctx, Activation act, const void* gate, const void* up, vo
 
 void ffn(Context& ctx, const FfnParams& p) {
   const int64_t n = p.n, inter = p.gate.rows, hidden = p.gate.cols;
-  const LowpX xs = round_activations(ctx, p.x, n, hidden, p.gate.dtype, /*split=*/false);
+  const LowpX xs = p.x_lowp ? LowpX{p.x_lowp, nullptr} : round_activations(ctx, p.x, n, hidden, p.gate.dtype, false);
   const bool bf16 = p.gate.dtype == DType::kBF16;
   // The fp32 scratch buffers hold the half-width intermediates. gate and up stored side by side
   // (model::Runner uploads them so) run as one GEMM of twice the width: one launch, better tiles.

@@ -15,8 +15,12 @@
 // Layout: cuBLAS is column-major. Row-major y[n, m] is column-major C = y^T [m x n] with ldc = m;
 // row-major W[m, k] is column-major [k x m] (lda = k), used transposed; row-major x[n, k] is
 // column-major [k x n] (ldb = k). So C = op_T(A) * B with A = W, B = x.
+#include <algorithm>
 #include <climits>
+#include <cmath>
+#include <cstdlib>
 #include <map>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 
@@ -24,114 +28,10 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/gemv.cuh"
 
 namespace lathe::ops::cuda {
 namespace {
-
-constexpr int kGemvWarps = 8;  // 256 threads per block
-
-// VEC weight elements of type T held as raw bits until they are used, so the loads of several
-// vectors can all be issued before the first conversion (memory-level parallelism).
-template <typename T, int VEC>
-struct RawVec;
-
-template <>
-struct RawVec<Bf16, 8> {
-  uint4 v;
-  __device__ __forceinline__ void load(const Bf16* p) { v = __ldcs(reinterpret_cast<const uint4*>(p)); }
-  __device__ __forceinline__ void widen(float (&f)[8]) const {
-    f[0] = bf16_lo(v.x), f[1] = bf16_hi(v.x), f[2] = bf16_lo(v.y), f[3] = bf16_hi(v.y);
-    f[4] = bf16_lo(v.z), f[5] = bf16_hi(v.z), f[6] = bf16_lo(v.w), f[7] = bf16_hi(v.w);
-  }
-};
-
-template <>
-struct RawVec<F16, 8> {
-  uint4 v;
-  __device__ __forceinline__ void load(const F16* p) { v = __ldcs(reinterpret_cast<const uint4*>(p)); }
-  __device__ __forceinline__ void widen(float (&f)[8]) const {
-    f[0] = f16_lo(v.x), f[1] = f16_hi(v.x), f[2] = f16_lo(v.y), f[3] = f16_hi(v.y);
-    f[4] = f16_lo(v.z), f[5] = f16_hi(v.z), f[6] = f16_lo(v.w), f[7] = f16_hi(v.w);
-  }
-};
-
-template <>
-struct RawVec<float, 4> {
-  float4 v;
-  __device__ __forceinline__ void load(const float* p) { v = __ldcs(reinterpret_cast<const float4*>(p)); }
-  __device__ __forceinline__ void widen(float (&f)[4]) const { f[0] = v.x, f[1] = v.y, f[2] = v.z, f[3] = v.w; }
-};
-
-template <typename T>
-struct RawVec<T, 1> {
-  T v;
-  __device__ __forceinline__ void load(const T* p) { v = *p; }
-  __device__ __forceinline__ void widen(float (&f)[1]) const { f[0] = cuda::widen(v); }
-};
-
-template <int VEC>
-__device__ __forceinline__ void load_x(const float* p, float (&f)[VEC]) {
-  if constexpr (VEC == 8) {
-    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
-    const float4 b = __ldg(reinterpret_cast<const float4*>(p) + 1);
-    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
-  } else if constexpr (VEC == 4) {
-    const float4 a = __ldg(reinterpret_cast<const float4*>(p));
-    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w;
-  } else {
-    f[0] = __ldg(p);
-  }
-}
-
-// acc[r][t] += dot(w_r[c .. c+VEC), x_t[c .. c+VEC)) for the RW rows and NT tokens of this warp.
-template <typename T, int NT, int VEC, int RW>
-__device__ __forceinline__ void gemv_step(float (&acc)[RW][NT], const RawVec<T, VEC> (&raw)[RW], const float* x,
-                                          int64_t c, int64_t k) {
-  float wf[RW][VEC];
-#pragma unroll
-  for (int r = 0; r < RW; ++r) raw[r].widen(wf[r]);
-#pragma unroll
-  for (int t = 0; t < NT; ++t) {
-    float xv[VEC];
-    load_x<VEC>(x + t * k + c, xv);
-#pragma unroll
-    for (int r = 0; r < RW; ++r)
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[r][t] = fmaf(wf[r][i], xv[i], acc[r][t]);
-  }
-}
-
-// The streaming loop of a warp over its RW weight rows (lane l covers columns l*VEC + j*32*VEC, U
-// vectors per row in flight), ending with the warp-reduced dot products in every lane.
-template <typename T, int NT, int VEC, int RW, int U>
-__device__ __forceinline__ void gemv_rows(float (&acc)[RW][NT], const T* const (&wr)[RW], const float* x, int lane,
-                                          int64_t k) {
-#pragma unroll
-  for (int r = 0; r < RW; ++r)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[r][t] = 0.f;
-  const int64_t step = int64_t(kWarp) * VEC;
-  int64_t c = int64_t(lane) * VEC;
-  for (; c + (U - 1) * step < k; c += U * step) {
-    RawVec<T, VEC> raw[U][RW];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-      for (int r = 0; r < RW; ++r) raw[u][r].load(wr[r] + c + u * step);
-#pragma unroll
-    for (int u = 0; u < U; ++u) gemv_step<T, NT, VEC, RW>(acc, raw[u], x, c + u * step, k);
-  }
-  for (; c < k; c += step) {
-    RawVec<T, VEC> raw[RW];
-#pragma unroll
-    for (int r = 0; r < RW; ++r) raw[r].load(wr[r] + c);
-    gemv_step<T, NT, VEC, RW>(acc, raw, x, c, k);
-  }
-#pragma unroll
-  for (int r = 0; r < RW; ++r)
-#pragma unroll
-    for (int t = 0; t < NT; ++t) acc[r][t] = warp_sum(acc[r][t]);
-}
 
 // Up to three matrices sharing x, one launch: blocks [first1, first2) serve segment 1, [first2, ...)
 // segment 2 (q/k/v or gate/up in one go: fewer launches per decode step). Fields are named, not
@@ -389,7 +289,8 @@ void cublas_matmul(Context& ctx, const MatmulParams& p) {
                                    static_cast<const float*>(p.w.data), int(k), p.x, int(k), &beta, p.y, int(m)));
     return;
   }
-  const LowpX xs = round_activations(ctx, p.x, n, k, p.w.dtype, ctx.exact_matmul);
+  const LowpX xs = p.x_lowp && !ctx.exact_matmul ? LowpX{p.x_lowp, nullptr}
+                                                  : round_activations(ctx, p.x, n, k, p.w.dtype, ctx.exact_matmul);
   gemm_lowp(ctx, p.w, xs.hi, p.y, false, n, beta);
   if (xs.lo) gemm_lowp(ctx, p.w, xs.lo, p.y, false, n, 1.f);  // + W . lo: what bf16 rounding dropped
 }
@@ -434,11 +335,18 @@ LowpX round_activations(Context& ctx, const float* x, int64_t n, int64_t k, DTyp
 }
 
 // One cuBLASLt plan per GEMM shape: C[m x n] (column-major; row-major y[n, m]) = op_T(A) B with
-// A = W [k x m], B = x [k x n]; the heuristic's first algorithm for the shared workspace.
+// A = W [k x m], B = x [k x n]. The heuristic's first algorithm is not always the fastest (measured:
+// up to ~10% on prefill shapes), so the first call of a shape that overwrites its output (beta 0)
+// and is not being recorded into a graph times the top candidates on its own operands and keeps the
+// fastest; LATHE_GEMM_TUNE=0 keeps the heuristic's choice.
 struct LtPlan {
   cublasLtMatmulDesc_t op = nullptr;
   cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
   cublasLtMatmulAlgo_t algo{};
+  static constexpr int kCandidates = 6;
+  cublasLtMatmulAlgo_t candidates[kCandidates]{};  // the heuristic's top algorithms, best guess first
+  int n_candidates = 0;
+  bool tuned = false;
   bool ok = false;
 };
 struct LtPlans {
@@ -457,7 +365,7 @@ LtPlans* create_lt_plans() { return new LtPlans(); }
 void destroy_lt_plans(LtPlans* plans) noexcept { delete plans; }
 
 namespace {
-const LtPlan& lt_plan(Context& ctx, int64_t m, int64_t n, int64_t k, cudaDataType_t type, cudaDataType_t ytype) {
+LtPlan& lt_plan(Context& ctx, int64_t m, int64_t n, int64_t k, cudaDataType_t type, cudaDataType_t ytype) {
   auto key = std::make_tuple(m, n, k, int(type), int(ytype));
   auto it = ctx.lt_plans->plans.find(key);
   if (it != ctx.lt_plans->plans.end()) return it->second;
@@ -475,17 +383,63 @@ const LtPlan& lt_plan(Context& ctx, int64_t m, int64_t n, int64_t k, cudaDataTyp
     if (ok)
       ok = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws) ==
            CUBLAS_STATUS_SUCCESS;
-    cublasLtMatmulHeuristicResult_t result{};
+    cublasLtMatmulHeuristicResult_t results[LtPlan::kCandidates]{};
     int found = 0;
     if (ok)
-      ok = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found) ==
+      ok = cublasLtMatmulAlgoGetHeuristic(ctx.lt, p.op, p.a, p.b, p.c, p.c, pref, LtPlan::kCandidates, results, &found) ==
                CUBLAS_STATUS_SUCCESS &&
            found > 0;
     if (pref) cublasLtMatmulPreferenceDestroy(pref);
-    if (ok) p.algo = result.algo;
+    if (ok) {
+      p.algo = results[0].algo;
+      for (int i = 0; i < found; ++i)
+        if (results[i].state == CUBLAS_STATUS_SUCCESS) p.candidates[p.n_candidates++] = results[i].algo;
+    }
   }
   p.ok = ok;  // else cublasGemmEx serves this shape
   return p;
+}
+
+bool tuning_enabled() {
+  static const bool on = [] {
+    const char* e = std::getenv("LATHE_GEMM_TUNE");
+    return !(e && std::string_view(e) == "0");
+  }();
+  return on;
+}
+
+// Times each candidate (one warm-up, then the median of 3) on this call's operands; y is
+// overwritten each time (beta 0), so the caller's GEMM that follows gives the same result.
+void tune(Context& ctx, LtPlan& p, const void* w, const void* x, void* y) {
+  p.tuned = true;
+  if (p.n_candidates < 2 || !tuning_enabled()) return;
+  cudaEvent_t start, stop;
+  if (cudaEventCreate(&start) != cudaSuccess) return;
+  if (cudaEventCreate(&stop) != cudaSuccess) {
+    cudaEventDestroy(start);
+    return;
+  }
+  const float alpha = 1.f, beta = 0.f;
+  float best = INFINITY;
+  for (int c = 0; c < p.n_candidates; ++c) {
+    const cublasLtMatmulAlgo_t& algo = p.candidates[c];
+    float t[3] = {INFINITY, INFINITY, INFINITY};
+    bool ok = cublasLtMatmul(ctx.lt, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo, ctx.blas_workspace,
+                             ctx.blas_workspace_bytes, ctx.stream) == CUBLAS_STATUS_SUCCESS;
+    for (int r = 0; ok && r < 3; ++r) {
+      ok = cudaEventRecord(start, ctx.stream) == cudaSuccess &&
+           cublasLtMatmul(ctx.lt, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo, ctx.blas_workspace,
+                          ctx.blas_workspace_bytes, ctx.stream) == CUBLAS_STATUS_SUCCESS &&
+           cudaEventRecord(stop, ctx.stream) == cudaSuccess && cudaEventSynchronize(stop) == cudaSuccess &&
+           cudaEventElapsedTime(&t[r], start, stop) == cudaSuccess;
+    }
+    if (!ok) continue;
+    std::sort(t, t + 3);
+    if (t[1] < best) best = t[1], p.algo = algo;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  LATHE_CUDA_CHECK(cudaGetLastError());
 }
 }  // namespace
 
@@ -495,7 +449,8 @@ void gemm_lowp(Context& ctx, const Weight& w, const void* x_lowp, void* y, bool 
   const float alpha = 1.f;
   const cudaDataType_t type = w.dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_16F;
   if (ctx.lt) {
-    const LtPlan& p = lt_plan(ctx, m, n, k, type, y_lowp ? type : CUDA_R_32F);
+    LtPlan& p = lt_plan(ctx, m, n, k, type, y_lowp ? type : CUDA_R_32F);
+    if (p.ok && !p.tuned && beta == 0.f && !ctx.capturing) tune(ctx, p, w.data, x_lowp, y);
     if (p.ok) {
       LATHE_CUBLAS_CHECK(cublasLtMatmul(ctx.lt, p.op, &alpha, w.data, p.a, x_lowp, p.b, &beta, y, p.c, y, p.c, &p.algo,
                                         ctx.blas_workspace, ctx.blas_workspace_bytes, ctx.stream));
@@ -534,7 +489,9 @@ void matmul_multi(Context& ctx, const MultiMatmulParams& p) {
     shared_x = shared_x && p.w[i].dtype == p.w[0].dtype && p.w[i].cols == p.w[0].cols && p.w[i].rows > 0 &&
                p.w[i].cols > 0;
   if (shared_x) {
-    const LowpX xs = round_activations(ctx, p.x, p.n, p.w[0].cols, p.w[0].dtype, ctx.exact_matmul);
+    const LowpX xs = p.x_lowp && !ctx.exact_matmul
+                         ? LowpX{p.x_lowp, nullptr}
+                         : round_activations(ctx, p.x, p.n, p.w[0].cols, p.w[0].dtype, ctx.exact_matmul);
     for (int i = 0; i < p.count; ++i) {
       const float beta = p.bias[i] ? 1.f : 0.f;
       if (p.bias[i]) fill_bias(ctx, p.y[i], p.bias[i], p.n, p.w[i].rows);
@@ -546,6 +503,7 @@ void matmul_multi(Context& ctx, const MultiMatmulParams& p) {
   for (int i = 0; i < p.count; ++i) {
     MatmulParams m;
     m.x = p.x;
+    m.x_lowp = p.x_lowp;
     m.w = p.w[i];
     m.bias = p.bias[i];
     m.y = p.y[i];

@@ -72,6 +72,7 @@ void Ops::scatter_rows(const ScatterRowsParams& p) {
 void Ops::ffn(const FfnParams& p) {
   MultiMatmulParams gu;
   gu.x = p.x;
+  gu.x_lowp = p.x_lowp;
   gu.n = p.n;
   gu.count = 2;
   gu.w[0] = p.gate;
@@ -99,6 +100,8 @@ void Ops::ffn(const FfnParams& p) {
 }
 
 void Ops::rope_store_kv(const RopeStoreParams& p) {
+  if (p.kv_dtype != DType::kF32)
+    fail(ErrorKind::kUnsupported, "rope_store_kv on {}: a {} K/V cache is not supported", name(), dtype_name(p.kv_dtype));
   const int64_t qrow = p.n_heads * p.head_dim, row = p.n_kv_heads * p.head_dim;
   const int64_t qs = p.q_stride ? p.q_stride : qrow, ks = p.k_stride ? p.k_stride : row, vs = p.v_stride ? p.v_stride : row;
   // Dense copies where the input is strided (or q goes elsewhere), so rope() sees [n, heads, dim].
@@ -128,7 +131,8 @@ void Ops::rope_store_kv(const RopeStoreParams& p) {
     r.rot_dim = p.rot_dim;
     rope(r);
   }
-  for (auto [dst, src] : {std::pair{p.k_cache, static_cast<const float*>(kd.data())}, std::pair{p.v_cache, v}}) {
+  for (auto [dst, src] : {std::pair{static_cast<float*>(p.k_cache), static_cast<const float*>(kd.data())},
+                          std::pair{static_cast<float*>(p.v_cache), v}}) {
     ScatterRowsParams s;
     s.dst = dst;
     s.idx = p.slots;
@@ -142,6 +146,10 @@ void Ops::rope_store_kv(const RopeStoreParams& p) {
 void Ops::attention_batch(const BatchAttentionParams& p) {
   if (!host_memory())
     fail(ErrorKind::kInternal, "backend {} must implement attention_batch (its memory is not host memory)", name());
+  if (p.kv_dtype != DType::kF32)
+    fail(ErrorKind::kUnsupported, "attention_batch on {}: a {} K/V cache is not supported", name(), dtype_name(p.kv_dtype));
+  const float* pk = static_cast<const float*>(p.k);
+  const float* pv = static_cast<const float*>(p.v);
   const int64_t row = p.n_kv_heads * p.head_dim, qrow = p.n_heads * p.head_dim;
   std::vector<float> kbuf, vbuf;
   for (int64_t s = 0; s < p.num_seqs; ++s) {
@@ -156,16 +164,16 @@ void Ops::attention_batch(const BatchAttentionParams& p) {
     for (int64_t b = 1; b < blocks; ++b) consecutive &= table[b] == table[0] + b;
     AttentionParams a;
     if (consecutive) {
-      a.k = p.k + int64_t(table[0]) * p.block_size * row;
-      a.v = p.v + int64_t(table[0]) * p.block_size * row;
+      a.k = pk + int64_t(table[0]) * p.block_size * row;
+      a.v = pv + int64_t(table[0]) * p.block_size * row;
     } else {
       kbuf.resize(size_t(kv * row));
       vbuf.resize(size_t(kv * row));
       for (int64_t j = 0; j < kv; j += p.block_size) {
         const int64_t len = std::min(p.block_size, kv - j);
         const int64_t src = int64_t(table[j / p.block_size]) * p.block_size * row;
-        std::memcpy(kbuf.data() + j * row, p.k + src, size_t(len * row) * sizeof(float));
-        std::memcpy(vbuf.data() + j * row, p.v + src, size_t(len * row) * sizeof(float));
+        std::memcpy(kbuf.data() + j * row, pk + src, size_t(len * row) * sizeof(float));
+        std::memcpy(vbuf.data() + j * row, pv + src, size_t(len * row) * sizeof(float));
       }
       a.k = kbuf.data();
       a.v = vbuf.data();

@@ -1,0 +1,319 @@
+// Decode attention (flash-decoding) for the CUDA backend: calls whose sequences each bring a few
+// queries (rows = queries x group <= kMaxRows per kv head), any K/V cache dtype the backend keeps
+// (fp32 or bf16), fp32 math. Included by attention.cu only, which routes such calls here.
+//
+// Why a kernel of its own: at decode the work per (sequence, kv head) is a few rows against the
+// cached keys, so time is latency (dependent global round trips), not math or bandwidth. The
+// general kernel stages 32-key tiles in shared memory behind barriers, one tile per round trip;
+// this one keeps everything in registers:
+//  * Grid (kv head, sequence, split). A block's 4 or 8 warps share the split's keys round-robin in
+//    chunks of kChunk keys; a lane holds head_dim / 32 consecutive elements of a key (and of the
+//    query rows), so one chunk is kChunk independent 8-32 byte loads per lane for K and as many for
+//    V, all in flight at once, with their block-table lookups issued before them.
+//  * Scores are warp-reduced dot products; each warp keeps an online softmax (m, l, acc) per row;
+//    the warps merge through shared memory at the end.
+//  * Splits: the host picks a split count from the launch's key bound (the cache capacity when a
+//    graph records the step); the kernel divides the sequence's actual key span over them, at least
+//    kMinKeys keys each, so short contexts use few splits and idle splits exit at once. With more
+//    than one split every block writes its partial (m, l, acc); the last block of a (sequence, kv
+//    head) to finish, found with an atomic counter that it resets, merges them: no second launch.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "ops/cuda/check.h"
+#include "ops/cuda/common.cuh"
+#include "ops/cuda/cuda_internal.h"
+
+namespace lathe::ops::cuda::attn_dec {
+
+// Warps per block: 8 for up to 4 rows (more loads in flight, fewer rounds per warp), 4 above (the
+// per-warp partial states of the final merge must fit 48 KB of static shared memory).
+template <int R>
+inline constexpr int kWarpsFor = R <= 4 ? 8 : 4;
+inline constexpr int kChunk = 8;        // keys per warp per round
+inline constexpr int kMinKeys = 64;     // fewest keys a split is given
+inline constexpr int kMaxSplits = 128;  // merge weights live in shared memory
+inline constexpr int kMaxRows = 16;
+// Blocks resident per SM: two where the registers allow it without spilling (bf16 K/V, head_dim
+// <= 128, <= 4 rows: 128 registers a thread), so twice the loads are in flight; one elsewhere.
+template <typename KV, int HD, int R>
+inline constexpr int kBlocksPerSm = std::is_same_v<KV, Bf16> && HD <= 128 && R <= 4 ? 2 : 1;
+inline int blocks_per_sm(bool bf16, int64_t head_dim, int64_t rows) { return bf16 && head_dim <= 128 && rows <= 4 ? 2 : 1; }
+
+struct Args {
+  const float* q;
+  const void* k;
+  const void* v;
+  float* out;          // may be null when out_lowp is set
+  uint16_t* out_lowp;  // bf16/f16 copy of out, or null
+  bool lowp_bf16;
+  float* part_ml;   // [splits][n * n_heads][2]: m (natural-log units), l
+  float* part_acc;  // [splits][n * n_heads][head_dim]
+  int* counters;    // [num_seqs * n_kv_heads], zero between launches
+  int n, n_heads, n_kv_heads, group;
+  int window;  // 0: none
+  float scale, softcap;
+  int splits;
+  // Null cu_q: one sequence of n queries and kv_len keys; null table: contiguous rows.
+  const int* cu_q;
+  const int* kv_lens;
+  int kv_len;
+  const int* table;
+  int block_size, table_stride;
+};
+
+// VEC consecutive elements of a K/V row, held as loaded (bf16 stays packed two per register, so a
+// round's K/V, and the next round's in flight, take half the registers) and widened at use.
+template <typename KV, int VEC>
+struct KvRaw {
+  float f[VEC];
+  __device__ __forceinline__ void load(const KV* p) {
+    if constexpr (VEC == 2) {
+      const float2 a = __ldg(reinterpret_cast<const float2*>(p));
+      f[0] = a.x, f[1] = a.y;
+    } else {
+#pragma unroll
+      for (int i = 0; i < VEC; i += 4) {
+        const float4 a = __ldg(reinterpret_cast<const float4*>(p + i));
+        f[i] = a.x, f[i + 1] = a.y, f[i + 2] = a.z, f[i + 3] = a.w;
+      }
+    }
+  }
+  __device__ __forceinline__ float at(int i) const { return f[i]; }
+};
+
+template <int VEC>
+struct KvRaw<Bf16, VEC> {
+  uint32_t w[VEC / 2];
+  __device__ __forceinline__ void load(const Bf16* p) {
+    if constexpr (VEC == 2) {
+      w[0] = __ldg(reinterpret_cast<const unsigned int*>(p));
+    } else if constexpr (VEC == 4) {
+      const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+      w[0] = u.x, w[1] = u.y;
+    } else {
+      const uint4 u = __ldg(reinterpret_cast<const uint4*>(p));
+      w[0] = u.x, w[1] = u.y, w[2] = u.z, w[3] = u.w;
+    }
+  }
+  __device__ __forceinline__ float at(int i) const { return i % 2 ? bf16_hi(w[i / 2]) : bf16_lo(w[i / 2]); }
+};
+
+template <typename KV, int HD, int R>
+__global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>) decode_kernel(const Args a) {
+  constexpr int kWarps = kWarpsFor<R>, kThreads = kWarps * kWarp;
+  constexpr int VEC = HD / kWarp;
+  __shared__ float sm_m[kWarps][R], sm_l[kWarps][R];
+  __shared__ float sm_acc[kWarps][R][HD];
+  __shared__ float sm_w[R][kMaxSplits];
+  __shared__ int sm_last;
+
+  const int g = int(blockIdx.x), s = int(blockIdx.y), z = int(blockIdx.z);
+  const int lane = int(threadIdx.x) % kWarp, warp = int(threadIdx.x) / kWarp;
+  const int q0 = a.cu_q ? a.cu_q[s] : 0;
+  const int nq = a.cu_q ? a.cu_q[s + 1] - q0 : a.n;
+  const int kv_len = a.cu_q ? a.kv_lens[s] : a.kv_len;
+  const int rows = nq * a.group;  // <= R (the launcher's bound)
+  const int first_pos = kv_len - nq;
+  const int lo = a.window > 0 ? max(0, first_pos - a.window + 1) : 0;
+  const int span = max(0, kv_len - lo);
+  int per = (span + a.splits - 1) / a.splits;
+  per = max(kMinKeys, (per + kWarp - 1) / kWarp * kWarp);
+  const int s_lo = lo + z * per;
+  const int s_hi = min(kv_len, s_lo + per);  // exclusive
+
+  float q[R][VEC];
+  int pos[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    pos[r] = -1;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) q[r][i] = 0.f;
+    if (r < rows) {
+      const int t = q0 + r / a.group, h = g * a.group + r % a.group;
+      KvRaw<float, VEC> qr;
+      qr.load(a.q + (int64_t(t) * a.n_heads + h) * HD + lane * VEC);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) q[r][i] = qr.at(i);
+      pos[r] = first_pos + r / a.group;
+    }
+  }
+  float m[R], l[R], acc[R][VEC];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    m[r] = -INFINITY;
+    l[r] = 0.f;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[r][i] = 0.f;
+  }
+
+  const int64_t kv_row = int64_t(a.n_kv_heads) * HD;
+  const KV* kb = static_cast<const KV*>(a.k) + int64_t(g) * HD + lane * VEC;
+  const KV* vb = static_cast<const KV*>(a.v) + int64_t(g) * HD + lane * VEC;
+  const int* table = a.table ? a.table + int64_t(s) * a.table_stride : nullptr;
+
+  // Software pipeline: the next round's K/V loads are issued before this round's math.
+  using Raw = KvRaw<KV, VEC>;
+  const auto fetch = [&](int j0, Raw (&kf)[kChunk], Raw (&vf)[kChunk]) {
+    int64_t at[kChunk];
+#pragma unroll
+    for (int u = 0; u < kChunk; ++u) {
+      const int j = min(j0 + u, s_hi - 1);  // past the end: a repeat of the last key, masked below
+      at[u] = table ? (int64_t(__ldg(table + j / a.block_size)) * a.block_size + j % a.block_size) * kv_row
+                    : int64_t(j) * kv_row;
+    }
+#pragma unroll
+    for (int u = 0; u < kChunk; ++u) kf[u].load(kb + at[u]);
+#pragma unroll
+    for (int u = 0; u < kChunk; ++u) vf[u].load(vb + at[u]);
+  };
+  Raw kf[kChunk], vf[kChunk], kn[kChunk], vn[kChunk];
+  int j0 = s_lo + warp * kChunk;
+  if (j0 < s_hi) fetch(j0, kf, vf);
+  for (; j0 < s_hi; j0 += kWarps * kChunk) {
+    const bool more = j0 + kWarps * kChunk < s_hi;
+    if (more) fetch(j0 + kWarps * kChunk, kn, vn);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (r >= rows) break;  // warp-uniform
+      float sc[kChunk];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) {
+        float d = 0.f;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) d = fmaf(q[r][i], kf[u].at(i), d);
+        d = warp_sum(d) * a.scale;
+        if (a.softcap > 0.f) d = a.softcap * tanhf(d / a.softcap);
+        const int j = j0 + u;
+        const bool visible = j < s_hi && j <= pos[r] && (a.window <= 0 || j > pos[r] - a.window);
+        sc[u] = visible ? d : -INFINITY;
+        mx = fmaxf(mx, sc[u]);
+      }
+      const float m_new = fmaxf(m[r], mx);
+      if (m_new == -INFINITY) continue;  // nothing visible to this row yet
+      const float corr = __expf(m[r] - m_new);  // m = -inf: 0 (acc and l are 0 then anyway)
+      l[r] *= corr;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[r][i] *= corr;
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) {
+        const float p = __expf(sc[u] - m_new);
+        l[r] += p;
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc[r][i] = fmaf(p, vf[u].at(i), acc[r][i]);
+      }
+      m[r] = m_new;
+    }
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) kf[u] = kn[u], vf[u] = vn[u];
+    }
+  }
+
+  // Merge the warps: every warp's state to shared memory, then one thread per (row, dim).
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (r >= rows) break;
+    if (lane == 0) sm_m[warp][r] = m[r], sm_l[warp][r] = l[r];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) sm_acc[warp][r][lane * VEC + i] = acc[r][i];
+  }
+  __syncthreads();
+  for (int idx = int(threadIdx.x); idx < rows * HD; idx += kThreads) {
+    const int r = idx / HD, d = idx % HD;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, sm_m[w][r]);
+    float L = 0.f, O = 0.f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float e = __expf(sm_m[w][r] - M);
+        L = fmaf(sm_l[w][r], e, L);
+        O = fmaf(sm_acc[w][r][d], e, O);
+      }
+    }
+    const int t = q0 + r / a.group, h = g * a.group + r % a.group;
+    const int64_t row = int64_t(t) * a.n_heads + h;
+    if (a.splits == 1) {
+      store_out(a.out, a.out_lowp, a.lowp_bf16, row * HD + d, L > 0.f ? O / L : 0.f);
+    } else {
+      const int64_t prow = int64_t(z) * a.n * a.n_heads + row;
+      a.part_acc[prow * HD + d] = O;
+      if (d == 0) a.part_ml[prow * 2] = M, a.part_ml[prow * 2 + 1] = L;
+    }
+  }
+  if (a.splits == 1) return;
+
+  // The last split block of this (sequence, kv head) merges all partials.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int* counter = a.counters + int64_t(s) * a.n_kv_heads + g;
+    const int done = atomicAdd(counter, 1);
+    sm_last = done == a.splits - 1;
+    if (sm_last) *counter = 0;  // ready for the next launch (or graph replay)
+  }
+  __syncthreads();
+  if (!sm_last) return;
+  __threadfence();
+  const int64_t stride = int64_t(a.n) * a.n_heads;
+  for (int r = warp; r < rows; r += kWarps) {
+    const int t = q0 + r / a.group, h = g * a.group + r % a.group;
+    const int64_t row = int64_t(t) * a.n_heads + h;
+    float M = -INFINITY;
+    for (int zz = lane; zz < a.splits; zz += kWarp) M = fmaxf(M, __ldcg(a.part_ml + (zz * stride + row) * 2));
+    M = warp_max(M);
+    float L = 0.f;
+    for (int zz = lane; zz < a.splits; zz += kWarp) {
+      const float mz = __ldcg(a.part_ml + (zz * stride + row) * 2);
+      const float e = mz == -INFINITY ? 0.f : __expf(mz - M);
+      sm_w[r][zz] = e;
+      L = fmaf(__ldcg(a.part_ml + (zz * stride + row) * 2 + 1), e, L);
+    }
+    L = warp_sum(L);
+    __syncwarp();
+    const float inv = L > 0.f ? 1.f / L : 0.f;
+    // Independent loads (no branch on the weight, unrolled) so many are in flight at once; splits
+    // that saw no key wrote zeros with weight 0.
+    for (int d = lane; d < HD; d += kWarp) {
+      float O = 0.f;
+#pragma unroll 8
+      for (int zz = 0; zz < a.splits; ++zz) O = fmaf(__ldcg(a.part_acc + (zz * stride + row) * HD + d), sm_w[r][zz], O);
+      store_out(a.out, a.out_lowp, a.lowp_bf16, row * HD + d, O * inv);
+    }
+  }
+}
+
+inline int max_rows(int64_t head_dim) { return head_dim == 256 ? 8 : kMaxRows; }
+
+inline bool supports_head_dim(int64_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
+
+template <typename KV, int HD>
+void launch_hd(const Args& a, dim3 grid, int rows, cudaStream_t stream) {
+  if (rows <= 4) {
+    decode_kernel<KV, HD, 4><<<grid, kWarpsFor<4> * kWarp, 0, stream>>>(a);
+  } else if constexpr (HD == 256) {
+    decode_kernel<KV, HD, 8><<<grid, kWarpsFor<8> * kWarp, 0, stream>>>(a);
+  } else {
+    decode_kernel<KV, HD, kMaxRows><<<grid, kWarpsFor<kMaxRows> * kWarp, 0, stream>>>(a);
+  }
+  LATHE_CUDA_CHECK_LAUNCH("attention decode_kernel");
+}
+
+template <typename KV>
+void launch(const Args& a, dim3 grid, int rows, int head_dim, cudaStream_t stream) {
+  switch (head_dim) {
+    case 64: return launch_hd<KV, 64>(a, grid, rows, stream);
+    case 128: return launch_hd<KV, 128>(a, grid, rows, stream);
+    case 256: return launch_hd<KV, 256>(a, grid, rows, stream);
+    default: raise(ErrorKind::kInternal, "cuda attention (decode): head_dim ", head_dim, " has no instance");
+  }
+}
+
+}  // namespace lathe::ops::cuda::attn_dec
