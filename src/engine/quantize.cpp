@@ -97,7 +97,9 @@ QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t c
   const double head = double(c.vocab_size) * double(c.hidden_size);
   const double embed_bytes = head * 2.0;  // float16
   QuantAdvice a;
-  a.kv_bytes = size_t(2 * c.num_layers * c.num_kv_heads * c.head_dim) * sizeof(float) * size_t(ctx);
+  // The GPU keeps K/V in bf16 (fast precision, the default for generation) where head_dim allows.
+  const bool bf16_kv = c.head_dim == 64 || c.head_dim == 128 || c.head_dim == 256;
+  a.kv_bytes = size_t(2 * c.num_layers * c.num_kv_heads * c.head_dim) * (bf16_kv ? 2 : 4) * size_t(ctx);
   // Activations of a 512-token step and one row of logits, plus the runtime's own reserve.
   a.other_bytes = size_t(8 * std::max(c.hidden_size, c.intermediate_size) + c.vocab_size) * sizeof(float) * 512 +
                   (size_t(512) << 20);
@@ -118,7 +120,9 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
   using clock = std::chrono::steady_clock;
   const auto t0 = clock::now();
   const model::ModelConfig& c = model.config();
-  if (!c.quant.method.empty())
+  // GPTQ input is converted: its layers load dequantized, and are calibrated and quantized from
+  // there like float weights. EXL2 input would only stack a second rounding on the first.
+  if (!c.quant.method.empty() && c.quant.method != "gptq")
     fail(ErrorKind::kInvalidArgument, "{} is already quantized ({}); quantize the original model instead",
          model.dir().string(), c.quant.method);
   if (model.arch().moe || model.arch().fused_qkv || model.arch().fused_gate_up)
@@ -261,8 +265,9 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
     weights_sum += double(w.rows * w.cols);
     report.layers.push_back(q);
     for (auto& t : quant::exl2_tensors(*layers.back(), j.name)) tensors.push_back(t);
-    replaced[j.name + ".weight"] = true;
-    if (j.lin->bias) replaced[j.name + ".bias"] = true;
+    // The layer's stored tensors, whatever form they had (a GPTQ input's packed parts included).
+    for (const char* part : {".weight", ".bias", ".qweight", ".qzeros", ".scales", ".g_idx"})
+      replaced[j.name + part] = true;
     if (opt.progress) opt.progress("quantize", int64_t(i + 1), int64_t(jobs.size() + 1));
   }
   report.bpw = bits_sum / weights_sum;
@@ -280,7 +285,7 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
     q.bpw = quant::exl2_bits_per_weight(*layers.back());
     report.layers.push_back(q);
     for (auto& t : quant::exl2_tensors(*layers.back(), "lm_head")) tensors.push_back(t);
-    replaced["lm_head.weight"] = true;
+    for (const char* part : {".weight", ".qweight", ".qzeros", ".scales", ".g_idx"}) replaced[std::string("lm_head") + part] = true;
     if (opt.progress) opt.progress("quantize", int64_t(jobs.size() + 1), int64_t(jobs.size() + 1));
   }
 
@@ -306,6 +311,7 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
   nlohmann::json config = io::read_json_file(model.dir() / "config.json");
   config["quantization_config"] = {{"quant_method", "exl2"},
                                    {"version", "lathe"},
+                                   {"converted_from", c.quant.method.empty() ? "float" : c.quant.method},
                                    {"bits", opt.bpw},
                                    {"head_bits", opt.head_bits},
                                    {"calibration",
