@@ -224,6 +224,58 @@ void bench_attention_prefill(Ops& exact, Ops& fast, const std::vector<int64_t>& 
 
 }  // namespace
 
+// EXL2 GEMV at 4 bits (groups of 128 input rows, the common layout of a ~4.1 bpw file), packed
+// words and scales random (every bit pattern is a valid code); GB/s counts the packed bytes read.
+void bench_exl2(Ops& ops, const std::vector<Linear>& shapes, const std::vector<int64_t>& ns) {
+  print_header("matmul_exl2 (4-bit groups of 128, fp32 activations)",
+               "  shape                 n      time(us)   GB/s    %peak");
+  const int64_t max_n = *std::max_element(ns.begin(), ns.end());
+  for (const Linear& L : shapes) {
+    const int64_t K = L.k, N = L.m, Np = (N + 31) / 32 * 32, G = K / 128;
+    const size_t qbytes = size_t(K / 8 * Np) * 4, sbytes = size_t(G * Np / 8) * 4;
+    const int copies = int(std::max<size_t>(1, (size_t(256) << 20) / (qbytes + sbytes) + 1));
+    std::vector<Buffer> qw, qs;
+    for (int c = 0; c < copies; ++c) {
+      qw.emplace_back(ops, qbytes);
+      fill(ops, qw.back(), DType::kBF16, 1.f, 101u + uint32_t(c));
+      qs.emplace_back(ops, sbytes);
+      fill(ops, qs.back(), DType::kBF16, 1.f, 301u + uint32_t(c));
+    }
+    std::vector<uint16_t> smax(static_cast<size_t>(G), uint16_t(0x211f));  // ~0.01 in float16
+    std::vector<int32_t> perm(static_cast<size_t>(K)), groups;
+    for (int64_t k = 0; k < K; ++k) perm[size_t(k)] = int32_t(k);
+    for (int64_t g = 0; g < G; ++g)
+      for (int64_t v : {int64_t(4), int64_t(128), g * 16, g * 128}) groups.push_back(int32_t(v));
+    Buffer dmax(ops, smax.size() * 2), dperm(ops, perm.size() * 4), dgroups(ops, groups.size() * 4);
+    ops.copy_to_backend(dmax.data(), smax.data(), smax.size() * 2);
+    ops.copy_to_backend(dperm.data(), perm.data(), perm.size() * 4);
+    ops.copy_to_backend(dgroups.data(), groups.data(), groups.size() * 4);
+    Buffer x(ops, size_t(max_n * K) * 4), y(ops, size_t(max_n * N) * 4);
+    fill(ops, x, DType::kF32, 1.f, 3u);
+    for (int64_t n : ns) {
+      Exl2MatmulParams p;
+      p.x = x.f32();
+      p.y = y.f32();
+      p.n = n;
+      p.w.q_scale_max = static_cast<const uint16_t*>(dmax.data());
+      p.w.perm = static_cast<const int32_t*>(dperm.data());
+      p.w.groups = static_cast<const int32_t*>(dgroups.data());
+      p.w.in_features = K;
+      p.w.out_features = N;
+      p.w.num_groups = G;
+      p.w.max_group_rows = 128;
+      const double ms = time_ms(ops, [&](int i) {
+        p.w.q_weight = static_cast<const uint32_t*>(qw[size_t(i % copies)].data());
+        p.w.q_scale = static_cast<const uint32_t*>(qs[size_t(i % copies)].data());
+        ops.matmul_exl2(p);
+      });
+      const double gbs = double(qbytes + sbytes) / (ms * 1e-3) / 1e9;
+      std::printf("  %-8s %6lldx%-6lld %5lld %10.1f %8.0f %7.1f%%\n", L.name, (long long)K, (long long)N, (long long)n,
+                  ms * 1e3, gbs, 100.0 * gbs * 1e9 / kPeakBytesPerS);
+    }
+  }
+}
+
 int main(int argc, char** argv) {
   const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
   auto ops = make_cuda_ops();
@@ -239,6 +291,7 @@ int main(int argc, char** argv) {
     const std::vector<Linear> gemv_shapes = {
         {"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}, {"lm_head", 4096, 128256}};
     bench_matmul(*ops, quick ? std::vector<Linear>{gemv_shapes[1]} : gemv_shapes, {1, 8, 32});
+    bench_exl2(*ops, quick ? std::vector<Linear>{gemv_shapes[1]} : gemv_shapes, {1, 4, 8});
     const std::vector<Linear> gemm_shapes = {{"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
     bench_matmul(*ops, quick ? std::vector<Linear>{gemm_shapes[1]} : gemm_shapes, {512, 2048});
     bench_attention(*ops, {128, 4096, 16384}, 2048);

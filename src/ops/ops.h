@@ -194,6 +194,31 @@ struct MoeParams {
   Activation act = Activation::kSilu;
 };
 
+// An EXL2-quantized linear layer in backend memory, read by kernels as it is packed (quant/exl2.h
+// has the format): q_weight [qrows, padded_out] column bitstreams, 4-bit scale codes [groups,
+// padded_out / 8] (stored code c means (c + 1)^2 / 256 of the group's float16 scale_max), act-order
+// rows cut into groups of descending width. Build it with quant::exl2_upload-style code from a
+// quant::Exl2Matrix; the group table and perm are precomputed for the kernels.
+struct Exl2View {
+  const uint32_t* q_weight = nullptr;
+  const uint32_t* q_scale = nullptr;
+  const uint16_t* q_scale_max = nullptr;  // [groups] float16 bits
+  const int32_t* perm = nullptr;          // [in_features]: act-order row p reads input channel perm[p]
+  const int32_t* groups = nullptr;        // [groups, 4]: bits, rows, first q_weight row, first act-order row
+  const uint16_t* bias = nullptr;         // [out_features] float16 bits, or null
+  int64_t in_features = 0, out_features = 0, num_groups = 0;
+  int64_t max_group_rows = 0;  // host-known bound, for kernel shared-memory sizing
+  int64_t padded_out() const { return (out_features + 31) / 32 * 32; }
+};
+
+// y[n, out] = x[n, in] W^T (+ bias) with W dequantized on the fly, never stored.
+struct Exl2MatmulParams {
+  const float* x = nullptr;  // [n, in_features]
+  Exl2View w;
+  float* y = nullptr;        // [n, out_features]
+  int64_t n = 0;
+};
+
 struct EmbeddingParams {
   Weight table;                    // [vocab, dim]
   const int32_t* ids = nullptr;    // [n], each in [0, vocab)
@@ -334,6 +359,8 @@ class Ops {
   virtual void ffn(const FfnParams& p);
   // Default: rope(q), rope(k), scatter_rows(k), scatter_rows(v).
   virtual void rope_store_kv(const RopeStoreParams& p);
+  // Default: a scalar host loop over the packed weights (host memory only): the reference.
+  virtual void matmul_exl2(const Exl2MatmulParams& p);
   // Returns false (nothing done) where the backend has no such path for these sizes/dtypes; the
   // caller then routes on the host. Default: false.
   virtual bool moe_small_batch(const MoeParams& p) {

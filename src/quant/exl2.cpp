@@ -178,6 +178,20 @@ std::vector<io::NamedTensor> exl2_tensors(const Exl2Matrix& m, const std::string
   return out;
 }
 
+Exl2Tables exl2_tables(const Exl2Matrix& m) {
+  Exl2Tables t;
+  t.perm.resize(size_t(m.in_features));
+  for (int64_t k = 0; k < m.in_features; ++k) t.perm[size_t(m.q_invperm[size_t(k)])] = int32_t(k);
+  int64_t row = 0, qrow = 0;
+  for (const Exl2Group& g : m.groups) {
+    for (int64_t v : {int64_t(g.bits), g.rows, qrow, row}) t.groups.push_back(int32_t(v));
+    t.max_group_rows = std::max(t.max_group_rows, g.rows);
+    row += g.rows;
+    qrow += g.rows * g.bits / 32;
+  }
+  return t;
+}
+
 void exl2_dequantize(const Exl2Matrix& m, float* w) {
   const int64_t K = m.in_features, N = m.out_features, Np = m.padded_out(), G = int64_t(m.groups.size());
   std::vector<int32_t> perm(static_cast<size_t>(K));  // act-order position -> input channel

@@ -50,6 +50,16 @@ Exl2Matrix exl2_read(const io::WeightStore& store, const std::string& prefix);
 // The layer's tensors under `prefix` (views into m, which must outlive them).
 std::vector<io::NamedTensor> exl2_tensors(const Exl2Matrix& m, const std::string& prefix);
 
+// What the kernels read beside the packed tensors (ops::Exl2View): perm (act-order row -> input
+// channel, the inverse of q_invperm) and the group table [G, 4] = bits, rows, first q_weight row,
+// first act-order row.
+struct Exl2Tables {
+  std::vector<int32_t> perm;
+  std::vector<int32_t> groups;
+  int64_t max_group_rows = 0;
+};
+Exl2Tables exl2_tables(const Exl2Matrix& m);
+
 // w: [N, K] float, rows = output features, columns = input channels in their original order.
 void exl2_dequantize(const Exl2Matrix& m, float* w);
 

@@ -16,7 +16,7 @@
 namespace lathe::ops::cuda {
 
 // Scratch slots: buffers a single op needs while it runs (never held across ops).
-enum class Scratch : int { kMatmulX = 0, kAttention = 1, kSelect = 2, kCounters = 3, kMoe = 4, kCount = 5 };
+enum class Scratch : int { kMatmulX = 0, kAttention = 1, kSelect = 2, kCounters = 3, kMoe = 4, kExl2 = 5, kCount = 6 };
 
 class Context {
  public:
@@ -61,7 +61,8 @@ void scatter_add_rows(Context& ctx, const ScatterAddRowsParams& p);
 void scatter_rows(Context& ctx, const ScatterRowsParams& p);
 void apply_penalties(Context& ctx, const PenaltyParams& p);
 void top_k(Context& ctx, const TopKParams& p);
-bool moe_small_batch(Context& ctx, const MoeParams& p);  // false: not these sizes/dtypes (nothing done)
+bool moe_small_batch(Context& ctx, const MoeParams& p);
+void matmul_exl2(Context& ctx, const Exl2MatmulParams& p);  // false: not these sizes/dtypes (nothing done)
 
 // The cuBLAS path's pieces (matmul.cu), shared with the fused feed-forward (ffn.cu).
 // x [n, k] rounded to the weight dtype (bf16/f16) in scratch; with split, also lo = x - hi rounded.

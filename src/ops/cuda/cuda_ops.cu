@@ -406,6 +406,11 @@ class CudaOps final : public Ops {
     if (t.skipped) return;
     cuda::apply_penalties(ctx_, p);
   }
+  void matmul_exl2(const Exl2MatmulParams& p) override {
+    Timed t(*this, "matmul_exl2");
+    if (t.skipped) return;
+    cuda::matmul_exl2(ctx_, p);
+  }
   bool moe_small_batch(const MoeParams& p) override {
     Timed t(*this, "moe_small_batch");
     if (t.skipped) return true;

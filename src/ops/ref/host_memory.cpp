@@ -6,6 +6,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/dtype.h"
 #include "core/error.h"
 #include "ops/ops.h"
 
@@ -48,6 +49,39 @@ void Ops::add_rms_norm(float* x, const float* delta, const RmsNormParams& p) {
   RmsNormParams q = p;
   q.x = x;
   rms_norm(q);
+}
+
+// The reference for every EXL2 kernel: walks each column's bitstream in act-order, as the format
+// defines it (quant/bitpack.h): row i of a group's unit at bit b * i of the unit's words, values
+// may straddle two words; weight = (q - 2^(b-1)) * (code + 1)^2 * scale_max / 256.
+void Ops::matmul_exl2(const Exl2MatmulParams& p) {
+  if (!host_memory())
+    fail(ErrorKind::kInternal, "backend {} must implement matmul_exl2 (its memory is not host memory)", name());
+  const Exl2View& w = p.w;
+  const int64_t K = w.in_features, N = w.out_features, Np = w.padded_out();
+  std::vector<double> acc(static_cast<size_t>(p.n * N), 0.0);
+  for (int64_t gi = 0; gi < w.num_groups; ++gi) {
+    const int32_t* g = w.groups + gi * 4;
+    const int bits = g[0];
+    const int64_t rows = g[1], qrow0 = g[2], row0 = g[3];
+    const float smax = f16_to_f32(w.q_scale_max[gi]);
+    const uint32_t mask = (1u << bits) - 1;
+    for (int64_t c = 0; c < N; ++c) {
+      const uint32_t code = ((w.q_scale[gi * (Np / 8) + c / 8] >> (4 * (c % 8))) & 15u) + 1;
+      const double scale = double(float(code * code) * smax / 256.f);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t bit = r * bits, word = bit / 32, shift = bit % 32;
+        uint64_t v = w.q_weight[(qrow0 + word) * Np + c] >> shift;
+        if (shift + bits > 32) v |= uint64_t(w.q_weight[(qrow0 + word + 1) * Np + c]) << (32 - shift);
+        const double q = double(int(uint32_t(v) & mask) - (1 << (bits - 1))) * scale;
+        const int64_t k = w.perm[row0 + r];
+        for (int64_t t = 0; t < p.n; ++t) acc[size_t(t * N + c)] += q * double(p.x[t * K + k]);
+      }
+    }
+  }
+  for (int64_t t = 0; t < p.n; ++t)
+    for (int64_t c = 0; c < N; ++c)
+      p.y[t * N + c] = float(acc[size_t(t * N + c)] + (w.bias ? double(f16_to_f32(w.bias[c])) : 0.0));
 }
 
 void Ops::gather_rows(const GatherRowsParams& p) {
