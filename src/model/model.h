@@ -138,6 +138,9 @@ class Runner {
 
   // Decode graphs on or off (on by default; LATHE_GRAPHS=0 in the environment turns them off).
   void set_graphs(bool on) { graphs_ = on; }
+  // EXL2 layers from their packed bits (ops::Ops::matmul_exl2) or from the dequantized copy. On by
+  // default on host backends (LATHE_EXL2_PACKED=0 turns it off); device backends keep the copy.
+  void set_packed_quantized(bool on) { packed_ = on && ops_.host_memory(); }
 
  private:
   struct Step;
@@ -169,6 +172,7 @@ class Runner {
   mutable std::vector<float> rope_cos_, rope_sin_;
   mutable int64_t rope_rows_ = 0;
   bool graphs_ = true;
+  bool packed_ = false;  // see set_packed_quantized
   Tap tap_;
   // The dtype shared by every projection weight of a dense model (bf16/f16; else F32). Where the
   // backend rounds GEMM inputs to it (ops::Ops::lowp_activations), the norms and attention hand

@@ -41,6 +41,7 @@ Linear WeightLoader::bind_linear(const std::string& prefix, int64_t out, int64_t
   Linear l;
   if (quant::exl2_present(store_, prefix) || quant::gptq_present(store_, prefix)) {
     l.w = bind_quantized(prefix, out, in);
+    l.exl2 = last_exl2_;
   } else {
     l.w = bind(prefix + ".weight", {out, in});
   }
@@ -48,20 +49,45 @@ Linear WeightLoader::bind_linear(const std::string& prefix, int64_t out, int64_t
   return l;
 }
 
+struct WeightLoader::Packed {
+  quant::Exl2Matrix m;
+  quant::Exl2Tables tables;
+  ops::Exl2View view;
+};
+
 // EXL2 and GPTQ layers are dequantized once at load into float16 (the precision ExLlamaV2's own
-// kernels dequantize to), so every backend runs them with its ordinary matmul. Fused kernels that
-// read the packed weights come later; this path is for correctness and evaluation.
+// kernels dequantize to), so every backend can run them with its ordinary matmul. EXL2 layers are
+// also kept as stored (Linear::exl2) for backends with a matmul_exl2 that reads the packed bits.
 ops::Weight WeightLoader::bind_quantized(const std::string& prefix, int64_t out, int64_t in) {
   int64_t rows = 0, cols = 0;
   std::vector<float> w;
+  last_exl2_ = nullptr;
   if (quant::exl2_present(store_, prefix)) {
-    const quant::Exl2Matrix m = quant::exl2_read(store_, prefix);
+    auto packed = std::make_shared<Packed>();
+    packed->m = quant::exl2_read(store_, prefix);
+    const quant::Exl2Matrix& m = packed->m;
     rows = m.out_features;
     cols = m.in_features;
     if (cols != in || rows < out)
       fail(ErrorKind::kFormat, "EXL2 layer {} is {} x {}, but the config implies {} x {}", prefix, rows, cols, out, in);
     w.resize(size_t(rows * cols));
     quant::exl2_dequantize(m, w.data());
+    packed->tables = quant::exl2_tables(m);
+    ops::Exl2View& v = packed->view;
+    v.q_weight = m.q_weight.data();
+    v.q_scale = m.q_scale.data();
+    v.q_scale_max = m.q_scale_max.data();
+    v.perm = packed->tables.perm.data();
+    v.groups = packed->tables.groups.data();
+    v.bias = m.bias.empty() ? nullptr : m.bias.data();
+    v.in_features = m.in_features;
+    v.out_features = out;  // stored padding columns beyond the config's outputs are never computed
+    v.num_groups = int64_t(m.groups.size());
+    v.max_group_rows = packed->tables.max_group_rows;
+    if (m.padded_out() == v.padded_out()) {  // else the row stride would differ: dequantized only
+      last_exl2_ = &packed->view;
+      packed_.push_back(std::move(packed));
+    }
   } else {
     if (quant_.method != "gptq")
       fail(ErrorKind::kFormat, "{} has GPTQ tensors but config.json has no GPTQ quantization_config", prefix);
@@ -95,7 +121,7 @@ WeightLoader::WeightLoader(const std::filesystem::path& dir, const ModelConfig& 
   // config classes default tie_word_embeddings to true (Gemma) and exporters often omit the key.
   // A quantized checkpoint stores its own (quantized) head even when the embedding is tied.
   if (quant::exl2_present(store_, "lm_head") || quant::gptq_present(store_, "lm_head"))
-    weights_.lm_head = bind_quantized("lm_head", c.vocab_size, H);
+    weights_.lm_head = bind_quantized("lm_head", c.vocab_size, H), weights_.lm_head_exl2 = last_exl2_;
   else if (store_.contains("lm_head.weight") && !c.tie_word_embeddings)
     weights_.lm_head = bind("lm_head.weight", {c.vocab_size, H});
   else

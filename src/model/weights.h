@@ -5,6 +5,7 @@
 
 #include <filesystem>
 #include <map>
+#include <memory>
 #include <vector>
 
 #include "core/tensor.h"
@@ -18,6 +19,9 @@ namespace lathe::model {
 struct Linear {
   ops::Weight w;                 // [out, in]
   const float* bias = nullptr;   // [out] float32, or null
+  // An EXL2 layer as stored (host memory; its bias inside), for backends that run matmul_exl2 on
+  // the packed bits. `w` holds the same layer dequantized, for everything else.
+  const ops::Exl2View* exl2 = nullptr;
 };
 
 struct ExpertWeights {
@@ -40,6 +44,7 @@ struct ModelWeights {
   ops::Weight embed;       // [vocab, hidden]
   ops::Weight final_norm;  // [hidden]
   ops::Weight lm_head;     // [vocab, hidden]; the embedding when tied
+  const ops::Exl2View* lm_head_exl2 = nullptr;  // an EXL2 head as stored (see Linear::exl2)
   std::vector<LayerWeights> layers;
 };
 
@@ -63,6 +68,9 @@ class WeightLoader {
   QuantConfig quant_;
   ModelWeights weights_;
   std::vector<Tensor> owned_;  // float32 copies of biases, float16 dequantized quantized layers
+  struct Packed;               // an EXL2 layer kept packed, with its kernel tables and view
+  std::vector<std::shared_ptr<const Packed>> packed_;
+  const ops::Exl2View* last_exl2_ = nullptr;  // set by bind_quantized for the Linear it binds
 };
 
 }  // namespace lathe::model

@@ -22,6 +22,7 @@ void glu(const GluParams& p);
 void embedding(const EmbeddingParams& p);
 void add(float* y, const float* x, int64_t n);
 void softcap(float* x, int64_t n, float cap);
+void matmul_exl2(const Exl2MatmulParams& p);
 
 // Below this many tokens matmul runs as a GEMV that streams each weight row once (decode);
 // above it W is packed to float32 panels and a register-tiled kernel runs (prefill).
