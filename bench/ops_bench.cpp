@@ -56,8 +56,12 @@ std::vector<uint16_t> random_bf16(size_t n, uint32_t seed, float scale) {
 
 // ---- matmul ---------------------------------------------------------------------------------
 
-void BM_Matmul(benchmark::State& state, std::string be, int64_t n, int64_t m, int64_t k) {
-  const std::vector<uint16_t> w = random_bf16(size_t(m * k), 1, 0.05f);
+// copies > 1: that many weight matrices are cycled, so their sum exceeds the last-level cache and
+// each call streams its weights from DRAM, as a model's layers do.
+void BM_Matmul(benchmark::State& state, std::string be, int64_t n, int64_t m, int64_t k, int copies = 1) {
+  std::vector<std::vector<uint16_t>> ws;
+  for (int c = 0; c < copies; ++c) ws.push_back(random_bf16(size_t(m * k), 1 + uint32_t(c), 0.05f));
+  const std::vector<uint16_t>& w = ws[0];
   const std::vector<float> x = random_floats(size_t(n * k), 2);
   std::vector<float> y(size_t(n * m));
   MatmulParams p;
@@ -66,7 +70,9 @@ void BM_Matmul(benchmark::State& state, std::string be, int64_t n, int64_t m, in
   p.y = y.data();
   p.n = n;
   Ops& ops = backend(be);
+  int i = 0;
   for (auto _ : state) {
+    p.w.data = ws[size_t(i++ % copies)].data();
     ops.matmul(p);
     benchmark::DoNotOptimize(y.data());
   }
@@ -77,11 +83,14 @@ void BM_Matmul(benchmark::State& state, std::string be, int64_t n, int64_t m, in
 }
 
 // EXL2 at 4 bits (groups of 128 input rows), packed words random: every bit pattern is a valid code.
-void BM_MatmulExl2(benchmark::State& state, std::string be, int64_t n, int64_t m, int64_t k) {
+void BM_MatmulExl2(benchmark::State& state, std::string be, int64_t n, int64_t m, int64_t k, int copies) {
   const int64_t G = k / 128, Np = (m + 31) / 32 * 32;
   std::mt19937 rng(7);
-  std::vector<uint32_t> qw(size_t(k / 8 * Np)), qs(size_t(G * Np / 8));
-  for (auto& v : qw) v = rng();
+  std::vector<std::vector<uint32_t>> qws(size_t(copies), std::vector<uint32_t>(size_t(k / 8 * Np)));
+  std::vector<uint32_t> qs(size_t(G * Np / 8));
+  for (auto& qw : qws)
+    for (auto& v : qw) v = rng();
+  const std::vector<uint32_t>& qw = qws[0];
   for (auto& v : qs) v = rng();
   const std::vector<uint16_t> smax(size_t(G), f32_to_f16(0.01f));
   std::vector<int32_t> perm(static_cast<size_t>(k)), groups;
@@ -104,7 +113,9 @@ void BM_MatmulExl2(benchmark::State& state, std::string be, int64_t n, int64_t m
   p.w.num_groups = G;
   p.w.max_group_rows = 128;
   Ops& ops = backend(be);
+  int i = 0;
   for (auto _ : state) {
+    p.w.q_weight = qws[size_t(i++ % copies)].data();
     ops.matmul_exl2(p);
     benchmark::DoNotOptimize(y.data());
   }
@@ -305,15 +316,17 @@ void register_all() {
       add(a.name, be, {flops, bytes, 0}, benchmark::kMicrosecond, a.n > 1,
           [=](benchmark::State& st) { BM_Attention(st, be, a.n, a.kv, a.heads, a.kv_heads, kHeadDim); });
     }
-    if (be == "cpu")  // a 7B-model layer: 4-bit EXL2 (8.4 MB) vs bf16 (32 MB), both beyond L2
+    // A 7B-model layer, 4-bit EXL2 (8.4 MB) vs bf16 (32 MB), with copies cycled to 256 MB so both
+    // stream from DRAM as a model's layers do.
+    if (be == "cpu")
       for (int64_t n : {1, 4}) {
         const double flops = 2.0 * double(n) * 4096.0 * 4096.0;
         add("matmul_exl2_4bit/k4096_m4096/n" + std::to_string(n), be,
             {flops, 4096.0 * 4096.0 / 2 + 4096.0 * 4096.0 / 256 + 8.0 * 4096 * double(n), 0}, benchmark::kMicrosecond,
-            false, [=](benchmark::State& st) { BM_MatmulExl2(st, be, n, 4096, 4096); });
+            false, [=](benchmark::State& st) { BM_MatmulExl2(st, be, n, 4096, 4096, 30); });
         add("matmul_bf16/k4096_m4096/n" + std::to_string(n), be,
             {flops, 2.0 * 4096.0 * 4096.0 + 8.0 * 4096 * double(n), 0}, benchmark::kMicrosecond, false,
-            [=](benchmark::State& st) { BM_Matmul(st, be, n, 4096, 4096); });
+            [=](benchmark::State& st) { BM_Matmul(st, be, n, 4096, 4096, 8); });
       }
     add("model_forward/prefill512", be, {0, 0, 512}, benchmark::kMillisecond, true,
         [=](benchmark::State& st) { BM_ModelForward(st, be, 512, 0); });

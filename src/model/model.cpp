@@ -235,10 +235,10 @@ ops::RmsNormParams norm_params(const float* x, const ops::Weight& w, float* y, i
 }
 
 // Most tokens an EXL2 layer runs from its packed bits for; above it the dequantized copy's matmul
-// wins. Measured on the CPU backend (2 cores, 4096 x 4096, 4 bits): 1 token 702 us packed vs 876 us
-// bf16; 4 tokens 2510 vs 1549 us (the packed kernel decodes every weight once per 4 tokens and is
-// compute-bound); a 512-token prefill 3.1x slower packed.
-constexpr int64_t kPackedMaxTokens = 1;
+// wins. Measured on the CPU backend (2 cores, 4096 x 4096, 4 bits, weights streamed from DRAM):
+// 1 token 0.9-1.3 ms packed vs 1.3 ms bf16, 4 tokens 1.2-1.4 vs 1.8-1.9 ms; a 512-token prefill
+// ~3x slower packed (each weight decoded once per 4 tokens).
+constexpr int64_t kPackedMaxTokens = 4;
 
 // y = x W^T (+ bias); an EXL2 layer runs from its packed bits where `packed` allows it.
 void linear(ops::Ops& ops, const float* x, const Linear& l, float* y, int64_t n, bool packed = false) {
