@@ -97,9 +97,8 @@ QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t c
   const double head = double(c.vocab_size) * double(c.hidden_size);
   const double embed_bytes = head * 2.0;  // float16
   QuantAdvice a;
-  // The GPU keeps K/V in bf16 (fast precision, the default for generation) where head_dim allows.
-  const bool bf16_kv = c.head_dim == 64 || c.head_dim == 128 || c.head_dim == 256;
-  a.kv_bytes = size_t(2 * c.num_layers * c.num_kv_heads * c.head_dim) * (bf16_kv ? 2 : 4) * size_t(ctx);
+  // The GPU's K/V cache in fast precision (the default for generation).
+  a.kv_bytes = model::KvPool::block_bytes(c, ctx, ops::fast_kv_dtype(c.head_dim));
   // Activations of a 512-token step and one row of logits, plus the runtime's own reserve.
   a.other_bytes = size_t(8 * std::max(c.hidden_size, c.intermediate_size) + c.vocab_size) * sizeof(float) * 512 +
                   (size_t(512) << 20);

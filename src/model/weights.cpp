@@ -73,17 +73,8 @@ ops::Weight WeightLoader::bind_quantized(const std::string& prefix, int64_t out,
     w.resize(size_t(rows * cols));
     quant::exl2_dequantize(m, w.data());
     packed->tables = quant::exl2_tables(m);
-    ops::Exl2View& v = packed->view;
-    v.q_weight = m.q_weight.data();
-    v.q_scale = m.q_scale.data();
-    v.q_scale_max = m.q_scale_max.data();
-    v.perm = packed->tables.perm.data();
-    v.groups = packed->tables.groups.data();
-    v.bias = m.bias.empty() ? nullptr : m.bias.data();
-    v.in_features = m.in_features;
-    v.out_features = out;  // stored padding columns beyond the config's outputs are never computed
-    v.num_groups = int64_t(m.groups.size());
-    v.max_group_rows = packed->tables.max_group_rows;
+    // Stored padding columns beyond the config's outputs are never computed.
+    ops::Exl2View& v = packed->view = quant::exl2_view(m, packed->tables, out);
     if (m.padded_out() == v.padded_out()) {  // else the row stride would differ: dequantized only
       last_exl2_ = &packed->view;
       packed_.push_back(std::move(packed));

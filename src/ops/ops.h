@@ -414,6 +414,13 @@ class Buffer {
 std::unique_ptr<Ops> make_ref_ops();
 std::unique_ptr<Ops> make_cpu_ops();
 // Choices a device backend offers; host backends always compute in full float32.
+// The K/V cache type a GPU backend keeps in fast precision for this head_dim: bf16 where its
+// attention kernels read bf16 directly (64/128/256), else float32. One rule for the CUDA backend's
+// Ops::kv_dtype and for memory estimates made without a backend (quantize --advise).
+inline DType fast_kv_dtype(int64_t head_dim) {
+  return head_dim == 64 || head_dim == 128 || head_dim == 256 ? DType::kBF16 : DType::kF32;
+}
+
 struct BackendOptions {
   // true: matmuls keep float32 activations (bf16/f16 weights meet x split into hi + lo halves,
   //   two tensor-core GEMMs: ~fp32 accuracy at twice the GEMM cost; for scoring/evaluation).

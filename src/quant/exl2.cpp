@@ -192,6 +192,21 @@ Exl2Tables exl2_tables(const Exl2Matrix& m) {
   return t;
 }
 
+ops::Exl2View exl2_view(const Exl2Matrix& m, const Exl2Tables& t, int64_t out_features) {
+  ops::Exl2View v;
+  v.q_weight = m.q_weight.data();
+  v.q_scale = m.q_scale.data();
+  v.q_scale_max = m.q_scale_max.data();
+  v.perm = t.perm.data();
+  v.groups = t.groups.data();
+  v.bias = m.bias.empty() ? nullptr : m.bias.data();
+  v.in_features = m.in_features;
+  v.out_features = out_features;
+  v.num_groups = int64_t(m.groups.size());
+  v.max_group_rows = t.max_group_rows;
+  return v;
+}
+
 void exl2_dequantize(const Exl2Matrix& m, float* w) {
   const int64_t K = m.in_features, N = m.out_features, Np = m.padded_out(), G = int64_t(m.groups.size());
   std::vector<int32_t> perm(static_cast<size_t>(K));  // act-order position -> input channel

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "io/safetensors.h"
+#include "ops/ops.h"
 
 namespace lathe::quant {
 
@@ -59,6 +60,9 @@ struct Exl2Tables {
   int64_t max_group_rows = 0;
 };
 Exl2Tables exl2_tables(const Exl2Matrix& m);
+// The kernels' view of m over host memory (pointers into m and t), computing out_features outputs
+// (<= m.out_features; stored padding columns beyond them are skipped).
+ops::Exl2View exl2_view(const Exl2Matrix& m, const Exl2Tables& t, int64_t out_features);
 
 // w: [N, K] float, rows = output features, columns = input channels in their original order.
 void exl2_dequantize(const Exl2Matrix& m, float* w);

@@ -3,6 +3,7 @@
 // (mixed bit widths, a random act-order permutation, padded columns, bias). Also the bits-per-weight
 // accounting and clear errors for malformed layers.
 #include "quant/exl2.h"
+#include "support/exl2_case.h"
 
 #include <gtest/gtest.h>
 
@@ -21,39 +22,8 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct Layer {
-  int64_t K, N;
-  std::vector<Exl2Group> groups;
-  std::vector<int32_t> perm;
-  std::vector<uint8_t> q, codes;
-  std::vector<float> max, bias;
-};
-
-Layer random_layer(std::mt19937& rng, int64_t N, const std::vector<Exl2Group>& groups, bool bias) {
-  Layer L;
-  L.N = N;
-  L.groups = groups;
-  L.K = 0;
-  for (auto& g : groups) L.K += g.rows;
-  L.perm.resize(size_t(L.K));
-  std::iota(L.perm.begin(), L.perm.end(), 0);
-  std::shuffle(L.perm.begin(), L.perm.end(), rng);
-  int64_t row = 0;
-  L.q.resize(size_t(L.K * N));
-  for (auto& g : groups) {
-    std::uniform_int_distribution<int> d(0, (1 << g.bits) - 1);
-    for (int64_t i = row * N; i < (row + g.rows) * N; ++i) L.q[size_t(i)] = uint8_t(d(rng));
-    row += g.rows;
-  }
-  std::uniform_int_distribution<int> code(1, 16);
-  L.codes.resize(groups.size() * size_t(N));
-  for (auto& c : L.codes) c = uint8_t(code(rng));
-  std::uniform_real_distribution<float> mx(0.001f, 0.5f);
-  for (size_t g = 0; g < groups.size(); ++g) L.max.push_back(mx(rng));
-  if (bias)
-    for (int64_t n = 0; n < N; ++n) L.bias.push_back(mx(rng) - 0.25f);
-  return L;
-}
+using Layer = lathe::testing::Exl2Case;
+using lathe::testing::random_exl2;
 
 // The format's weight, straight from the codes: W[n][perm[p]] = (q[p][n] - 2^(b-1)) * code^2 * max / 256.
 std::vector<float> reference(const Layer& L) {
@@ -90,7 +60,7 @@ TEST(Exl2, WriteReadDequantizeRoundTrip) {
   for (const auto& groups : layouts)
     for (int64_t N : {40, 64})
       for (bool bias : {false, true}) {
-        const Layer L = random_layer(rng, N, groups, bias);
+        const Layer L = random_exl2(rng, N, groups, bias);
         const Exl2Matrix m = exl2_pack(L.K, L.N, L.groups, L.perm, L.q.data(), L.codes.data(), L.max.data(),
                                        bias ? L.bias.data() : nullptr);
         const fs::path dir = temp_dir(std::to_string(case_id++));
@@ -136,7 +106,7 @@ TEST(Exl2, BitsPerWeightAccounting) {
 
 TEST(Exl2, MalformedLayersAreClearErrors) {
   std::mt19937 rng(9);
-  const Layer L = random_layer(rng, 32, {{4, 64}, {2, 64}}, false);
+  const Layer L = random_exl2(rng, 32, {{4, 64}, {2, 64}}, false);
   EXPECT_THROW(exl2_pack(L.K, L.N, {{2, 64}, {4, 64}}, L.perm, L.q.data(), L.codes.data(), L.max.data(), nullptr),
                Error);  // ascending widths
   EXPECT_THROW(exl2_pack(L.K, L.N, {{4, 64}, {3, 64}, {7, 0}}, L.perm, L.q.data(), L.codes.data(), L.max.data(), nullptr),

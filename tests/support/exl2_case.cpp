@@ -5,44 +5,32 @@
 
 namespace lathe::testing {
 
-ops::Exl2View Exl2Case::host_view() const {
-  ops::Exl2View v;
-  v.q_weight = m.q_weight.data();
-  v.q_scale = m.q_scale.data();
-  v.q_scale_max = m.q_scale_max.data();
-  v.perm = tables.perm.data();
-  v.groups = tables.groups.data();
-  v.bias = m.bias.empty() ? nullptr : m.bias.data();
-  v.in_features = m.in_features;
-  v.out_features = m.out_features;
-  v.num_groups = int64_t(m.groups.size());
-  v.max_group_rows = tables.max_group_rows;
-  return v;
-}
+ops::Exl2View Exl2Case::host_view() const { return quant::exl2_view(m, tables, m.out_features); }
 
 Exl2Case random_exl2(std::mt19937& rng, int64_t N, const std::vector<quant::Exl2Group>& groups, bool bias) {
-  int64_t K = 0;
-  for (const auto& g : groups) K += g.rows;
-  std::vector<int32_t> perm(static_cast<size_t>(K));
-  std::iota(perm.begin(), perm.end(), 0);
-  std::shuffle(perm.begin(), perm.end(), rng);
-  std::vector<uint8_t> q(static_cast<size_t>(K * N));
+  Exl2Case c;
+  c.N = N;
+  c.groups = groups;
+  for (const auto& g : groups) c.K += g.rows;
+  c.perm.resize(size_t(c.K));
+  std::iota(c.perm.begin(), c.perm.end(), 0);
+  std::shuffle(c.perm.begin(), c.perm.end(), rng);
+  c.q.resize(size_t(c.K * N));
   int64_t row = 0;
   for (const auto& g : groups) {
     std::uniform_int_distribution<int> d(0, (1 << g.bits) - 1);
-    for (int64_t i = row * N; i < (row + g.rows) * N; ++i) q[size_t(i)] = uint8_t(d(rng));
+    for (int64_t i = row * N; i < (row + g.rows) * N; ++i) c.q[size_t(i)] = uint8_t(d(rng));
     row += g.rows;
   }
   std::uniform_int_distribution<int> code(1, 16);
-  std::vector<uint8_t> codes(groups.size() * size_t(N));
-  for (auto& c : codes) c = uint8_t(code(rng));
+  c.codes.resize(groups.size() * size_t(N));
+  for (auto& v : c.codes) v = uint8_t(code(rng));
   std::uniform_real_distribution<float> mx(0.001f, 0.1f);
-  std::vector<float> maxes, b;
-  for (size_t g = 0; g < groups.size(); ++g) maxes.push_back(mx(rng));
+  for (size_t g = 0; g < groups.size(); ++g) c.max.push_back(mx(rng));
   if (bias)
-    for (int64_t n = 0; n < N; ++n) b.push_back(mx(rng) - 0.05f);
-  Exl2Case c;
-  c.m = quant::exl2_pack(K, N, groups, perm, q.data(), codes.data(), maxes.data(), bias ? b.data() : nullptr);
+    for (int64_t n = 0; n < N; ++n) c.bias.push_back(mx(rng) - 0.05f);
+  c.m = quant::exl2_pack(c.K, N, groups, c.perm, c.q.data(), c.codes.data(), c.max.data(),
+                         bias ? c.bias.data() : nullptr);
   c.tables = quant::exl2_tables(c.m);
   return c;
 }

@@ -12,7 +12,13 @@
 namespace lathe::testing {
 
 struct Exl2Case {
-  quant::Exl2Matrix m;
+  // What was packed: act-order codes [K, N], scale codes [G, N] in 1..16, per-group maxima, bias.
+  int64_t K = 0, N = 0;
+  std::vector<quant::Exl2Group> groups;
+  std::vector<int32_t> perm;
+  std::vector<uint8_t> q, codes;
+  std::vector<float> max, bias;
+  quant::Exl2Matrix m;  // the packed layer
   quant::Exl2Tables tables;
   ops::Exl2View host_view() const;  // points into m and tables
 };

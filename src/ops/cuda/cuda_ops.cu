@@ -229,8 +229,7 @@ class CudaOps final : public Ops {
   // Fast mode keeps K/V in bf16 where the tensor-core prefill kernel and the decode kernel cover
   // every attention call (head_dim 64/128/256); exact mode, and any other head_dim, keep fp32.
   DType kv_dtype(int64_t head_dim) const override {
-    const bool bf16 = !ctx_.exact_matmul && !kv_f32_ && (head_dim == 64 || head_dim == 128 || head_dim == 256);
-    return bf16 ? DType::kBF16 : DType::kF32;
+    return ctx_.exact_matmul || kv_f32_ ? DType::kF32 : fast_kv_dtype(head_dim);
   }
 
   bool lowp_activations(int64_t n, DType weight_dtype) const override {
