@@ -226,8 +226,8 @@ void bench_attention_prefill(Ops& exact, Ops& fast, const std::vector<int64_t>& 
 
 // EXL2 GEMV at 4 bits (groups of 128 input rows, the common layout of a ~4.1 bpw file), packed
 // words and scales random (every bit pattern is a valid code); GB/s counts the packed bytes read.
-void bench_exl2(Ops& ops, const std::vector<Linear>& shapes, const std::vector<int64_t>& ns) {
-  print_header("matmul_exl2 (4-bit groups of 128, fp32 activations)",
+void bench_exl2(Ops& ops, const char* mode, const std::vector<Linear>& shapes, const std::vector<int64_t>& ns) {
+  print_header((std::string("matmul_exl2 (4-bit groups of 128, random act-order), ") + mode).c_str(),
                "  shape                 n      time(us)   GB/s    %peak");
   const int64_t max_n = *std::max_element(ns.begin(), ns.end());
   for (const Linear& L : shapes) {
@@ -243,7 +243,8 @@ void bench_exl2(Ops& ops, const std::vector<Linear>& shapes, const std::vector<i
     }
     std::vector<uint16_t> smax(static_cast<size_t>(G), uint16_t(0x211f));  // ~0.01 in float16
     std::vector<int32_t> perm(static_cast<size_t>(K)), groups;
-    for (int64_t k = 0; k < K; ++k) perm[size_t(k)] = int32_t(k);
+    // Interleaved halves: neighbouring act-order rows read distant channels, as a real act-order does.
+    for (int64_t k = 0; k < K; ++k) perm[size_t(k)] = int32_t(k % 2 == 0 ? k / 2 : K - 1 - k / 2);
     for (int64_t g = 0; g < G; ++g)
       for (int64_t v : {int64_t(4), int64_t(128), g * 16, g * 128}) groups.push_back(int32_t(v));
     Buffer dmax(ops, smax.size() * 2), dperm(ops, perm.size() * 4), dgroups(ops, groups.size() * 4);
@@ -264,6 +265,8 @@ void bench_exl2(Ops& ops, const std::vector<Linear>& shapes, const std::vector<i
       p.w.out_features = N;
       p.w.num_groups = G;
       p.w.max_group_rows = 128;
+      p.w.max_group_qrows = 16;
+      p.w.rows16 = true;
       const double ms = time_ms(ops, [&](int i) {
         p.w.q_weight = static_cast<const uint32_t*>(qw[size_t(i % copies)].data());
         p.w.q_scale = static_cast<const uint32_t*>(qs[size_t(i % copies)].data());
@@ -291,7 +294,15 @@ int main(int argc, char** argv) {
     const std::vector<Linear> gemv_shapes = {
         {"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}, {"lm_head", 4096, 128256}};
     bench_matmul(*ops, quick ? std::vector<Linear>{gemv_shapes[1]} : gemv_shapes, {1, 8, 32});
-    bench_exl2(*ops, quick ? std::vector<Linear>{gemv_shapes[1]} : gemv_shapes, {1, 4, 8});
+    {
+      auto fast_exl2 = make_cuda_ops(BackendOptions{.exact_matmul = false});
+      if (!fast_exl2) throw std::runtime_error("the fast-mode CUDA backend failed to start");
+      const std::vector<Linear> exl2_shapes = {{"q", 4096, 4096},       {"k", 4096, 1024},   {"gate", 4096, 14336},
+                                               {"down", 14336, 4096},   {"lm_head", 4096, 128256}};
+      bench_exl2(*fast_exl2, "fast mode (half2)", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes,
+                 {1, 2, 4, 8, 16, 32, 64, 256});
+      bench_exl2(*ops, "exact mode (fp32)", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes, {1, 8});
+    }
     const std::vector<Linear> gemm_shapes = {{"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
     bench_matmul(*ops, quick ? std::vector<Linear>{gemm_shapes[1]} : gemm_shapes, {512, 2048});
     bench_attention(*ops, {128, 4096, 16384}, 2048);

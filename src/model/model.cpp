@@ -16,13 +16,26 @@
 
 namespace lathe::model {
 
-std::unique_ptr<Model> Model::load(const std::filesystem::path& dir) {
+namespace {
+bool packed_exl2_enabled() {
+  const char* e = std::getenv("LATHE_EXL2_PACKED");
+  return !(e && std::string_view(e) == "0");
+}
+}  // namespace
+
+LoadOptions load_options_for(const ops::Ops& ops) {
+  LoadOptions o;
+  o.dequantize_exl2 = ops.host_memory() || !packed_exl2_enabled();
+  return o;
+}
+
+std::unique_ptr<Model> Model::load(const std::filesystem::path& dir, const LoadOptions& options) {
   std::unique_ptr<Model> m(new Model());
   m->dir_ = dir;
   m->config_ = load_model_config(dir);
   m->arch_ = find_arch(m->config_.architecture);
   LATHE_CHECK(m->arch_ != nullptr);  // load_model_config already rejected unknown architectures
-  m->loader_ = std::make_unique<WeightLoader>(dir, m->config_, *m->arch_);
+  m->loader_ = std::make_unique<WeightLoader>(dir, m->config_, *m->arch_, options.dequantize_exl2);
   return m;
 }
 
@@ -55,10 +68,9 @@ Workspace::~Workspace() {
 Runner::Runner(const Model& model, ops::Ops& ops)
     : model_(model), ops_(ops), rope_short_(rope_frequencies(model.config(), 1)) {
   if (const char* g = std::getenv("LATHE_GRAPHS"); g && std::string_view(g) == "0") graphs_ = false;
-  // Host backends run EXL2 layers from their packed bits (device backends get the dequantized copy
-  // until their fused kernels are wired in); LATHE_EXL2_PACKED=0 keeps the dequantized path.
-  packed_ = ops.host_memory();
-  if (const char* e = std::getenv("LATHE_EXL2_PACKED"); e && std::string_view(e) == "0") packed_ = false;
+  // EXL2 layers run from their packed bits (LATHE_EXL2_PACKED=0: from the float16 copy), except
+  // MoE experts on a device backend (their kernels read float weights).
+  packed_ = packed_exl2_enabled() && (ops.host_memory() || !model.arch().moe);
   if (ops.host_memory()) {
     w_ = &model.loader().weights();
   } else {
@@ -69,8 +81,10 @@ Runner::Runner(const Model& model, ops::Ops& ops)
   if (!model.arch().moe && c.num_layers > 0) {
     const DType d = w_->layers[0].q.w.dtype;
     bool same = d == DType::kBF16 || d == DType::kF16;
+    // (Packed EXL2 layers read fp32 activations.)
     for (const LayerWeights& L : w_->layers)
-      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down}) same = same && l->w.dtype == d;
+      for (const Linear* l : {&L.q, &L.k, &L.v, &L.o, &L.gate, &L.up, &L.down})
+        same = same && l->w.dtype == d && !(packed_ && l->exl2);
     if (same) lowp_dtype_ = d;
   }
 }
@@ -142,8 +156,32 @@ void Runner::upload_weights() {
     d.data = put(w.data, size_t(w.rows * w.cols) * dtype_size(w.dtype));
     return d;
   };
+  // An EXL2 layer as stored (its bias inside the view); no float16 copy goes to the device.
+  auto exl2 = [&](const ops::Exl2View& v) -> const ops::Exl2View* {
+    ops::Exl2View d = v;
+    const int64_t Np = v.padded_out(), G = v.num_groups;
+    const int32_t* last = v.groups + (G - 1) * 4;  // bits, rows, first packed row, first act row
+    const int64_t qrows = int64_t(last[2]) + int64_t(last[1]) * last[0] / 32;
+    d.q_weight = static_cast<const uint32_t*>(put(v.q_weight, size_t(qrows * Np) * 4));
+    d.q_scale = static_cast<const uint32_t*>(put(v.q_scale, size_t(G * (Np / 8)) * 4));
+    d.q_scale_max = static_cast<const uint16_t*>(put(v.q_scale_max, size_t(G) * 2));
+    d.perm = static_cast<const int32_t*>(put(v.perm, size_t(v.in_features) * 4));
+    d.groups = static_cast<const int32_t*>(put(v.groups, size_t(G) * 16));
+    d.bias = static_cast<const uint16_t*>(put(v.bias, size_t(v.out_features) * 2));
+    device_exl2_.push_back(d);
+    return &device_exl2_.back();
+  };
   auto linear = [&](const Linear& l) {
     Linear d;
+    if (packed_ && l.exl2) {
+      d.w = l.w;
+      d.w.data = nullptr;
+      d.exl2 = exl2(*l.exl2);
+      return d;
+    }
+    if (!l.w.data && l.w.rows > 0)
+      fail(ErrorKind::kInvalidArgument, "{}: EXL2 layers were loaded without float16 copies, which LATHE_EXL2_PACKED=0 needs",
+           model_.dir().string());
     d.w = weight(l.w);
     d.bias = static_cast<const float*>(put(l.bias, size_t(l.w.rows) * sizeof(float)));
     return d;
@@ -154,7 +192,7 @@ void Runner::upload_weights() {
     bool same = in[0]->w.data != nullptr;
     size_t total = 0;
     for (int i = 0; i < count; ++i) {
-      same = same && in[i]->w.data && in[i]->w.dtype == in[0]->w.dtype && in[i]->w.cols == in[0]->w.cols;
+      same = same && in[i]->w.data && !(packed_ && in[i]->exl2) && in[i]->w.dtype == in[0]->w.dtype && in[i]->w.cols == in[0]->w.cols;
       total += size_t(in[i]->w.rows * in[i]->w.cols) * dtype_size(in[i]->w.dtype);
     }
     if (!same) {
@@ -175,7 +213,13 @@ void Runner::upload_weights() {
   ModelWeights& d = device_weights_;
   d.embed = weight(host.embed);
   d.final_norm = weight(host.final_norm);
-  d.lm_head = weight(host.lm_head);
+  if (packed_ && host.lm_head_exl2) {
+    d.lm_head = host.lm_head;
+    d.lm_head.data = nullptr;
+    d.lm_head_exl2 = exl2(*host.lm_head_exl2);
+  } else {
+    d.lm_head = weight(host.lm_head);
+  }
   for (const LayerWeights& L : host.layers) {
     LayerWeights D;
     D.attn_norm = weight(L.attn_norm);
@@ -240,9 +284,10 @@ ops::RmsNormParams norm_params(const float* x, const ops::Weight& w, float* y, i
 // ~3x slower packed (each weight decoded once per 4 tokens).
 constexpr int64_t kPackedMaxTokens = 4;
 
-// y = x W^T (+ bias); an EXL2 layer runs from its packed bits where `packed` allows it.
+// y = x W^T (+ bias); an EXL2 layer runs from its packed bits where `packed` allows it: always
+// when it has no float16 copy (device backends), else for steps of up to kPackedMaxTokens.
 void linear(ops::Ops& ops, const float* x, const Linear& l, float* y, int64_t n, bool packed = false) {
-  if (packed && l.exl2 && n <= kPackedMaxTokens) {
+  if (packed && l.exl2 && (n <= kPackedMaxTokens || !l.w.data)) {
     ops::Exl2MatmulParams q;
     q.x = x;
     q.w = *l.exl2;  // the layer's bias is in the view
@@ -315,7 +360,7 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
   // rows, which rope_store_kv reads with strides (writing q dense for attention).
   const size_t q_bytes = size_t(L.q.w.rows * L.q.w.cols) * dtype_size(L.q.w.dtype);
   const size_t k_bytes = size_t(L.k.w.rows * L.k.w.cols) * dtype_size(L.k.w.dtype);
-  const bool fused = !arch.qk_norm && !L.q.bias && !L.k.bias && !L.v.bias && L.q.w.dtype == L.k.w.dtype &&
+  const bool fused = L.q.w.data && !arch.qk_norm && !L.q.bias && !L.k.bias && !L.v.bias && L.q.w.dtype == L.k.w.dtype &&
                      L.k.w.dtype == L.v.w.dtype && L.q.w.cols == L.k.w.cols && L.k.w.cols == L.v.w.cols &&
                      static_cast<const char*>(L.k.w.data) == static_cast<const char*>(L.q.w.data) + q_bytes &&
                      static_cast<const char*>(L.v.w.data) == static_cast<const char*>(L.k.w.data) + k_bytes;
@@ -626,7 +671,7 @@ void Runner::enqueue(const Step& st, KvPool& pool, Workspace& ws) const {
     xr = ws.logit_in.f32();
   }
   if (tap_) tap_(-1, TapPoint::kHeadIn, xr, st.rows, H);
-  if (packed_ && w_->lm_head_exl2 && st.rows <= kPackedMaxTokens) {
+  if (packed_ && w_->lm_head_exl2 && (st.rows <= kPackedMaxTokens || !w_->lm_head.data)) {
     ops::Exl2MatmulParams q;
     q.x = xr;
     q.w = *w_->lm_head_exl2;
@@ -875,7 +920,7 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
 
   if (graph) {
     Workspace::GraphEntry& g = ws.graphs[{S, st.stride, pool.id()}];
-    if (g.graph && g.generation == ws.generation()) {
+    if (g.graph && g.generation == ws.generation() && g.graph->valid()) {
       g.graph->replay();
     } else {
       g.graph.reset();

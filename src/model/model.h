@@ -3,6 +3,7 @@
 // ArchSpec flags; there are no per-architecture branches).
 #pragma once
 
+#include <deque>
 #include <filesystem>
 #include <functional>
 #include <map>
@@ -25,9 +26,16 @@ namespace lathe::model {
 
 enum class LogitsFor { kLast, kAll, kNone };
 
+struct LoadOptions {
+  // Float16 copies of EXL2 layers, for backends without a packed path at some sizes (see
+  // load_options_for). Off: the packed bits only, a quarter of the memory and no dequantization
+  // at load.
+  bool dequantize_exl2 = true;
+};
+
 class Model {
  public:
-  static std::unique_ptr<Model> load(const std::filesystem::path& dir);
+  static std::unique_ptr<Model> load(const std::filesystem::path& dir, const LoadOptions& options = {});
 
   const ModelConfig& config() const { return config_; }
   const ArchSpec& arch() const { return *arch_; }
@@ -41,6 +49,10 @@ class Model {
   const ArchSpec* arch_ = nullptr;
   std::unique_ptr<WeightLoader> loader_;
 };
+
+// How to load a model that will run on `ops`: device backends run every EXL2 matmul from the packed
+// bits (unless LATHE_EXL2_PACKED=0), so they need no float16 copies.
+LoadOptions load_options_for(const ops::Ops& ops);
 
 // One sequence's part of a batched forward: its new tokens, where its K/V live, and which logits it
 // wants. The forward writes positions [kv->length, kv->length + ids.size()) and then advances
@@ -139,8 +151,12 @@ class Runner {
   // Decode graphs on or off (on by default; LATHE_GRAPHS=0 in the environment turns them off).
   void set_graphs(bool on) { graphs_ = on; }
   // EXL2 layers from their packed bits (ops::Ops::matmul_exl2) or from the dequantized copy. On by
-  // default on host backends (LATHE_EXL2_PACKED=0 turns it off); device backends keep the copy.
-  void set_packed_quantized(bool on) { packed_ = on && ops_.host_memory(); }
+  // default (LATHE_EXL2_PACKED=0 turns it off). Host backends use the packed bits for steps of a
+  // few tokens and the float16 copy above; device backends keep only the packed bits (uploaded at
+  // construction, so there this cannot change later) and run every step from them.
+  void set_packed_quantized(bool on) {
+    if (ops_.host_memory()) packed_ = on;
+  }
 
  private:
   struct Step;
@@ -158,6 +174,7 @@ class Runner {
   const ModelWeights* w_ = nullptr;  // host weights, or device_weights_
   ModelWeights device_weights_;
   std::vector<ops::Buffer> owned_;
+  std::deque<ops::Exl2View> device_exl2_;  // views of EXL2 layers in backend memory (stable addresses)
   // MoE on a device backend: per layer, a table of the experts' gate, up and down pointers in
   // backend memory ([3, experts]) for ops::Ops::moe_small_batch; empty when the experts do not
   // qualify (biases, mixed dtypes). moe_device_tokens_ is the largest step the backend has taken

@@ -37,10 +37,10 @@ const float* WeightLoader::bind_bias(const std::string& name, int64_t n) {
   return owned_.back().as<float>();
 }
 
-Linear WeightLoader::bind_linear(const std::string& prefix, int64_t out, int64_t in, bool bias) {
+Linear WeightLoader::bind_linear(const std::string& prefix, int64_t out, int64_t in, bool bias, bool dequantize) {
   Linear l;
   if (quant::exl2_present(store_, prefix) || quant::gptq_present(store_, prefix)) {
-    l.w = bind_quantized(prefix, out, in);
+    l.w = bind_quantized(prefix, out, in, dequantize);
     l.exl2 = last_exl2_;
   } else {
     l.w = bind(prefix + ".weight", {out, in});
@@ -58,7 +58,7 @@ struct WeightLoader::Packed {
 // EXL2 and GPTQ layers are dequantized once at load into float16 (the precision ExLlamaV2's own
 // kernels dequantize to), so every backend can run them with its ordinary matmul. EXL2 layers are
 // also kept as stored (Linear::exl2) for backends with a matmul_exl2 that reads the packed bits.
-ops::Weight WeightLoader::bind_quantized(const std::string& prefix, int64_t out, int64_t in) {
+ops::Weight WeightLoader::bind_quantized(const std::string& prefix, int64_t out, int64_t in, bool dequantize) {
   int64_t rows = 0, cols = 0;
   std::vector<float> w;
   last_exl2_ = nullptr;
@@ -70,15 +70,22 @@ ops::Weight WeightLoader::bind_quantized(const std::string& prefix, int64_t out,
     cols = m.in_features;
     if (cols != in || rows < out)
       fail(ErrorKind::kFormat, "EXL2 layer {} is {} x {}, but the config implies {} x {}", prefix, rows, cols, out, in);
-    w.resize(size_t(rows * cols));
-    quant::exl2_dequantize(m, w.data());
     packed->tables = quant::exl2_tables(m);
     // Stored padding columns beyond the config's outputs are never computed.
     ops::Exl2View& v = packed->view = quant::exl2_view(m, packed->tables, out);
     if (m.padded_out() == v.padded_out()) {  // else the row stride would differ: dequantized only
       last_exl2_ = &packed->view;
       packed_.push_back(std::move(packed));
+      if (!dequantize) {
+        ops::Weight r;
+        r.dtype = DType::kF16;
+        r.rows = out;
+        r.cols = in;
+        return r;
+      }
     }
+    w.resize(size_t(rows * cols));
+    quant::exl2_dequantize(m, w.data());  // m lives on in packed_ (or until here)
   } else {
     if (quant_.method != "gptq")
       fail(ErrorKind::kFormat, "{} has GPTQ tensors but config.json has no GPTQ quantization_config", prefix);
@@ -102,8 +109,11 @@ ops::Weight WeightLoader::bind_quantized(const std::string& prefix, int64_t out,
   return r;
 }
 
-WeightLoader::WeightLoader(const std::filesystem::path& dir, const ModelConfig& c, const ArchSpec& arch)
+WeightLoader::WeightLoader(const std::filesystem::path& dir, const ModelConfig& c, const ArchSpec& arch,
+                           bool dequantize_exl2)
     : store_(dir), quant_(c.quant) {
+  // Fused projections are sliced from their float16 copy, and experts run from float weights.
+  const bool dq = dequantize_exl2 || arch.fused_qkv || arch.fused_gate_up || arch.moe;
   const int64_t H = c.hidden_size, hd = c.head_dim;
   const int64_t q_rows = c.num_heads * hd, kv_rows = c.num_kv_heads * hd, I = c.intermediate_size;
   weights_.embed = bind("model.embed_tokens.weight", {c.vocab_size, H});
@@ -112,7 +122,7 @@ WeightLoader::WeightLoader(const std::filesystem::path& dir, const ModelConfig& 
   // config classes default tie_word_embeddings to true (Gemma) and exporters often omit the key.
   // A quantized checkpoint stores its own (quantized) head even when the embedding is tied.
   if (quant::exl2_present(store_, "lm_head") || quant::gptq_present(store_, "lm_head"))
-    weights_.lm_head = bind_quantized("lm_head", c.vocab_size, H), weights_.lm_head_exl2 = last_exl2_;
+    weights_.lm_head = bind_quantized("lm_head", c.vocab_size, H, dequantize_exl2), weights_.lm_head_exl2 = last_exl2_;
   else if (store_.contains("lm_head.weight") && !c.tie_word_embeddings)
     weights_.lm_head = bind("lm_head.weight", {c.vocab_size, H});
   else
@@ -137,11 +147,11 @@ WeightLoader::WeightLoader(const std::filesystem::path& dir, const ModelConfig& 
       L.k = {row_slice(qkv.w, q_rows, kv_rows), qkv.bias ? qkv.bias + q_rows : nullptr};
       L.v = {row_slice(qkv.w, q_rows + kv_rows, kv_rows), qkv.bias ? qkv.bias + q_rows + kv_rows : nullptr};
     } else {
-      L.q = bind_linear(p + "self_attn.q_proj", q_rows, H, qkv_bias);
-      L.k = bind_linear(p + "self_attn.k_proj", kv_rows, H, qkv_bias);
-      L.v = bind_linear(p + "self_attn.v_proj", kv_rows, H, qkv_bias);
+      L.q = bind_linear(p + "self_attn.q_proj", q_rows, H, qkv_bias, dq);
+      L.k = bind_linear(p + "self_attn.k_proj", kv_rows, H, qkv_bias, dq);
+      L.v = bind_linear(p + "self_attn.v_proj", kv_rows, H, qkv_bias, dq);
     }
-    L.o = bind_linear(p + "self_attn.o_proj", H, q_rows, c.attention_bias);
+    L.o = bind_linear(p + "self_attn.o_proj", H, q_rows, c.attention_bias, dq);
     if (arch.qk_norm) {
       L.q_norm = bind(p + "self_attn.q_norm.weight", {hd});
       L.k_norm = bind(p + "self_attn.k_norm.weight", {hd});
@@ -160,11 +170,11 @@ WeightLoader::WeightLoader(const std::filesystem::path& dir, const ModelConfig& 
       const Linear gu = bind_linear(p + "mlp.gate_up_proj", 2 * I, H, c.mlp_bias);
       L.gate = {row_slice(gu.w, 0, I), gu.bias};
       L.up = {row_slice(gu.w, I, I), gu.bias ? gu.bias + I : nullptr};
-      L.down = bind_linear(p + "mlp.down_proj", H, I, c.mlp_bias);
+      L.down = bind_linear(p + "mlp.down_proj", H, I, c.mlp_bias, dq);
     } else {
-      L.gate = bind_linear(p + "mlp.gate_proj", I, H, c.mlp_bias);
-      L.up = bind_linear(p + "mlp.up_proj", I, H, c.mlp_bias);
-      L.down = bind_linear(p + "mlp.down_proj", H, I, c.mlp_bias);
+      L.gate = bind_linear(p + "mlp.gate_proj", I, H, c.mlp_bias, dq);
+      L.up = bind_linear(p + "mlp.up_proj", I, H, c.mlp_bias, dq);
+      L.down = bind_linear(p + "mlp.down_proj", H, I, c.mlp_bias, dq);
     }
   }
 }

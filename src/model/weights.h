@@ -50,8 +50,12 @@ struct ModelWeights {
 
 class WeightLoader {
  public:
-  // Opens the safetensors of `dir` and binds every tensor the architecture needs.
-  WeightLoader(const std::filesystem::path& dir, const ModelConfig& config, const ArchSpec& arch);
+  // Opens the safetensors of `dir` and binds every tensor the architecture needs. With
+  // dequantize_exl2 off, EXL2 layers that have a packed view get no float16 copy (Linear::w keeps
+  // its shape and dtype with null data): for backends that run every EXL2 matmul from the packed
+  // bits. MoE experts are always dequantized (their kernels read float weights).
+  WeightLoader(const std::filesystem::path& dir, const ModelConfig& config, const ArchSpec& arch,
+               bool dequantize_exl2 = true);
   const ModelWeights& weights() const { return weights_; }
   const io::WeightStore& store() const { return store_; }
   int64_t parameter_count() const;  // all tensors in the files
@@ -60,9 +64,9 @@ class WeightLoader {
 
  private:
   ops::Weight bind(const std::string& name, Shape shape);
-  Linear bind_linear(const std::string& prefix, int64_t out, int64_t in, bool bias);
+  Linear bind_linear(const std::string& prefix, int64_t out, int64_t in, bool bias, bool dequantize = true);
   const float* bind_bias(const std::string& name, int64_t n);
-  ops::Weight bind_quantized(const std::string& prefix, int64_t out, int64_t in);
+  ops::Weight bind_quantized(const std::string& prefix, int64_t out, int64_t in, bool dequantize = true);
 
   io::WeightStore store_;
   QuantConfig quant_;

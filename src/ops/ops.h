@@ -207,7 +207,9 @@ struct Exl2View {
   const int32_t* groups = nullptr;        // [groups, 4]: bits, rows, first q_weight row, first act-order row
   const uint16_t* bias = nullptr;         // [out_features] float16 bits, or null
   int64_t in_features = 0, out_features = 0, num_groups = 0;
-  int64_t max_group_rows = 0;  // host-known bound, for kernel shared-memory sizing
+  int64_t max_group_rows = 0;   // host-known bounds, for kernel shared-memory sizing: rows of the
+  int64_t max_group_qrows = 0;  // largest group, and packed rows (rows * bits / 32); 0: max_group_rows / 4
+  bool rows16 = false;          // every group's rows are a multiple of 16 (whole tensor-core k steps)
   int64_t padded_out() const { return (out_features + 31) / 32 * 32; }
 };
 
@@ -251,6 +253,9 @@ class Graph {
  public:
   virtual ~Graph() = default;
   virtual void replay() = 0;
+  // False once a buffer the recording points at is gone (a backend's scratch reallocated since):
+  // record again instead of replaying.
+  virtual bool valid() const { return true; }
 };
 
 // Sampling penalties applied to logits rows in place, the rule of engine::Sampler: for each (id,

@@ -1030,12 +1030,39 @@ TEST_F(CudaParity, RopeStoreKvStridedIntoBf16Cache) {
 
 // ---- EXL2 matmul -------------------------------------------------------------------------------
 
-// The fused dequantizing GEMV against the host reference walking the same packed bits: every width,
-// mixed widths in one layer, odd output counts (padded columns), bias, 1..8 tokens in one launch and
-// more in several, layers big enough for k-splits (the last-block merge; run twice: counters reset).
+// Fast-mode EXL2 (tensor cores): activations rounded to bf16 (2^-9 relative), exact integer weights,
+// fp32 accumulation: ~1e-3 of the output scale. A wrong bit, row, k slot or scale shows up as O(0.1..1).
+constexpr double kExl2FastTol = 5e-3;
+// Exact mode above 32 tokens reconstructs the layer in float16 for cuBLAS (as the loader's float16
+// copy and ExLlamaV2 do): each weight rounded by up to 2^-11 relative, ~3e-4 of the output scale.
+constexpr double kExl2F16WeightTol = 1e-3;
+
+// matmul_exl2 of `dev` on x [n, K] against `ref`'s, as rel_error.
+double exl2_error(Ops& ref, Ops& dev, const lathe::testing::Exl2Case& c, const std::vector<float>& x, int64_t n) {
+  std::vector<float> want(size_t(n * c.N), NAN);
+  Exl2MatmulParams p;
+  p.x = x.data();
+  p.w = c.host_view();
+  p.y = want.data();
+  p.n = n;
+  ref.matmul_exl2(p);
+  std::vector<Buffer> keep;
+  Buffer dx = upload(dev, x), dy(dev, want.size() * sizeof(float));
+  p.x = dx.f32();
+  p.w = lathe::testing::upload_exl2(dev, c, keep);
+  p.y = dy.f32();
+  dev.matmul_exl2(p);
+  return rel_error(download(dev, dy.data(), want.size()), want);
+}
+
+// matmul_exl2 against the host reference walking the same packed bits, in exact mode (fp32 GEMV up to
+// 32 tokens, launches of 8; reconstruct + cuBLAS above) and fast mode (tensor cores, launches of up
+// to 64 tokens: 1, 2, 4 m-tiles): every width, mixed widths in one layer, odd output counts (padded
+// columns), bias, layers big enough for k-splits (the last-block merge; run twice: counters reset).
 TEST_F(CudaParity, MatmulExl2MatchesReference) {
   using quant::Exl2Group;
-  Worst worst("matmul_exl2");
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  ASSERT_TRUE(fast);
   const std::vector<std::vector<Exl2Group>> layouts = {
       {{2, 64}}, {{3, 64}}, {{4, 64}}, {{5, 64}}, {{6, 64}}, {{8, 64}},
       {{8, 32}, {6, 32}, {5, 64}, {4, 128}, {3, 32}, {2, 32}},
@@ -1043,32 +1070,40 @@ TEST_F(CudaParity, MatmulExl2MatchesReference) {
   std::vector<Exl2Group> big(32, Exl2Group{4, 128});
   big[0] = {6, 128};
   big[31] = {3, 128};
-  for (int rep = 0; rep < 2; ++rep)
-    for (const auto& groups : {layouts[rep * 3], layouts[6], big})
-      for (int64_t N : {33, 300, 4096})
-        for (int64_t n : {1, 2, 5, 8, 11})
-          for (bool bias : {false, true}) {
-            if (N == 4096 && groups.size() < 32 && n > 2) continue;
-            const auto c = lathe::testing::random_exl2(rng, N, groups, bias);
-            const int64_t K = c.m.in_features;
-            const auto x = random_floats(rng, size_t(n * K));
-            std::vector<float> want(size_t(n * N), NAN);
-            Exl2MatmulParams p;
-            p.x = x.data();
-            p.w = c.host_view();
-            p.y = want.data();
-            p.n = n;
-            ref->matmul_exl2(p);
-            std::vector<Buffer> keep;
-            Buffer dx = upload(*cuda, x), dy(*cuda, want.size() * sizeof(float));
-            p.x = dx.f32();
-            p.w = lathe::testing::upload_exl2(*cuda, c, keep);
-            p.y = dy.f32();
-            cuda->matmul_exl2(p);
-            worst.check(rel_error(download(*cuda, dy.data(), want.size()), want), kMatmulTol,
-                        std::to_string(groups.size()) + " groups, K=" + std::to_string(K) + " N=" + std::to_string(N) +
-                            " n=" + std::to_string(n) + (bias ? " bias" : ""));
-          }
+  for (bool exact : {true, false}) {
+    Ops& dev = exact ? *cuda : *fast;
+    Worst worst(exact ? "matmul_exl2 (exact)" : "matmul_exl2 (fast)");
+    for (int rep = 0; rep < 2; ++rep)
+      for (const auto& groups : {layouts[size_t(rep * 3)], layouts[size_t(rep * 3 + 1)], layouts[size_t(rep * 3 + 2)],
+                                 layouts[6], big})
+        for (int64_t N : {33, 300, 4096})
+          for (int64_t n : {1, 2, 5, 8, 11, 30, 40, 100})
+            for (bool bias : {false, true}) {
+              if (N == 4096 && groups.size() < 32 && n > 2) continue;
+              if (n >= 40 && (N != 300 || bias != (rep == 1))) continue;
+              const auto c = lathe::testing::random_exl2(rng, N, groups, bias);
+              const int64_t K = c.m.in_features;
+              const double tol = !exact ? kExl2FastTol : n > 32 ? kExl2F16WeightTol : kMatmulTol;
+              worst.check(exl2_error(*ref, dev, c, random_floats(rng, size_t(n * K)), n), tol,
+                          std::to_string(groups.size()) + " groups, K=" + std::to_string(K) + " N=" + std::to_string(N) +
+                              " n=" + std::to_string(n) + (bias ? " bias" : ""));
+            }
+  }
+}
+
+// Fast-mode EXL2 with activations far outside fp16's range (|x| up to 1e6 and tiny ones beside
+// them): bf16 activations and fp32 accumulation keep every sum finite and accurate.
+TEST_F(CudaParity, MatmulExl2FastHandlesLargeActivations) {
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  ASSERT_TRUE(fast);
+  Worst worst("matmul_exl2 (fast, large x)");
+  for (int bits : {4, 8}) {
+    const auto c = lathe::testing::random_exl2(rng, 300, {{bits, 128}, {bits, 128}}, false);
+    const int64_t K = c.m.in_features, n = 3;
+    auto x = random_floats(rng, size_t(n * K));
+    for (size_t i = 0; i < x.size(); ++i) x[i] *= i % 7 == 0 ? 1e6f : i % 5 == 0 ? 1e-3f : 3e4f;
+    worst.check(exl2_error(*ref, *fast, c, x, n), kExl2FastTol, std::to_string(bits) + " bits");
+  }
 }
 
 // ---- mixture of experts ---------------------------------------------------------------------

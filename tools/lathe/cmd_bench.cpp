@@ -56,8 +56,8 @@ void add_bench_command(CLI::App& app) {
   add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
     using clock = std::chrono::steady_clock;
-    auto model = model::Model::load(opts->model);
     auto backend = make_backend(opts->device, /*exact_by_default=*/false);
+    auto model = model::Model::load(opts->model, model::load_options_for(*backend));
     const auto& c = model->config();
     if (opts->gen < 1 || opts->reps < 1) fail(ErrorKind::kInvalidArgument, "bench: -n and -r must be positive");
     for (auto b : opts->batch)

@@ -42,10 +42,10 @@ void add_chat_command(CLI::App& app) {
   opts->sampling.add_to(cmd);
   add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
-    auto model = model::Model::load(opts->model);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/false);
+    auto model = model::Model::load(opts->model, model::load_options_for(*backend));
     auto tokenizer = require_tokenizer(opts->model);
     const auto tmpl = tmpl::load_chat_template(opts->model, /*want_tools=*/false, opts->template_file);
-    auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     const auto& c = model->config();
     engine::GenerateConfig g;
     g.max_new_tokens = opts->n;

@@ -67,10 +67,10 @@ void add_compare_command(CLI::App& app) {
   cmd->add_flag("--json", opts->json, "print a JSON array");
   add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
-    auto base = model::Model::load(opts->base);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
+    auto base = model::Model::load(opts->base, model::load_options_for(*backend));
     auto tokenizer = require_tokenizer(opts->base);
     const auto tokens = tokenizer.encode(io::read_text_file(opts->file), /*add_special=*/false);
-    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
     model::Runner rb(*base, *backend);
     engine::PerplexityOptions po;
     po.ctx = opts->ctx;
@@ -90,7 +90,7 @@ void add_compare_command(CLI::App& app) {
     };
     engine::CompareResult first{};
     for (size_t i = 0; i < opts->models.size(); ++i) {
-      auto m = model::Model::load(opts->models[i]);
+      auto m = model::Model::load(opts->models[i], model::load_options_for(*backend));
       model::Runner rm(*m, *backend);
       ProgressBar bar(opts->models[i], int64_t(tokens.size()) / std::max<int64_t>(opts->ctx, 1));
       po.progress = [&](int64_t done, int64_t) { bar.update(done); };

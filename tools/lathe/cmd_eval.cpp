@@ -28,11 +28,11 @@ void add_eval_command(CLI::App& app) {
   cmd->add_flag("--json", opts->json, "print one JSON object");
   add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
-    auto model = model::Model::load(opts->model);
-    auto base = model::Model::load(opts->base);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
+    auto model = model::Model::load(opts->model, model::load_options_for(*backend));
+    auto base = model::Model::load(opts->base, model::load_options_for(*backend));
     auto tokenizer = require_tokenizer(opts->base);
     const auto tokens = tokenizer.encode(io::read_text_file(opts->file), /*add_special=*/false);
-    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
     model::Runner rb(*base, *backend), rm(*model, *backend);
     ProgressBar bar("eval", int64_t(tokens.size()) / std::max<int64_t>(opts->ctx, 1));
     engine::PerplexityOptions po;

@@ -35,7 +35,8 @@ void add_generate_command(CLI::App& app) {
   add_backend_option(cmd, opts->device);
   cmd->callback([opts, ids, text] {
     if (!*ids && !*text) fail(ErrorKind::kInvalidArgument, "generate needs a prompt: -p TEXT or --ids 1,2,3");
-    auto model = model::Model::load(opts->model);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/false);
+    auto model = model::Model::load(opts->model, model::load_options_for(*backend));
     auto tokenizer = load_tokenizer_if_present(opts->model);
     std::vector<int32_t> prompt;
     if (*ids) {
@@ -45,7 +46,6 @@ void add_generate_command(CLI::App& app) {
         fail(ErrorKind::kNotFound, "{} has no tokenizer.json: pass the prompt as --ids", opts->model);
       prompt = tokenizer->encode(opts->prompt, /*add_special=*/!opts->raw);
     }
-    auto backend = make_backend(opts->device, /*exact_by_default=*/false);
     engine::GenerateConfig g;
     g.max_new_tokens = opts->n;
     g.sampler = opts->sampling.resolve(model->config().generation);

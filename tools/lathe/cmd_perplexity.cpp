@@ -26,11 +26,11 @@ void add_perplexity_command(CLI::App& app) {
   cmd->add_flag("--json", opts->json, "print {\"ppl\", \"tokens\", \"windows\", ...}");
   add_backend_option(cmd, opts->device);
   cmd->callback([opts] {
-    auto model = model::Model::load(opts->model);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
+    auto model = model::Model::load(opts->model, model::load_options_for(*backend));
     auto tokenizer = require_tokenizer(opts->model);
     const std::string text = io::read_text_file(opts->file);
     const auto tokens = tokenizer.encode(text, /*add_special=*/false);
-    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
     ProgressBar bar("perplexity", int64_t(tokens.size()) / std::max<int64_t>(opts->ctx, 1));
     engine::PerplexityOptions po;
     po.ctx = opts->ctx;

@@ -7,6 +7,7 @@
 #include "core/error.h"
 #include "commands.h"
 #include "engine/quantize.h"
+#include "engine/synthetic_exl2.h"
 #include "model/model.h"
 
 namespace lathe::cli {
@@ -18,7 +19,8 @@ void add_quantize_command(CLI::App& app) {
     int head_bits = 6;
     int64_t rows = 16, length = 512, ctx = 4096;
     double memory_gib = 0;
-    bool json = false, rtn = false, advise = false, measure = false;
+    bool json = false, rtn = false, advise = false, measure = false, synthetic = false;
+    uint64_t seed = 1;
   };
   auto opts = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("quantize", "Quantize a model to EXL2 (GPTQ with EXL2 scales, mixed widths)");
@@ -38,8 +40,31 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("--measurement", opts->measurement,
                   "with --measure: measurement JSON, written as layers are measured and reused when it exists");
   cmd->add_flag("--rtn", opts->rtn, "round to nearest instead of GPTQ (a baseline for comparisons)");
+  cmd->add_flag("--synthetic", opts->synthetic,
+                "for speed benchmarks: random packed weights in the layout of --bpw for the model's config.json "
+                "(its weights are not read; outputs are meaningless)");
+  cmd->add_option("--seed", opts->seed, "random seed for --synthetic")->capture_default_str();
   cmd->add_flag("--json", opts->json, "print a JSON report");
   cmd->callback([opts] {
+    if (opts->synthetic) {
+      if (opts->out.empty()) fail(ErrorKind::kInvalidArgument, "lathe quantize --synthetic needs -o OUT_DIR");
+      engine::SyntheticExl2Options so;
+      so.bpw = opts->bpw;
+      so.head_bits = opts->head_bits;
+      so.seed = opts->seed;
+      const size_t bytes = engine::write_synthetic_exl2(opts->model, opts->out, so);
+      if (opts->json) {
+        nlohmann::ordered_json j;
+        j["output"] = opts->out;
+        j["bytes"] = bytes;
+        j["synthetic"] = true;
+        fmt::print("{}\n", j.dump());
+      } else {
+        fmt::print("wrote {} ({:.2f} GiB of random EXL2 weights at {} bpw)\n", opts->out, double(bytes) / double(1ull << 30),
+                   opts->bpw);
+      }
+      return;
+    }
     auto model = model::Model::load(opts->model);
     if (opts->advise) {
       if (!(opts->memory_gib > 0)) fail(ErrorKind::kInvalidArgument, "--advise needs --memory GiB (e.g. --memory 24)");
@@ -66,8 +91,6 @@ void add_quantize_command(CLI::App& app) {
                    "{:.2f}); lower --ctx or use a larger GPU\n",
                    opts->memory_gib, opts->ctx, double(a.total()) / gib, double(a.weight_bytes) / gib,
                    double(a.kv_bytes) / gib);
-      fmt::print("(the EXL2 footprint; lathe dequantizes quantized layers to float16 at load until its fused "
-                 "kernels land)\n");
       return;
     }
     if (opts->out.empty()) fail(ErrorKind::kInvalidArgument, "lathe quantize needs -o OUT_DIR (or --advise)");

@@ -24,11 +24,11 @@ void add_score_command(CLI::App& app) {
   add_backend_option(cmd, opts->device);
   cmd->callback([opts, ids, text] {
     if (!*ids && !*text) fail(ErrorKind::kInvalidArgument, "score needs --ids or -p");
-    auto model = model::Model::load(opts->model);
+    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
+    auto model = model::Model::load(opts->model, model::load_options_for(*backend));
     std::vector<int32_t> tokens;
     if (*ids) tokens = parse_ids(opts->ids);
     else tokens = require_tokenizer(opts->model).encode(opts->prompt, /*add_special=*/true);
-    auto backend = make_backend(opts->device, /*exact_by_default=*/true);
     model::Runner runner(*model, *backend);
     const auto r = engine::score(runner, tokens);
     if (opts->json) {

@@ -16,7 +16,16 @@
 namespace lathe::ops::cuda {
 
 // Scratch slots: buffers a single op needs while it runs (never held across ops).
-enum class Scratch : int { kMatmulX = 0, kAttention = 1, kSelect = 2, kCounters = 3, kMoe = 4, kExl2 = 5, kCount = 6 };
+enum class Scratch : int {
+  kMatmulX = 0,
+  kAttention = 1,
+  kSelect = 2,
+  kCounters = 3,
+  kMoe = 4,
+  kExl2 = 5,
+  kExl2Dequant = 6,
+  kCount = 7
+};
 
 class Context {
  public:
@@ -38,10 +47,13 @@ class Context {
   // The same, zero-filled when (re)allocated; for counters the kernels using them leave at zero.
   void* zeroed_scratch(Scratch slot, size_t bytes);
   void release_scratch() noexcept;
+  // Bumped whenever a scratch buffer is reallocated: graphs recorded before point at freed memory.
+  uint64_t scratch_epoch() const { return scratch_epoch_; }
 
  private:
   void* scratch_[int(Scratch::kCount)] = {};
   size_t scratch_bytes_[int(Scratch::kCount)] = {};
+  uint64_t scratch_epoch_ = 0;
 };
 
 void matmul(Context& ctx, const MatmulParams& p);
@@ -62,7 +74,18 @@ void scatter_rows(Context& ctx, const ScatterRowsParams& p);
 void apply_penalties(Context& ctx, const PenaltyParams& p);
 void top_k(Context& ctx, const TopKParams& p);
 bool moe_small_batch(Context& ctx, const MoeParams& p);
-void matmul_exl2(Context& ctx, const Exl2MatmulParams& p);  // false: not these sizes/dtypes (nothing done)
+void matmul_exl2(Context& ctx, const Exl2MatmulParams& p);
+// The fp32 dequantizing GEMV of matmul_exl2 (exl2_gemv.cu) for 1..kGemvMaxTokens tokens.
+void exl2_gemv(Context& ctx, const float* x, int64_t n, const Exl2View& w, float* y);
+// The tensor-core EXL2 kernel (exl2_mma.cu) for 1..kExl2MmaTokens tokens: fp32-accurate (split
+// activations) up to kExl2MmaSplitTokens, the only sizes exact mode sends it.
+void exl2_mma(Context& ctx, const float* x, int64_t n, const Exl2View& w, float* y);
+inline constexpr int64_t kExl2MmaTokens = 64;
+inline constexpr int64_t kExl2MmaSplitTokens = 16;
+// matmul_exl2 runs up to these many tokens as launches of the kernels above (each launch reads the
+// packed weights once); above them, reconstruction to float16 in chunks plus cuBLAS.
+inline constexpr int64_t kExl2MmaMaxTokens = 256;  // fast mode
+inline constexpr int64_t kExl2GemvMaxTokens = 32;  // exact mode
 
 // The cuBLAS path's pieces (matmul.cu), shared with the fused feed-forward (ffn.cu).
 // x [n, k] rounded to the weight dtype (bf16/f16) in scratch; with split, also lo = x - hi rounded.

@@ -39,6 +39,7 @@ void* Context::scratch(Scratch slot, size_t bytes) {
   if (scratch_[s]) LATHE_CUDA_CHECK(cudaFree(scratch_[s]));
   scratch_[s] = nullptr;
   scratch_bytes_[s] = 0;
+  ++scratch_epoch_;
   const size_t rounded = (bytes + (1u << 20) - 1) / (1u << 20) * (1u << 20);  // grow in MiB steps
   const cudaError_t err = cudaMalloc(&scratch_[s], rounded);
   if (err != cudaSuccess) raise_cuda(err, "cudaMalloc (scratch)", __FILE__, __LINE__, rounded);
@@ -165,13 +166,15 @@ class OpProfile {
 
 class CudaGraph final : public Graph {
  public:
-  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
+  CudaGraph(cudaGraphExec_t exec, const cuda::Context& ctx) : exec_(exec), ctx_(ctx), epoch_(ctx.scratch_epoch()) {}
   ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
-  void replay() override { LATHE_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+  void replay() override { LATHE_CUDA_CHECK(cudaGraphLaunch(exec_, ctx_.stream)); }
+  bool valid() const override { return ctx_.scratch_epoch() == epoch_; }
 
  private:
   cudaGraphExec_t exec_;
-  cudaStream_t stream_;
+  const cuda::Context& ctx_;
+  uint64_t epoch_;  // the context's scratch epoch when recorded
 };
 
 class CudaOps final : public Ops {
@@ -344,7 +347,7 @@ class CudaOps final : public Ops {
     const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
     cudaGraphDestroy(graph);
     if (err != cudaSuccess) cuda::raise_cuda(err, "cudaGraphInstantiate", __FILE__, __LINE__);
-    return std::make_unique<CudaGraph>(exec, ctx_.stream);
+    return std::make_unique<CudaGraph>(exec, ctx_);
   }
 
   void synchronize() override {
