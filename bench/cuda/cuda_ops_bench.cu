@@ -299,8 +299,8 @@ int main(int argc, char** argv) {
       if (!fast_exl2) throw std::runtime_error("the fast-mode CUDA backend failed to start");
       const std::vector<Linear> exl2_shapes = {{"q", 4096, 4096},       {"k", 4096, 1024},   {"gate", 4096, 14336},
                                                {"down", 14336, 4096},   {"lm_head", 4096, 128256}};
-      bench_exl2(*fast_exl2, "fast mode (half2)", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes,
-                 {1, 2, 4, 8, 16, 32, 64, 256});
+      bench_exl2(*fast_exl2, "fast mode", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes,
+                 {1, 2, 4, 6, 8, 16, 32, 64, 256});
       bench_exl2(*ops, "exact mode (fp32)", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes, {1, 8});
     }
     const std::vector<Linear> gemm_shapes = {{"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};

@@ -1,8 +1,8 @@
 // EXL2 matmul on the CUDA backend (ops.h Exl2View, Ops::matmul_exl2): which kernel serves a call,
 // and the path for large token counts.
-//  * Up to 8 tokens: the fp32 GEMV (exl2_gemv.cu; measured faster than the tensor-core kernel at
-//    these sizes on the H100, see bench/RESULTS.md).
-//  * 9..16 tokens (both modes) and in fast mode up to kExl2MmaMaxTokens: the tensor-core kernel
+//  * Up to 4 tokens (8 for very wide layers): the fp32 GEMV (exl2_gemv.cu; measured faster than the
+//    tensor-core kernel at these sizes on the H100, see bench/RESULTS.md).
+//  * Then up to 16 tokens (both modes) and in fast mode up to kExl2MmaMaxTokens: the tensor-core kernel
 //    (exl2_mma.cu), launches of up to 64, each reading the packed weights once, fp32 accumulation;
 //    up to 16 tokens with activations split in bf16 hi + lo (fp32-accurate), above in bf16.
 //  * Exact mode from 17 tokens (and layers whose groups are not whole 16-row steps) up to
@@ -139,7 +139,10 @@ void matmul_exl2(Context& ctx, const Exl2MatmulParams& p) {
     raise(ErrorKind::kInvalidArgument, "cuda matmul_exl2: incomplete layer");
   if (w.in_features > INT_MAX / 8 || w.padded_out() > INT_MAX / 8 || w.num_groups > 65535)
     raise(ErrorKind::kUnsupported, "cuda matmul_exl2: layer too large for one launch");
-  if (w.rows16 && p.n > kGemvMaxTokens && p.n <= (ctx.exact_matmul ? kExl2MmaSplitTokens : kExl2MmaMaxTokens)) {
+  // Measured on the H100 (bench/RESULTS.md): the GEMV wins up to 4 tokens, and up to 8 for very wide
+  // layers (the LM head: its k-splits are few and its columns many); the tensor cores above.
+  const bool gemv = p.n <= 4 || (p.n <= kGemvMaxTokens && w.out_features > 32768);
+  if (w.rows16 && !gemv && p.n <= (ctx.exact_matmul ? kExl2MmaSplitTokens : kExl2MmaMaxTokens)) {
     for (int64_t t0 = 0; t0 < p.n; t0 += kExl2MmaTokens) {
       const int64_t nt = std::min<int64_t>(kExl2MmaTokens, p.n - t0);
       exl2_mma(ctx, p.x + t0 * w.in_features, nt, w, p.y + t0 * w.out_features);
