@@ -1050,4 +1050,16 @@ void Runner::final_norm(const float* x, float* y, int64_t n) const {
   ops_.synchronize();
 }
 
+void Runner::lm_head(const float* h, float* logits, int64_t n) const {
+  const ModelConfig& c = model_.config();
+  ops::MatmulParams p;
+  p.x = h;
+  p.w = w_->lm_head;
+  p.y = logits;
+  p.n = n;
+  ops_.matmul(p);
+  if (c.final_logit_softcap > 0) ops_.softcap(logits, n * c.vocab_size, c.final_logit_softcap);
+  ops_.synchronize();
+}
+
 }  // namespace lathe::model

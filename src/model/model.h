@@ -154,6 +154,8 @@ class Runner {
                     const LayerWeights* weights = nullptr) const;
   // y = the final norm of x: the LM head's input.
   void final_norm(const float* x, float* y, int64_t n) const;
+  // logits [n, vocab] = the LM head (and soft-capping) on final-normed rows h.
+  void lm_head(const float* h, float* logits, int64_t n) const;
 
   // Decode graphs on or off (on by default; LATHE_GRAPHS=0 in the environment turns them off).
   void set_graphs(bool on) { graphs_ = on; }

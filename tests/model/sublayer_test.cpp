@@ -28,13 +28,7 @@ std::vector<float> piecewise_logits(const Runner& r, std::span<const int32_t> id
     for (Sublayer part : {Sublayer::kAttention, Sublayer::kFeedForward})
       r.run_sublayer(l, part, x.data(), n, scratch, ws, l == override_layer ? weights : nullptr);
   r.final_norm(x.data(), x.data(), n);
-  ops::MatmulParams p;
-  p.x = x.data();
-  p.w = r.model().loader().weights().lm_head;
-  p.y = logits.data();
-  p.n = n;
-  ops.matmul(p);
-  if (c.final_logit_softcap > 0) ops.softcap(logits.data(), int64_t(logits.size()), c.final_logit_softcap);
+  r.lm_head(x.data(), logits.data(), n);
   return logits;
 }
 
