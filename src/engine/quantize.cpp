@@ -1,17 +1,13 @@
 #include "engine/quantize.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/parallel.h"
 #include "engine/quantize_measure.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
@@ -85,11 +81,15 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
   if (rows < 1)
     fail(ErrorKind::kInvalidArgument, "{} has {} tokens; calibration needs at least {} (one window)",
          opt.calib.empty() ? std::string("the built-in calibration text") : opt.calib.string(), all.size(), length);
-  std::vector<int32_t> tokens;
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t start = (int64_t(all.size()) - length) * r / std::max<int64_t>(1, rows - 1);
-    tokens.insert(tokens.end(), all.begin() + start, all.begin() + start + length);
-  }
+  auto windows = [&](int64_t n) {  // n windows spread over the whole text
+    std::vector<int32_t> t;
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t start = (int64_t(all.size()) - length) * r / std::max<int64_t>(1, n - 1);
+      t.insert(t.end(), all.begin() + start, all.begin() + start + length);
+    }
+    return t;
+  };
+  const std::vector<int32_t> tokens = windows(rows);
   const std::string dataset = opt.calib.empty() ? std::string("(built-in)") : opt.calib.filename().string();
   quant::GptqOptions gptq;
   gptq.damp = opt.damp;
@@ -104,8 +104,13 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
   std::vector<std::vector<qz::Layout>> layouts;  // [2 * layer + part][projection]
   if (measured) {
     const fs::path file = opt.measurement.empty() ? out_dir / "measurement.json" : opt.measurement;
-    const auto meas = qz::measure(model, *ops, tokens, rows, length,
-                                  qz::measurement_identity(model, tokens, rows, length, dataset, gptq), file, gptq,
+    // The measurement runs every candidate over its windows, so it may take fewer of them than the
+    // final pass, as ExLlamaV2 does; they depend only on their number, so one measurement serves
+    // any --calib-rows.
+    const int64_t mrows = opt.measure_rows > 0 ? std::min(opt.measure_rows, rows) : rows;
+    const std::vector<int32_t> mtokens = windows(mrows);
+    const auto meas = qz::measure(model, *ops, mtokens, mrows, length,
+                                  qz::measurement_identity(model, mtokens, mrows, length, dataset, gptq), file, gptq,
                                   opt.progress, &report.measured);
     for (const qz::Choice& ch : qz::optimize(meas, model, opt.bpw, objective)) {
       layouts.push_back(ch.layouts);
@@ -209,6 +214,7 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
                                    {"version", "lathe"},
                                    {"converted_from", c.quant.method.empty() ? "float" : c.quant.method},
                                    {"bits", opt.bpw},
+                                   {"layout", opt.rtn ? "rtn" : opt.uniform ? "uniform" : "measured"},
                                    {"head_bits", opt.head_bits},
                                    {"calibration",
                                     {{"rows", rows},

@@ -28,8 +28,9 @@ struct QuantizeOptions {
   double bpw = 4.0;
   int head_bits = 6;
   std::filesystem::path calib;  // calibration text file; empty: the built-in text
-  int64_t calib_rows = 16;      // windows of calib_length tokens
+  int64_t calib_rows = 64;      // windows of calib_length tokens (the final pass)
   int64_t calib_length = 512;
+  int64_t measure_rows = 16;    // windows the measurement uses (spread over the calibration's); 0: all
   bool rtn = false;             // round-to-nearest (no Hessian, no error feedback, one layout): the baseline
   bool uniform = false;         // one layout everywhere instead of the measured per-sublayer choice
   // Where the measurement is kept (written after every sublayer, reused when it exists and belongs

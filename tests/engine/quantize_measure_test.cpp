@@ -76,6 +76,10 @@ TEST(QuantizeMeasure, SavedAndReusedForAnotherTarget) {
   EXPECT_EQ(r3.measured, 0);
   EXPECT_LE(r3.bpw, 3.0 + 1e-9);
   EXPECT_LT(r3.bpw, r1.bpw);
+  // More calibration windows for the final pass, the measurement's windows unchanged: still reused.
+  f.options.calib_rows = 3;
+  f.options.measure_rows = 2;
+  EXPECT_EQ(quantize_exl2(*f.model, *f.tokenizer, f.base / "e", f.options).measured, 0);
   // Without --measurement the file goes to the output folder.
   f.options.measurement.clear();
   quantize_exl2(*f.model, *f.tokenizer, f.base / "d", f.options);

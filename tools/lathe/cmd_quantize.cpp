@@ -16,7 +16,7 @@ void add_quantize_command(CLI::App& app) {
     std::string model, out, calib, measurement, objective = "output";
     double bpw = 4.0;
     int head_bits = 6;
-    int64_t rows = 16, length = 512, ctx = 4096;
+    int64_t rows = 64, length = 512, ctx = 4096, measure_rows = 16;
     double memory_gib = 0, damp = 0.12;
     bool json = false, rtn = false, advise = false, uniform = false;
   };
@@ -29,6 +29,9 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("-c,--calib", opts->calib, "calibration text file (UTF-8; default: lathe's built-in text)");
   cmd->add_option("--calib-rows", opts->rows, "calibration windows")->capture_default_str();
   cmd->add_option("--calib-length", opts->length, "tokens per calibration window")->capture_default_str();
+  cmd->add_option("--measure-rows", opts->measure_rows,
+                  "calibration windows the measurement uses (spread over them; 0: all)")
+      ->capture_default_str();
   cmd->add_flag("--advise", opts->advise,
                 "print the largest --bpw whose weights, KV cache (--ctx) and activations fit --memory GiB");
   cmd->add_option("--memory", opts->memory_gib, "GPU memory in GiB for --advise");
@@ -83,6 +86,7 @@ void add_quantize_command(CLI::App& app) {
     qo.calib = opts->calib;
     qo.calib_rows = opts->rows;
     qo.calib_length = opts->length;
+    qo.measure_rows = opts->measure_rows;
     qo.rtn = opts->rtn;
     qo.uniform = opts->uniform;
     qo.measurement = opts->measurement;
