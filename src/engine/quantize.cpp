@@ -1,17 +1,14 @@
 #include "engine/quantize.h"
 
-#include <fmt/format.h>
-
 #include <algorithm>
 #include <chrono>
-#include <cmath>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "core/parallel.h"
+#include "engine/quantize_measure.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "quant/bitpack.h"
@@ -20,69 +17,6 @@
 namespace lathe::engine {
 
 namespace fs = std::filesystem;
-
-namespace {
-
-// Accumulated input Hessians, one per (layer, tap point); the head's under layer -1.
-struct Hessians {
-  std::map<std::pair<int64_t, model::TapPoint>, std::vector<double>> h;
-  std::map<std::pair<int64_t, model::TapPoint>, int64_t> dim;
-
-  void add(int64_t layer, model::TapPoint point, const float* x, int64_t rows, int64_t d) {
-    auto key = std::make_pair(layer, point);
-    auto& m = h[key];
-    if (m.empty()) {
-      m.assign(size_t(d * d), 0.0);
-      dim[key] = d;
-    }
-    quant::accumulate_hessian(m.data(), x, rows, d);
-  }
-  const double* get(int64_t layer, model::TapPoint point) const {
-    auto it = h.find({layer, point});
-    return it == h.end() ? nullptr : it->second.data();
-  }
-};
-
-// The candidate widths of the measurement (targets for exl2_groups_for_bpw).
-const double kCandidates[] = {2.5, 3.0, 3.5, 4.0, 4.5, 5.0, 6.0, 8.0};
-
-int64_t group_for(double bpw) { return bpw < 3.5 ? 32 : 128; }
-
-// tr(D H D^T) / tr(W H W^T) with D = W - Wq: the layer's relative output error on the calibration
-// inputs (H = sum of x^T x), or the plain relative weight error without a Hessian.
-double output_error(const std::vector<float>& w, const quant::Exl2Matrix& m, const double* h) {
-  const int64_t N = m.out_features, K = m.in_features;
-  std::vector<float> dq(static_cast<size_t>(N * K));
-  quant::exl2_dequantize(m, dq.data());
-  double num = 0, den = 0;
-  std::vector<double> d(static_cast<size_t>(K)), hd(static_cast<size_t>(K)), wh(static_cast<size_t>(K));
-  for (int64_t n = 0; n < N; ++n) {
-    for (int64_t k = 0; k < K; ++k) d[size_t(k)] = double(w[size_t(n * K + k)]) - dq[size_t(n * K + k)];
-    if (!h) {
-      for (int64_t k = 0; k < K; ++k) num += d[size_t(k)] * d[size_t(k)], den += double(w[size_t(n * K + k)]) * w[size_t(n * K + k)];
-      continue;
-    }
-    parallel_for(K, 64, [&](int64_t i0, int64_t i1) {
-      for (int64_t i = i0; i < i1; ++i) {
-        const double* hi = h + i * K;
-        double a = 0, b = 0;
-        for (int64_t k = 0; k < K; ++k) a += hi[k] * d[size_t(k)], b += hi[k] * double(w[size_t(n * K + k)]);
-        hd[size_t(i)] = a;
-        wh[size_t(i)] = b;
-      }
-    });
-    for (int64_t k = 0; k < K; ++k) num += d[size_t(k)] * hd[size_t(k)], den += double(w[size_t(n * K + k)]) * wh[size_t(k)];
-  }
-  return den > 0 ? num / den : 0.0;
-}
-
-std::vector<float> to_f32(const ops::Weight& w) {
-  std::vector<float> out(size_t(w.rows * w.cols));
-  convert_to_f32(w.data, w.dtype, out.data(), out.size());
-  return out;
-}
-
-}  // namespace
 
 QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t ctx, int head_bits) {
   const model::ModelConfig& c = model.config();
@@ -117,6 +51,7 @@ QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t c
 QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& tokenizer, const fs::path& out_dir,
                              const QuantizeOptions& opt) {
   using clock = std::chrono::steady_clock;
+  using model::Sublayer;
   const auto t0 = clock::now();
   const model::ModelConfig& c = model.config();
   // GPTQ input is converted: its layers load dequantized, and are calibrated and quantized from
@@ -132,160 +67,128 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
     fail(ErrorKind::kInvalidArgument, "--head-bits {} is not an EXL2 width (2, 3, 4, 5, 6, 8)", opt.head_bits);
   if (opt.calib_rows < 1 || opt.calib_length < 16)
     fail(ErrorKind::kInvalidArgument, "calibration needs at least one window of 16 or more tokens");
+  if (!(opt.damp > 0 && opt.damp < 10)) fail(ErrorKind::kInvalidArgument, "--damp {} must be in (0, 10)", opt.damp);
   if (fs::exists(out_dir) && fs::equivalent(out_dir, model.dir()))
     fail(ErrorKind::kInvalidArgument, "the output folder is the model's own folder; choose another");
+  const bool measured = !opt.rtn && !opt.uniform;
+  const qz::Objective objective = qz::parse_objective(opt.objective);
 
-  // 1. Calibration: windows of the tokenized text through the model, Hessians at every tap.
+  // 1. Calibration windows, spread over the whole text so the calibration sees all of it.
   const std::string text = opt.calib.empty() ? std::string(builtin_calibration_text()) : io::read_text_file(opt.calib);
-  const std::vector<int32_t> tokens = tokenizer.encode(text, /*add_special=*/false);
+  const std::vector<int32_t> all = tokenizer.encode(text, /*add_special=*/false);
   const int64_t length = std::min<int64_t>(opt.calib_length, c.max_position_embeddings);
-  const int64_t rows = std::min<int64_t>(opt.calib_rows, int64_t(tokens.size()) / length);
+  const int64_t rows = std::min<int64_t>(opt.calib_rows, int64_t(all.size()) / length);
   if (rows < 1)
     fail(ErrorKind::kInvalidArgument, "{} has {} tokens; calibration needs at least {} (one window)",
-         opt.calib.empty() ? std::string("the built-in calibration text") : opt.calib.string(), tokens.size(), length);
-  auto ops = ops::make_cpu_ops();
-  model::Runner runner(model, *ops);
-  Hessians hs;
-  runner.set_tap([&](int64_t layer, model::TapPoint point, const float* x, int64_t n, int64_t d) {
-    hs.add(layer, point, x, n, d);
-  });
-  {
-    model::KvCache cache(c, length, *ops);
-    model::Workspace ws(*ops);
-    Tensor logits;
-    for (int64_t r = 0; r < rows; ++r) {
-      cache.clear();
-      // Windows spread over the whole text, so the calibration sees all of it.
-      const int64_t start = (int64_t(tokens.size()) - length) * r / std::max<int64_t>(1, rows - 1);
-      runner.forward(std::span<const int32_t>(tokens.data() + start, size_t(length)), cache, ws,
-                     model::LogitsFor::kAll, &logits);
-      if (opt.progress) opt.progress("calibrate", r + 1, rows);
+         opt.calib.empty() ? std::string("the built-in calibration text") : opt.calib.string(), all.size(), length);
+  auto windows = [&](int64_t n) {  // n windows spread over the whole text
+    std::vector<int32_t> t;
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t start = (int64_t(all.size()) - length) * r / std::max<int64_t>(1, n - 1);
+      t.insert(t.end(), all.begin() + start, all.begin() + start + length);
     }
-  }
-  runner.set_tap(nullptr);
+    return t;
+  };
+  const std::vector<int32_t> tokens = windows(rows);
+  const std::string dataset = opt.calib.empty() ? std::string("(built-in)") : opt.calib.filename().string();
+  quant::GptqOptions gptq;
+  gptq.damp = opt.damp;
+  auto ops = ops::make_cpu_ops();
+  fs::create_directories(out_dir);
 
-  // 2. Every decoder linear layer by GPTQ, then the head.
   QuantizeReport report;
   report.calib_tokens = rows * length;
   const model::ModelWeights& W = model.loader().weights();
-  const int64_t group = opt.bpw < 3.5 ? 32 : 128;
+
+  // 2. Each sublayer's layouts: measured and chosen, or one layout everywhere.
+  std::vector<std::vector<qz::Layout>> layouts;  // [2 * layer + part][projection]
+  if (measured) {
+    const fs::path file = opt.measurement.empty() ? out_dir / "measurement.json" : opt.measurement;
+    // The measurement runs every candidate over its windows, so it may take fewer of them than the
+    // final pass, as ExLlamaV2 does; they depend only on their number, so one measurement serves
+    // any --calib-rows.
+    const int64_t mrows = opt.measure_rows > 0 ? std::min(opt.measure_rows, rows) : rows;
+    const std::vector<int32_t> mtokens = windows(mrows);
+    const auto meas = qz::measure(model, *ops, mtokens, mrows, length,
+                                  qz::measurement_identity(model, mtokens, mrows, length, dataset, gptq), file, gptq,
+                                  opt.progress, &report.measured);
+    for (const qz::Choice& ch : qz::optimize(meas, model, opt.bpw, objective)) {
+      layouts.push_back(ch.layouts);
+      report.predicted_err += ch.err;
+    }
+  } else {
+    const qz::Layout one{opt.bpw, opt.bpw < 3.5 ? 32 : 128};
+    for (int64_t l = 0; l < c.num_layers; ++l)
+      for (Sublayer part : {Sublayer::kAttention, Sublayer::kFeedForward})
+        layouts.emplace_back(qz::projections(part).size(), one);
+  }
+
+  // 3. Sublayer by sublayer on the current (quantized) states; round-to-nearest needs no states.
+  std::unique_ptr<qz::Calibration> cal;
+  if (!opt.rtn) {
+    cal = std::make_unique<qz::Calibration>(model, *ops, tokens, rows, length);
+    if (opt.progress) opt.progress("calibrate", rows, rows);
+  }
   std::vector<std::unique_ptr<quant::Exl2Matrix>> layers;
   std::vector<io::NamedTensor> tensors;
   std::map<std::string, bool> replaced;  // original tensor names now stored quantized
-  struct Job {
-    std::string name;
-    const model::Linear* lin;
-    int64_t layer;
-    model::TapPoint tap;
-  };
-  std::vector<Job> jobs;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const model::LayerWeights& L = W.layers[size_t(l)];
-    const std::string p = fmt::format("model.layers.{}.", l);
-    jobs.push_back({p + "self_attn.q_proj", &L.q, l, model::TapPoint::kAttnIn});
-    jobs.push_back({p + "self_attn.k_proj", &L.k, l, model::TapPoint::kAttnIn});
-    jobs.push_back({p + "self_attn.v_proj", &L.v, l, model::TapPoint::kAttnIn});
-    jobs.push_back({p + "self_attn.o_proj", &L.o, l, model::TapPoint::kAttnOut});
-    jobs.push_back({p + "mlp.gate_proj", &L.gate, l, model::TapPoint::kFfnIn});
-    jobs.push_back({p + "mlp.up_proj", &L.up, l, model::TapPoint::kFfnIn});
-    jobs.push_back({p + "mlp.down_proj", &L.down, l, model::TapPoint::kFfnMid});
-  }
-  // Per-layer widths: measured candidates and the Lagrangian choice, or the target everywhere.
-  std::vector<double> target(jobs.size(), opt.bpw);
-  if (opt.measure && !opt.rtn) {
-    nlohmann::json meas = nlohmann::json::object();
-    if (!opt.measurement.empty() && fs::exists(opt.measurement)) meas = io::read_json_file(opt.measurement);
-    if (!meas.contains("layers")) meas["layers"] = nlohmann::json::object();
-    meas["model"] = model.dir().string();
-    for (size_t i = 0; i < jobs.size(); ++i) {
-      const Job& j = jobs[i];
-      if (!meas["layers"].contains(j.name)) {
-        const ops::Weight& w = j.lin->w;
-        const std::vector<float> wf = to_f32(w);
-        nlohmann::json cands = nlohmann::json::array();
-        for (double b : kCandidates) {
-          const auto groups = quant::exl2_groups_for_bpw(b, w.cols, w.rows, group_for(b));
-          const quant::Exl2Matrix m =
-              quant::gptq_quantize_exl2(wf.data(), w.rows, w.cols, hs.get(j.layer, j.tap), groups, nullptr, {});
-          cands.push_back({{"target", b},
-                           {"bits", quant::exl2_bits_per_weight(m) * double(w.rows * w.cols)},
-                           {"err", output_error(wf, m, hs.get(j.layer, j.tap))}});
-        }
-        meas["layers"][j.name] = cands;
-        if (!opt.measurement.empty()) {  // after every layer, atomically: an interruption loses nothing finished
-          const fs::path tmp = opt.measurement.string() + ".tmp";
-          std::ofstream(tmp) << meas.dump(1) << "\n";
-          fs::rename(tmp, opt.measurement);
-        }
-      }
-      if (opt.progress) opt.progress("measure", int64_t(i + 1), int64_t(jobs.size()));
-    }
-    // Minimise sum(err) + lambda * sum(bits) per layer; bisect lambda for the largest total within budget.
-    double budget = 0;
-    for (const Job& j : jobs) budget += opt.bpw * double(j.lin->w.rows * j.lin->w.cols);
-    auto choose = [&](double lambda, std::vector<double>* pick) {
-      double bits = 0;
-      for (size_t i = 0; i < jobs.size(); ++i) {
-        const auto& cands = meas["layers"][jobs[i].name];
-        double best = INFINITY, best_bits = 0, best_target = 0;
-        for (const auto& c : cands) {
-          const double cost = c["err"].get<double>() + lambda * c["bits"].get<double>();
-          if (cost < best) best = cost, best_bits = c["bits"].get<double>(), best_target = c["target"].get<double>();
-        }
-        bits += best_bits;
-        if (pick) (*pick)[i] = best_target;
-      }
-      return bits;
-    };
-    double lo = 0, hi = 1;
-    while (choose(hi, nullptr) > budget && hi < 1e6) hi *= 2;
-    for (int it = 0; it < 60; ++it) {
-      const double mid = 0.5 * (lo + hi);
-      if (choose(mid, nullptr) > budget) lo = mid;
-      else hi = mid;
-    }
-    choose(hi, &target);
-  }
-
   double bits_sum = 0, weights_sum = 0;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    const Job& j = jobs[i];
-    const ops::Weight& w = j.lin->w;
-    const std::vector<float> wf = to_f32(w);
-    const double b = target[i];
-    const auto groups = quant::exl2_groups_for_bpw(b, w.cols, w.rows, opt.measure && !opt.rtn ? group_for(b) : group);
-    QuantizedLayer q;
-    q.name = j.name;
-    q.target = b;
-    layers.push_back(std::make_unique<quant::Exl2Matrix>(quant::gptq_quantize_exl2(
-        wf.data(), w.rows, w.cols, opt.rtn ? nullptr : hs.get(j.layer, j.tap), groups, j.lin->bias, {}, &q.rel_err)));
+  const int64_t steps = 2 * c.num_layers + 1;
+  auto quantize_one = [&](const std::string& name, const ops::Weight& w, const float* bias, const double* h,
+                          const std::vector<quant::Exl2Group>& groups, QuantizedLayer q) -> const quant::Exl2Matrix& {
+    const std::vector<float> wf = qz::weight_f32(w);
+    q.name = name;
+    layers.push_back(std::make_unique<quant::Exl2Matrix>(
+        quant::gptq_quantize_exl2(wf.data(), w.rows, w.cols, h, groups, bias, gptq, &q.rel_err)));
     q.bpw = quant::exl2_bits_per_weight(*layers.back());
-    bits_sum += q.bpw * double(w.rows * w.cols);
-    weights_sum += double(w.rows * w.cols);
     report.layers.push_back(q);
-    for (auto& t : quant::exl2_tensors(*layers.back(), j.name)) tensors.push_back(t);
+    for (auto& t : quant::exl2_tensors(*layers.back(), name)) tensors.push_back(t);
     // The layer's stored tensors, whatever form they had (a GPTQ input's packed parts included).
-    for (const char* part : {".weight", ".bias", ".qweight", ".qzeros", ".scales", ".g_idx"})
-      replaced[j.name + part] = true;
-    if (opt.progress) opt.progress("quantize", int64_t(i + 1), int64_t(jobs.size() + 1));
+    for (const char* part : {".weight", ".bias", ".qweight", ".qzeros", ".scales", ".g_idx"}) replaced[name + part] = true;
+    return *layers.back();
+  };
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const model::LayerWeights& base = W.layers[size_t(l)];
+    for (Sublayer part : {Sublayer::kAttention, Sublayer::kFeedForward}) {
+      const std::span<const qz::Proj> projs = qz::projections(part);
+      const std::vector<qz::Layout>& lay = layouts[size_t(2 * l + (part == Sublayer::kFeedForward))];
+      qz::LayerStandIn standin(base, *ops);
+      // Projections reading the same input together (q/k/v, gate/up), then the one reading their
+      // quantized outputs (o, down): each Hessian comes from the inputs it will really see.
+      for (model::TapPoint tap : {projs.front().tap, projs.back().tap}) {
+        qz::Hessians h;
+        if (cal) {
+          std::vector<float> discard;
+          cal->run(l, part, &standin.weights(), discard, &h, std::span<const model::TapPoint>(&tap, 1));
+        }
+        for (size_t i = 0; i < projs.size(); ++i) {
+          if (projs[i].tap != tap) continue;
+          const model::Linear& lin = base.*projs[i].member;
+          QuantizedLayer q;
+          q.target = lay[i].bpw;
+          q.group = lay[i].group;
+          const quant::Exl2Matrix& m = quantize_one(qz::sublayer_name(l, part) + "." + projs[i].name, lin.w, lin.bias,
+                                                    cal ? h.at(tap).data() : nullptr, qz::layout_groups(lay[i], lin.w), q);
+          bits_sum += report.layers.back().bpw * double(lin.w.rows * lin.w.cols);
+          weights_sum += double(lin.w.rows * lin.w.cols);
+          if (cal) standin.set(projs[i], m);
+        }
+      }
+      if (cal) cal->run(l, part, &standin.weights(), cal->states());  // the next sublayer's input
+      if (opt.progress) opt.progress("quantize", 2 * l + (part == Sublayer::kFeedForward) + 1, steps);
+    }
   }
   report.bpw = bits_sum / weights_sum;
   {
     const ops::Weight& head = W.lm_head;
-    const std::vector<float> wf = to_f32(head);
     const std::vector<quant::Exl2Group> groups(size_t(head.cols / 128 ? head.cols / 128 : 1),
                                                quant::Exl2Group{opt.head_bits, head.cols / 128 ? 128 : head.cols});
+    const std::vector<double> h = cal ? cal->head_hessian() : std::vector<double>();
     QuantizedLayer q;
-    q.name = "lm_head";
-    layers.push_back(std::make_unique<quant::Exl2Matrix>(
-        quant::gptq_quantize_exl2(wf.data(), head.rows, head.cols,
-                                  opt.rtn ? nullptr : hs.get(-1, model::TapPoint::kHeadIn), groups,
-                                  nullptr, {}, &q.rel_err)));
-    q.bpw = quant::exl2_bits_per_weight(*layers.back());
-    report.layers.push_back(q);
-    for (auto& t : quant::exl2_tensors(*layers.back(), "lm_head")) tensors.push_back(t);
-    for (const char* part : {".weight", ".qweight", ".qzeros", ".scales", ".g_idx"}) replaced[std::string("lm_head") + part] = true;
-    if (opt.progress) opt.progress("quantize", int64_t(jobs.size() + 1), int64_t(jobs.size() + 1));
+    q.target = opt.head_bits;
+    q.group = groups.front().rows;
+    quantize_one("lm_head", head, nullptr, cal ? h.data() : nullptr, groups, q);
+    if (opt.progress) opt.progress("quantize", steps, steps);
   }
 
   // 3. Everything else (embedding, norms) as float16, as ExLlamaV2 writes it.
@@ -303,7 +206,6 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
     tensors.push_back({name, TensorView{halves.back().data(), DType::kF16, v.shape}});
   }
 
-  fs::create_directories(out_dir);
   const fs::path st = out_dir / "output.safetensors";
   io::write_safetensors(st, tensors, {{"format", "pt"}});
   report.bytes = fs::file_size(st);
@@ -312,6 +214,7 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
                                    {"version", "lathe"},
                                    {"converted_from", c.quant.method.empty() ? "float" : c.quant.method},
                                    {"bits", opt.bpw},
+                                   {"layout", opt.rtn ? "rtn" : opt.uniform ? "uniform" : "measured"},
                                    {"head_bits", opt.head_bits},
                                    {"calibration",
                                     {{"rows", rows},

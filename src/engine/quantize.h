@@ -1,12 +1,15 @@
 // `lathe quantize`: an unquantized Hugging Face model to an EXL2 folder that lathe and ExLlamaV2
-// load. Calibration text runs through the model on the CPU backend; every linear layer's input
-// Hessian (sum of x^T x) is collected, and each layer is quantized by GPTQ with EXL2 scales to a
-// group layout that meets the target bits per weight (the most important input channels, by
-// Hessian diagonal, get the higher width). The LM head gets --head-bits.
+// load, layer by layer (memory: one layer's work plus the calibration states).
 //
-// Every Hessian comes from the unquantized model's activations (sequential, quantized-input
-// Hessians come next), and the error measure is per linear layer (ExLlamaV2 measures whole
-// attention / MLP sublayers).
+// Calibration windows are embedded and kept on the host as the residual stream. By default a
+// measurement pass first tries every attention and feed-forward sublayer at each candidate
+// configuration against the unquantized sublayer's output (engine/quantize_measure.h), and an
+// optimizer picks one configuration per sublayer minimising the summed error at the target bpw.
+// The final pass then goes sublayer by sublayer: input Hessians from the current states (made by
+// the already quantized layers before), GPTQ with EXL2 scales for each projection (those reading
+// the same input together; o and down see the outputs of the quantized q/k/v and gate/up), and the
+// sublayer run with its quantized weights to make the next input. The final norm and the LM head
+// (--head-bits) come last.
 #pragma once
 
 #include <cstdint>
@@ -25,26 +28,26 @@ struct QuantizeOptions {
   double bpw = 4.0;
   int head_bits = 6;
   std::filesystem::path calib;  // calibration text file; empty: the built-in text
-  int64_t calib_rows = 16;      // windows of calib_length tokens
+  int64_t calib_rows = 64;      // windows of calib_length tokens (the final pass)
   int64_t calib_length = 512;
-  bool rtn = false;             // round-to-nearest (no Hessian, no error feedback): the baseline
-  // Per-layer bit allocation (experimental, off by default): every linear layer is quantized at
-  // each candidate width and its Hessian-weighted relative output error measured; then each layer's
-  // width is chosen to minimise the sum of errors at the target average (Lagrangian relaxation over
-  // the candidates). The measurement is saved to `measurement` after every layer (reused when the
-  // file exists, so an interrupted run loses no finished layer and a second target costs only the
-  // final pass). Measured on ref-llama-14m at 4.0 bpw this per-linear proxy loses to one layout
-  // everywhere (ppl 8.265 vs 8.175): the error of a whole attention/MLP block against the residual
-  // stream (ExLlamaV2's measure) is the next step.
-  bool measure = false;
+  int64_t measure_rows = 16;    // windows the measurement uses (spread over the calibration's); 0: all
+  bool rtn = false;             // round-to-nearest (no Hessian, no error feedback, one layout): the baseline
+  bool uniform = false;         // one layout everywhere instead of the measured per-sublayer choice
+  // Where the measurement is kept (written after every sublayer, reused when it exists and belongs
+  // to this model and calibration); empty: OUT_DIR/measurement.json.
   std::filesystem::path measurement;
-  // (stage, done, total) as work progresses: "calibrate", "quantize".
+  std::string objective = "output";  // how measured errors add up (qz::parse_objective)
+  double damp = 0.12;                // GPTQ damping: fraction of the mean Hessian diagonal
+  // (stage, done, total) as work progresses: "calibrate", "measure" (sublayers), "quantize"
+  // (sublayers, then the head). An exception thrown here stops the run; the measurement keeps
+  // every finished sublayer.
   std::function<void(const std::string&, int64_t, int64_t)> progress;
 };
 
 struct QuantizedLayer {
   std::string name;
-  double target = 0;    // the candidate width chosen for this layer
+  double target = 0;    // the layout's target bpw for this layer
+  int64_t group = 0;    // and its group size
   double bpw = 0;       // the format's storage per weight for this layer
   double rel_err = 0;   // ||W - Wq||_F / ||W||_F
 };
@@ -53,6 +56,8 @@ struct QuantizeReport {
   std::vector<QuantizedLayer> layers;
   double bpw = 0;               // over all quantized decoder layers (the head excluded)
   int64_t calib_tokens = 0;
+  int64_t measured = 0;         // sublayers measured by this run (0: the measurement file had them all)
+  double predicted_err = 0;     // the optimizer's summed error of the chosen configuration
   size_t bytes = 0;             // of the written safetensors
   double seconds = 0;
 };

@@ -344,10 +344,10 @@ void Runner::set_tap(Tap tap) {
   tap_ = std::move(tap);
 }
 
-void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Workspace& ws) const {
+void Runner::attention_block(int64_t layer, const LayerWeights& L, const Step& st, KvPool& pool,
+                             Workspace& ws) const {
   const ModelConfig& c = model_.config();
   const ArchSpec& arch = model_.arch();
-  const LayerWeights& L = w_->layers[size_t(layer)];
   const int64_t H = c.hidden_size, hd = c.head_dim, nh = c.num_heads, nkv = c.num_kv_heads;
   const int64_t n = st.n;
   const float offset = arch.norm_weight_offset;
@@ -470,11 +470,10 @@ void Runner::attention_block(int64_t layer, const Step& st, KvPool& pool, Worksp
   // The caller adds o to the residual stream, fused with the next norm.
 }
 
-void Runner::ffn_block(int64_t layer, const Step& st, Workspace& ws) const {
+void Runner::ffn_block(int64_t layer, const LayerWeights& L, const Step& st, Workspace& ws) const {
   const int64_t n = st.n;
   const ModelConfig& c = model_.config();
   const ArchSpec& arch = model_.arch();
-  const LayerWeights& L = w_->layers[size_t(layer)];
   const int64_t H = c.hidden_size;
   const float offset = arch.norm_weight_offset;
   float* o = ws.o.f32();
@@ -647,13 +646,13 @@ void Runner::enqueue(const Step& st, KvPool& pool, Workspace& ws) const {
     const ops::Weight& next_norm = last ? w_->final_norm : w_->layers[size_t(l + 1)].attn_norm;
     // The final norm feeds the LM head (gathered rows, a GEMV): always fp32.
     const ops::RmsNormParams next = last ? norm_params(x, next_norm, h, n, H, eps, offset) : layer_norm(next_norm);
-    attention_block(l, st, pool, ws);
+    attention_block(l, L, st, pool, ws);
     ops_.add_rms_norm(x, ws.o.f32(), layer_norm(L.ffn_norm));
     if (arch.moe) {
       moe_block(l, n, ws);  // scatters the experts' outputs straight into x
       ops_.rms_norm(next);
     } else {
-      ffn_block(l, st, ws);
+      ffn_block(l, L, st, ws);
       ops_.add_rms_norm(x, ws.o.f32(), next);
     }
   }
@@ -984,6 +983,128 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
   } else {
     ops_.synchronize();  // the staging area is reused by the next step
   }
+}
+
+// --- The forward one piece at a time (see Runner::run_sublayer) ---
+
+Runner::Step Runner::sequence_step(int64_t n, const int32_t* ids, const KvPool* pool, Workspace& ws) const {
+  const ModelConfig& c = model_.config();
+  if (n < 1) fail(ErrorKind::kInvalidArgument, "a sublayer run needs at least one token");
+  if (pool && (n > pool->block_size() || pool->num_blocks() < 1))
+    fail(ErrorKind::kOutOfRange, "{} tokens do not fit the scratch K/V of {} positions", n, pool->block_size());
+  const int64_t H = c.hidden_size, hd = c.head_dim, half = rope_rot_dim(c) / 2;
+  ws.get(ws.x, n, H);
+  ws.get(ws.h, n, H);
+  ws.get(ws.o, n, H);
+  ws.get(ws.q, n, c.num_heads * hd);
+  const int64_t kv_row = pool ? pool->row_size() : c.num_kv_heads * hd;
+  ws.get(ws.k, n, kv_row);
+  ws.get(ws.v, n, kv_row);
+  ws.get(ws.attn, n, c.num_heads * hd);
+  ws.get(ws.qkv, n, (c.num_heads + 2 * c.num_kv_heads) * hd);
+  ws.get(ws.gate, n, c.intermediate_size);
+  ws.get(ws.up, n, c.intermediate_size);
+  // Staged inputs: token ids, K/V slots (block 0, positions 0..n-1), the one-sequence tables, rope rows.
+  const size_t o_slots = align16(size_t(n)), o_cu = o_slots + align16(size_t(n)), o_kv = o_cu + 16,
+               o_table = o_kv + 16, o_cos = o_table + 16, o_sin = o_cos + align16(size_t(n * half)),
+               total = o_sin + align16(size_t(n * half));
+  float* meta = ws.get(ws.meta, int64_t(total), 1);
+  auto* sf = static_cast<float*>(ws.staging(total * sizeof(float)));
+  auto* si = reinterpret_cast<int32_t*>(sf);
+  for (int64_t i = 0; i < n; ++i) {
+    si[size_t(i)] = ids ? ids[i] : 0;
+    si[o_slots + size_t(i)] = int32_t(i);
+  }
+  si[o_cu] = 0;
+  si[o_cu + 1] = int32_t(n);
+  si[o_kv] = int32_t(n);
+  si[o_table] = 0;
+  if (n <= rope_static_length(c)) {
+    ensure_rope_rows(n);
+    std::lock_guard<std::mutex> lock(rope_mu_);
+    std::copy_n(rope_cos_.data(), n * half, sf + o_cos);
+    std::copy_n(rope_sin_.data(), n * half, sf + o_sin);
+  } else {
+    std::vector<int32_t> positions(static_cast<size_t>(n));
+    std::iota(positions.begin(), positions.end(), 0);
+    rope_tables(rope_frequencies(c, n), positions.data(), n, sf + o_cos, sf + o_sin);
+  }
+  ops_.copy_to_backend_async(meta, sf, total * sizeof(float));
+  const auto* mi = reinterpret_cast<const int32_t*>(meta);
+  Step st;
+  st.n = n;
+  st.seqs = 1;
+  st.max_q = st.max_kv = n;
+  st.stride = 1;
+  st.ids = mi;
+  st.slots = mi + o_slots;
+  st.cu_q = mi + o_cu;
+  st.kv_len = mi + o_kv;
+  st.table = mi + o_table;
+  st.cos = meta + o_cos;
+  st.sin = meta + o_sin;
+  return st;  // lowp stays off: the pieces hand fp32 states to each other
+}
+
+void Runner::embed(std::span<const int32_t> ids, float* x, Workspace& ws) const {
+  const int64_t n = int64_t(ids.size()), V = config().vocab_size;
+  for (int32_t id : ids)
+    if (id < 0 || id >= V) fail(ErrorKind::kInvalidArgument, "token id {} is out of range (vocabulary {})", id, V);
+  const Step st = sequence_step(n, ids.data(), nullptr, ws);
+  ops::EmbeddingParams e;
+  e.table = w_->embed;
+  e.ids = st.ids;
+  e.out = x;
+  e.n = n;
+  e.scale = model_.arch().embed_scale_sqrt_hidden ? float(std::sqrt(double(config().hidden_size))) : 1.f;
+  ops_.embedding(e);
+  ops_.synchronize();
+}
+
+void Runner::run_sublayer(int64_t layer, Sublayer part, float* x, int64_t n, KvCache& scratch, Workspace& ws,
+                          const LayerWeights* weights) const {
+  const ModelConfig& c = model_.config();
+  const ArchSpec& arch = model_.arch();
+  if (layer < 0 || layer >= c.num_layers)
+    fail(ErrorKind::kInvalidArgument, "layer {} is outside the model's {} layers", layer, c.num_layers);
+  if (arch.moe && part == Sublayer::kFeedForward && weights)
+    fail(ErrorKind::kUnsupported, "replacing MoE feed-forward weights in a sublayer run is not supported");
+  const LayerWeights& L = weights ? *weights : w_->layers[size_t(layer)];
+  const int64_t H = c.hidden_size;
+  const Step st = sequence_step(n, nullptr, &scratch.pool(), ws);
+  const bool attn = part == Sublayer::kAttention;
+  ops_.rms_norm(norm_params(x, attn ? L.attn_norm : L.ffn_norm, ws.h.f32(), n, H, c.rms_norm_eps,
+                            arch.norm_weight_offset));
+  if (attn) {
+    attention_block(layer, L, st, scratch.pool(), ws);
+    ops_.add(x, ws.o.f32(), n * H);
+  } else if (arch.moe) {  // the experts scatter-add into ws.x
+    ops_.copy(ws.x.f32(), x, size_t(n * H) * sizeof(float));
+    moe_block(layer, n, ws);
+    ops_.copy(x, ws.x.f32(), size_t(n * H) * sizeof(float));
+  } else {
+    ffn_block(layer, L, st, ws);
+    ops_.add(x, ws.o.f32(), n * H);
+  }
+  ops_.synchronize();
+}
+
+void Runner::final_norm(const float* x, float* y, int64_t n) const {
+  const ModelConfig& c = model_.config();
+  ops_.rms_norm(norm_params(x, w_->final_norm, y, n, c.hidden_size, c.rms_norm_eps, model_.arch().norm_weight_offset));
+  ops_.synchronize();
+}
+
+void Runner::lm_head(const float* h, float* logits, int64_t n) const {
+  const ModelConfig& c = model_.config();
+  ops::MatmulParams p;
+  p.x = h;
+  p.w = w_->lm_head;
+  p.y = logits;
+  p.n = n;
+  ops_.matmul(p);
+  if (c.final_logit_softcap > 0) ops_.softcap(logits, n * c.vocab_size, c.final_logit_softcap);
+  ops_.synchronize();
 }
 
 }  // namespace lathe::model

@@ -118,6 +118,10 @@ class Workspace {
 enum class TapPoint { kAttnIn, kAttnOut, kFfnIn, kFfnMid, kHeadIn };
 using Tap = std::function<void(int64_t layer, TapPoint point, const float* x, int64_t rows, int64_t dim)>;
 
+// A decoder layer's two residual sublayers (Runner::run_sublayer): attention, and the feed-forward
+// (dense or MoE), each with its input norm (and post-norm in the sandwich layout).
+enum class Sublayer { kAttention, kFeedForward };
+
 class Runner {
  public:
   // Binds the model to a backend; a device backend gets its own copy of the weights here.
@@ -148,6 +152,23 @@ class Runner {
   // feed-forward then runs unfused so its intermediate exists). Null turns it off.
   void set_tap(Tap tap);
 
+  // The forward one piece at a time, for work that goes layer by layer (sequential quantization:
+  // calibration states kept by the caller, each layer run with its quantized weights to make the
+  // next layer's input). Each call runs one sequence whose n tokens sit at positions 0..n-1; every
+  // pointer is backend memory ([n, hidden] floats), and the results are ready on return.
+  // x = the (scaled) embedding of ids.
+  void embed(std::span<const int32_t> ids, float* x, Workspace& ws) const;
+  // x += `part` of decoder layer `layer` run on x (attention is causal over the n tokens). `weights`
+  // (backend memory, same shapes) stand in for the layer's own, e.g. a quantized candidate; null
+  // runs the model's. `scratch` holds the layer's K/V (capacity >= n; its contents are
+  // overwritten). Taps fire as in a forward.
+  void run_sublayer(int64_t layer, Sublayer part, float* x, int64_t n, KvCache& scratch, Workspace& ws,
+                    const LayerWeights* weights = nullptr) const;
+  // y = the final norm of x: the LM head's input.
+  void final_norm(const float* x, float* y, int64_t n) const;
+  // logits [n, vocab] = the LM head (and soft-capping) on final-normed rows h.
+  void lm_head(const float* h, float* logits, int64_t n) const;
+
   // Decode graphs on or off (on by default; LATHE_GRAPHS=0 in the environment turns them off).
   void set_graphs(bool on) { graphs_ = on; }
   // EXL2 layers from their packed bits (ops::Ops::matmul_exl2) or from the dequantized copy. On by
@@ -164,8 +185,10 @@ class Runner {
   void step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, Tensor* logits,
             const SelectRequest* select) const;
   void enqueue(const Step& st, KvPool& pool, Workspace& ws) const;
-  void attention_block(int64_t layer, const Step& st, KvPool& pool, Workspace& ws) const;
-  void ffn_block(int64_t layer, const Step& st, Workspace& ws) const;
+  void attention_block(int64_t layer, const LayerWeights& L, const Step& st, KvPool& pool, Workspace& ws) const;
+  void ffn_block(int64_t layer, const LayerWeights& L, const Step& st, Workspace& ws) const;
+  // One sequence at positions 0..n-1 (run_sublayer): workspace sized and inputs staged.
+  Step sequence_step(int64_t n, const int32_t* ids, const KvPool* pool, Workspace& ws) const;
   void moe_block(int64_t layer, int64_t n, Workspace& ws) const;
   void upload_weights();
 

@@ -202,7 +202,7 @@ TEST(Cli, QuantizeReferenceModel) {
   const auto out = std::filesystem::temp_directory_path() / "lathe_cli_quantize";
   std::filesystem::remove_all(out);
   const auto q = lathe_cli("quantize -m " + dir.string() + " -o " + out.string() + " --bpw 4.0 --calib " +
-                           calib.string() + " --calib-rows 8 --calib-length 256 --json");
+                           calib.string() + " --calib-rows 8 --measure-rows 4 --calib-length 256 --json");
   ASSERT_EQ(q.code, 0) << q.err;
   const auto report = json::parse(q.out);
   EXPECT_NEAR(report["bpw"].get<double>(), 4.0, 0.1);

@@ -14,12 +14,12 @@ namespace lathe::cli {
 
 void add_quantize_command(CLI::App& app) {
   struct Opts {
-    std::string model, out, calib, measurement;
+    std::string model, out, calib, measurement, objective = "output";
     double bpw = 4.0;
     int head_bits = 6;
-    int64_t rows = 16, length = 512, ctx = 4096;
-    double memory_gib = 0;
-    bool json = false, rtn = false, advise = false, measure = false, synthetic = false;
+    int64_t rows = 64, length = 512, ctx = 4096, measure_rows = 16;
+    double memory_gib = 0, damp = 0.12;
+    bool json = false, rtn = false, advise = false, uniform = false, synthetic = false;
     uint64_t seed = 1;
   };
   auto opts = std::make_shared<Opts>();
@@ -31,14 +31,22 @@ void add_quantize_command(CLI::App& app) {
   cmd->add_option("-c,--calib", opts->calib, "calibration text file (UTF-8; default: lathe's built-in text)");
   cmd->add_option("--calib-rows", opts->rows, "calibration windows")->capture_default_str();
   cmd->add_option("--calib-length", opts->length, "tokens per calibration window")->capture_default_str();
+  cmd->add_option("--measure-rows", opts->measure_rows,
+                  "calibration windows the measurement uses (spread over them; 0: all)")
+      ->capture_default_str();
   cmd->add_flag("--advise", opts->advise,
                 "print the largest --bpw whose weights, KV cache (--ctx) and activations fit --memory GiB");
   cmd->add_option("--memory", opts->memory_gib, "GPU memory in GiB for --advise");
   cmd->add_option("--ctx", opts->ctx, "context length for --advise")->capture_default_str();
-  cmd->add_flag("--measure", opts->measure,
-                "experimental: choose each layer's width from measured candidates (default: one layout everywhere)");
+  cmd->add_flag("--uniform", opts->uniform,
+                "one layout in every layer instead of per-sublayer layouts chosen by measurement");
   cmd->add_option("--measurement", opts->measurement,
-                  "with --measure: measurement JSON, written as layers are measured and reused when it exists");
+                  "measurement JSON, written after every sublayer and reused when it exists (default: "
+                  "OUT_DIR/measurement.json)");
+  cmd->add_option("--objective", opts->objective,
+                  "how the optimizer adds measured errors: output, stream, delta, abs or rfn")
+      ->capture_default_str();
+  cmd->add_option("--damp", opts->damp, "GPTQ damping (fraction of the mean Hessian diagonal)")->capture_default_str();
   cmd->add_flag("--rtn", opts->rtn, "round to nearest instead of GPTQ (a baseline for comparisons)");
   cmd->add_flag("--synthetic", opts->synthetic,
                 "for speed benchmarks: random packed weights in the layout of --bpw for the model's config.json "
@@ -101,9 +109,12 @@ void add_quantize_command(CLI::App& app) {
     qo.calib = opts->calib;
     qo.calib_rows = opts->rows;
     qo.calib_length = opts->length;
+    qo.measure_rows = opts->measure_rows;
     qo.rtn = opts->rtn;
-    qo.measure = opts->measure;
+    qo.uniform = opts->uniform;
     qo.measurement = opts->measurement;
+    qo.objective = opts->objective;
+    qo.damp = opts->damp;
     std::unique_ptr<ProgressBar> bar;
     std::string stage;
     qo.progress = [&](const std::string& s, int64_t done, int64_t total) {
@@ -123,9 +134,11 @@ void add_quantize_command(CLI::App& app) {
       j["head_bits"] = opts->head_bits;
       j["bytes"] = r.bytes;
       j["calib_tokens"] = r.calib_tokens;
+      j["measured_sublayers"] = r.measured;
       j["seconds"] = r.seconds;
       for (const auto& l : r.layers)
-        j["layers"].push_back({{"name", l.name}, {"target", l.target}, {"bpw", l.bpw}, {"rel_err", l.rel_err}});
+        j["layers"].push_back(
+            {{"name", l.name}, {"target", l.target}, {"group", l.group}, {"bpw", l.bpw}, {"rel_err", l.rel_err}});
       fmt::print("{}\n", j.dump());
       return;
     }
