@@ -693,6 +693,22 @@ namespace {
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }  // 64-byte aligned regions of 4-byte values
 }  // namespace
 
+void Runner::rope_rows(int64_t first, int64_t count, float* cos, float* sin) const {
+  const ModelConfig& c = config();
+  const int64_t half = rope_rot_dim(c) / 2, len = first + count;
+  if (len <= rope_static_length(c)) {
+    ensure_rope_rows(len);
+    std::lock_guard<std::mutex> lock(rope_mu_);
+    std::copy_n(rope_cos_.data() + first * half, count * half, cos);
+    std::copy_n(rope_sin_.data() + first * half, count * half, sin);
+    return;
+  }
+  // Past the static length the frequencies depend on the length (dynamic scaling): computed here.
+  std::vector<int32_t> positions(static_cast<size_t>(count));
+  std::iota(positions.begin(), positions.end(), int32_t(first));
+  rope_tables(rope_frequencies(c, len), positions.data(), count, cos, sin);
+}
+
 void Runner::ensure_rope_rows(int64_t positions) const {
   std::lock_guard<std::mutex> lock(rope_mu_);
   if (positions <= rope_rows_) return;
@@ -856,7 +872,6 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
   auto* sf = reinterpret_cast<float*>(stage);
   {
     int64_t t = 0;
-    std::vector<int32_t> positions;
     for (int64_t s = 0; s < S; ++s) {
       const SeqInput& in = seqs[size_t(s)];
       const SeqKv& kv = *in.kv;
@@ -865,23 +880,12 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
       si[o_kv + size_t(s)] = int32_t(kv.length + cnt);
       for (int64_t b = 0; b < st.stride; ++b)
         si[o_table + size_t(s * st.stride + b)] = b < int64_t(kv.blocks.size()) ? kv.blocks[size_t(b)] : 0;
-      positions.resize(size_t(cnt));
       for (int64_t i = 0; i < cnt; ++i) {
         const int64_t p = kv.length + i;
-        positions[size_t(i)] = int32_t(p);
         si[o_ids + size_t(t + i)] = in.ids[size_t(i)];
         si[o_slots + size_t(t + i)] = int32_t(int64_t(kv.blocks[size_t(p / bs)]) * bs + p % bs);
       }
-      const int64_t len = kv.length + cnt;
-      if (len <= rope_static_length(c)) {
-        ensure_rope_rows(len);
-        std::lock_guard<std::mutex> lock(rope_mu_);
-        std::copy_n(rope_cos_.data() + kv.length * half, cnt * half, sf + o_cos + size_t(t * half));
-        std::copy_n(rope_sin_.data() + kv.length * half, cnt * half, sf + o_sin + size_t(t * half));
-      } else {
-        rope_tables(rope_frequencies(c, len), positions.data(), cnt, sf + o_cos + size_t(t * half),
-                    sf + o_sin + size_t(t * half));
-      }
+      rope_rows(kv.length, cnt, sf + o_cos + size_t(t * half), sf + o_sin + size_t(t * half));
       t += cnt;
     }
     si[o_cu + size_t(S)] = int32_t(t);
@@ -1019,16 +1023,7 @@ Runner::Step Runner::sequence_step(int64_t n, const int32_t* ids, const KvPool* 
   si[o_cu + 1] = int32_t(n);
   si[o_kv] = int32_t(n);
   si[o_table] = 0;
-  if (n <= rope_static_length(c)) {
-    ensure_rope_rows(n);
-    std::lock_guard<std::mutex> lock(rope_mu_);
-    std::copy_n(rope_cos_.data(), n * half, sf + o_cos);
-    std::copy_n(rope_sin_.data(), n * half, sf + o_sin);
-  } else {
-    std::vector<int32_t> positions(static_cast<size_t>(n));
-    std::iota(positions.begin(), positions.end(), 0);
-    rope_tables(rope_frequencies(c, n), positions.data(), n, sf + o_cos, sf + o_sin);
-  }
+  rope_rows(0, n, sf + o_cos, sf + o_sin);
   ops_.copy_to_backend_async(meta, sf, total * sizeof(float));
   const auto* mi = reinterpret_cast<const int32_t*>(meta);
   Step st;

@@ -208,6 +208,8 @@ class Runner {
   // cos/sin rows of rope_short_ for positions [0, rope_rows_), computed once and copied per step
   // (computing them per step cost ~5 ms of host time for a 2048-token prefill).
   void ensure_rope_rows(int64_t positions) const;
+  // cos/sin rows ([count, rot / 2] each) for positions [first, first + count) of one sequence.
+  void rope_rows(int64_t first, int64_t count, float* cos, float* sin) const;
   mutable std::mutex rope_mu_;
   mutable std::vector<float> rope_cos_, rope_sin_;
   mutable int64_t rope_rows_ = 0;
