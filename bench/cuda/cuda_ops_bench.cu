@@ -245,8 +245,11 @@ void bench_exl2(Ops& ops, const char* mode, const std::vector<Linear>& shapes, c
     std::vector<int32_t> perm(static_cast<size_t>(K)), groups;
     // Interleaved halves: neighbouring act-order rows read distant channels, as a real act-order does.
     for (int64_t k = 0; k < K; ++k) perm[size_t(k)] = int32_t(k % 2 == 0 ? k / 2 : K - 1 - k / 2);
+    // The tiled layout's group table (quant/exl2_tiled.h): 128-row groups need no padding, so the
+    // packed bytes are those of the stored format.
     for (int64_t g = 0; g < G; ++g)
-      for (int64_t v : {int64_t(4), int64_t(128), g * 16, g * 128}) groups.push_back(int32_t(v));
+      for (int64_t v : {int64_t(4), int64_t(128), g * 16, g * 128, g * 128, int64_t(128), g, int64_t(0)})
+        groups.push_back(int32_t(v));
     Buffer dmax(ops, smax.size() * 2), dperm(ops, perm.size() * 4), dgroups(ops, groups.size() * 4);
     ops.copy_to_backend(dmax.data(), smax.data(), smax.size() * 2);
     ops.copy_to_backend(dperm.data(), perm.data(), perm.size() * 4);
@@ -259,17 +262,19 @@ void bench_exl2(Ops& ops, const char* mode, const std::vector<Linear>& shapes, c
       p.y = y.f32();
       p.n = n;
       p.w.q_scale_max = static_cast<const uint16_t*>(dmax.data());
-      p.w.perm = static_cast<const int32_t*>(dperm.data());
-      p.w.groups = static_cast<const int32_t*>(dgroups.data());
+      p.w.tiled_perm = static_cast<const int32_t*>(dperm.data());
+      p.w.tiled_groups = static_cast<const int32_t*>(dgroups.data());
       p.w.in_features = K;
       p.w.out_features = N;
       p.w.num_groups = G;
       p.w.max_group_rows = 128;
-      p.w.max_group_qrows = 16;
-      p.w.rows16 = true;
+      p.w.tiled_rows = K;
+      p.w.tiled_num_groups = G;
+      p.w.max_tiled_rows = 128;
+      p.w.max_tiled_qrows = 16;
       const double ms = time_ms(ops, [&](int i) {
-        p.w.q_weight = static_cast<const uint32_t*>(qw[size_t(i % copies)].data());
-        p.w.q_scale = static_cast<const uint32_t*>(qs[size_t(i % copies)].data());
+        p.w.tiled = static_cast<const uint32_t*>(qw[size_t(i % copies)].data());
+        p.w.tiled_scale = static_cast<const uint32_t*>(qs[size_t(i % copies)].data());
         ops.matmul_exl2(p);
       });
       const double gbs = double(qbytes + sbytes) / (ms * 1e-3) / 1e9;

@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "model/rope.h"
+#include "quant/exl2_tiled.h"
 
 namespace lathe::model {
 
@@ -156,18 +157,39 @@ void Runner::upload_weights() {
     d.data = put(w.data, size_t(w.rows * w.cols) * dtype_size(w.dtype));
     return d;
   };
-  // An EXL2 layer as stored (its bias inside the view); no float16 copy goes to the device.
+  // An EXL2 layer (its bias inside the view); no float16 copy goes to the device. Backends that
+  // read the tiled layout get only that, made here on the host (quant/exl2_tiled.h).
+  const bool tiled = ops_.wants_exl2_tiled();
+  auto fresh = [&](const void* src, size_t bytes) -> void* {  // not cached: src is a temporary
+    owned_.emplace_back(ops_, bytes);
+    up.copy(owned_.back().data(), src, bytes);
+    return owned_.back().data();
+  };
   auto exl2 = [&](const ops::Exl2View& v) -> const ops::Exl2View* {
     ops::Exl2View d = v;
     const int64_t Np = v.padded_out(), G = v.num_groups;
-    const int32_t* last = v.groups + (G - 1) * 4;  // bits, rows, first packed row, first act row
-    const int64_t qrows = int64_t(last[2]) + int64_t(last[1]) * last[0] / 32;
-    d.q_weight = static_cast<const uint32_t*>(put(v.q_weight, size_t(qrows * Np) * 4));
-    d.q_scale = static_cast<const uint32_t*>(put(v.q_scale, size_t(G * (Np / 8)) * 4));
     d.q_scale_max = static_cast<const uint16_t*>(put(v.q_scale_max, size_t(G) * 2));
-    d.perm = static_cast<const int32_t*>(put(v.perm, size_t(v.in_features) * 4));
-    d.groups = static_cast<const int32_t*>(put(v.groups, size_t(G) * 16));
     d.bias = static_cast<const uint16_t*>(put(v.bias, size_t(v.out_features) * 2));
+    if (tiled) {
+      const quant::Exl2Tiled t = quant::exl2_tile(v);
+      d.q_weight = d.q_scale = nullptr;
+      d.perm = d.groups = nullptr;
+      d.tiled = static_cast<const uint32_t*>(fresh(t.weight.data(), t.weight.size() * 4));
+      d.tiled_scale = static_cast<const uint32_t*>(fresh(t.scale.data(), t.scale.size() * 4));
+      d.tiled_groups = static_cast<const int32_t*>(fresh(t.groups.data(), t.groups.size() * 4));
+      d.tiled_perm = static_cast<const int32_t*>(fresh(t.perm.data(), t.perm.size() * 4));
+      d.tiled_rows = t.padded_rows;
+      d.tiled_num_groups = t.num_groups();
+      d.max_tiled_rows = t.max_group_rows;
+      d.max_tiled_qrows = t.max_group_qrows;
+    } else {
+      const int32_t* last = v.groups + (G - 1) * 4;  // bits, rows, first packed row, first act row
+      const int64_t qrows = int64_t(last[2]) + int64_t(last[1]) * last[0] / 32;
+      d.q_weight = static_cast<const uint32_t*>(put(v.q_weight, size_t(qrows * Np) * 4));
+      d.q_scale = static_cast<const uint32_t*>(put(v.q_scale, size_t(G * (Np / 8)) * 4));
+      d.perm = static_cast<const int32_t*>(put(v.perm, size_t(v.in_features) * 4));
+      d.groups = static_cast<const int32_t*>(put(v.groups, size_t(G) * 16));
+    }
     device_exl2_.push_back(d);
     return &device_exl2_.back();
   };
@@ -286,8 +308,10 @@ constexpr int64_t kPackedMaxTokens = 4;
 
 // y = x W^T (+ bias); an EXL2 layer runs from its packed bits where `packed` allows it: always
 // when it has no float16 copy (device backends), else for steps of up to kPackedMaxTokens.
+bool runs_packed(const Linear& l, int64_t n, bool packed) { return packed && l.exl2 && (n <= kPackedMaxTokens || !l.w.data); }
+
 void linear(ops::Ops& ops, const float* x, const Linear& l, float* y, int64_t n, bool packed = false) {
-  if (packed && l.exl2 && (n <= kPackedMaxTokens || !l.w.data)) {
+  if (runs_packed(l, n, packed)) {
     ops::Exl2MatmulParams q;
     q.x = x;
     q.w = *l.exl2;  // the layer's bias is in the view
@@ -303,6 +327,23 @@ void linear(ops::Ops& ops, const float* x, const Linear& l, float* y, int64_t n,
   p.y = y;
   p.n = n;
   ops.matmul(p);
+}
+
+// Layers on one input (q, k, v; gate, up): one matmul_exl2_multi call when all run from their
+// packed bits (the backend may run them as one launch), else linear() each.
+void linear_multi(ops::Ops& ops, const float* x, const Linear* const* l, float* const* y, int count, int64_t n, bool packed) {
+  bool all = true;
+  for (int i = 0; i < count; ++i) all = all && runs_packed(*l[i], n, packed);
+  if (!all) {
+    for (int i = 0; i < count; ++i) linear(ops, x, *l[i], y[i], n, packed);
+    return;
+  }
+  ops::Exl2MultiParams p;
+  p.x = x;
+  p.n = n;
+  p.count = count;
+  for (int i = 0; i < count; ++i) p.w[i] = *l[i]->exl2, p.y[i] = y[i];
+  ops.matmul_exl2_multi(p);
 }
 
 void glu(ops::Ops& ops, float* gate, const float* up, int64_t n, int64_t dim, ops::Activation act) {
@@ -385,9 +426,9 @@ void Runner::attention_block(int64_t layer, const LayerWeights& L, const Step& s
     v_in = qkv + L.q.w.rows + L.k.w.rows;
     in_stride = qkv_width;
   } else if (packed_ && (L.q.exl2 || L.k.exl2 || L.v.exl2)) {
-    linear(ops_, h, L.q, q, n, true);
-    linear(ops_, h, L.k, k, n, true);
-    linear(ops_, h, L.v, v, n, true);
+    const Linear* proj[3] = {&L.q, &L.k, &L.v};
+    float* dst[3] = {q, k, v};
+    linear_multi(ops_, h, proj, dst, 3, n, true);
   } else {
     ops::MultiMatmulParams mm;
     mm.x = st.lowp ? nullptr : h;
@@ -480,8 +521,9 @@ void Runner::ffn_block(int64_t layer, const LayerWeights& L, const Step& st, Wor
   const bool packed = packed_ && (L.gate.exl2 || L.up.exl2 || L.down.exl2);
   if (tap_ || packed) {  // unfused: taps observe the activation before down; packed layers run alone
     if (tap_) tap_(layer, TapPoint::kFfnIn, ws.h.f32(), n, H);
-    linear(ops_, ws.h.f32(), L.gate, ws.gate.f32(), n, packed_);
-    linear(ops_, ws.h.f32(), L.up, ws.up.f32(), n, packed_);
+    const Linear* proj[2] = {&L.gate, &L.up};
+    float* dst[2] = {ws.gate.f32(), ws.up.f32()};
+    linear_multi(ops_, ws.h.f32(), proj, dst, 2, n, packed_);
     glu(ops_, ws.gate.f32(), ws.up.f32(), n, c.intermediate_size, c.activation);
     if (tap_) tap_(layer, TapPoint::kFfnMid, ws.gate.f32(), n, c.intermediate_size);
     linear(ops_, ws.gate.f32(), L.down, o, n, packed_);

@@ -210,6 +210,16 @@ struct Exl2View {
   int64_t max_group_rows = 0;   // host-known bounds, for kernel shared-memory sizing: rows of the
   int64_t max_group_qrows = 0;  // largest group, and packed rows (rows * bits / 32); 0: max_group_rows / 4
   bool rows16 = false;          // every group's rows are a multiple of 16 (whole tensor-core k steps)
+  // The CUDA kernels' layout of the same layer (quant/exl2_tiled.h), made at upload for backends
+  // whose wants_exl2_tiled() is true; those read only these (q_weight, q_scale and groups may be null).
+  const uint32_t* tiled = nullptr;
+  const uint32_t* tiled_scale = nullptr;  // [groups, padded_out / 32, 4]
+  const int32_t* tiled_groups = nullptr;  // [groups, 8]
+  const int32_t* tiled_perm = nullptr;    // [tiled_rows]: input channel of each padded row, -1: none
+  int64_t tiled_rows = 0;                 // padded rows of all groups
+  int64_t tiled_num_groups = 0;           // stored groups above kTiledMaxGroupRows rows are cut
+  int64_t max_tiled_rows = 0;             // the largest tiled group's padded rows
+  int64_t max_tiled_qrows = 0;            // the largest tiled group's padded rows * bits / 32
   int64_t padded_out() const { return (out_features + 31) / 32 * 32; }
 };
 
@@ -219,6 +229,17 @@ struct Exl2MatmulParams {
   Exl2View w;
   float* y = nullptr;        // [n, out_features]
   int64_t n = 0;
+};
+
+// Several EXL2 layers on one input (q, k, v; gate, up): y[i] [n, w[i].out_features] = x w[i]^T.
+// Backends may run them in one launch (the CUDA one does: a small layer alone is mostly fixed cost).
+struct Exl2MultiParams {
+  const float* x = nullptr;  // [n, in_features], the same for every layer
+  int64_t n = 0;
+  int count = 0;  // <= 3
+  Exl2View w[3];
+  float* y[3] = {};
+  Exl2MatmulParams layer(int i) const { return {x, w[i], y[i], n}; }
 };
 
 struct EmbeddingParams {
@@ -366,6 +387,9 @@ class Ops {
   virtual void rope_store_kv(const RopeStoreParams& p);
   // Default: a scalar host loop over the packed weights (host memory only): the reference.
   virtual void matmul_exl2(const Exl2MatmulParams& p);
+  virtual void matmul_exl2_multi(const Exl2MultiParams& p);  // default: matmul_exl2 per layer
+  // Whether matmul_exl2 reads Exl2View::tiled (the loader then uploads that layout instead).
+  virtual bool wants_exl2_tiled() const { return false; }
   // Returns false (nothing done) where the backend has no such path for these sizes/dtypes; the
   // caller then routes on the host. Default: false.
   virtual bool moe_small_batch(const MoeParams& p) {

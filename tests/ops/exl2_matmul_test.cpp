@@ -52,6 +52,38 @@ TEST(Exl2Matmul, ReferenceEqualsDequantizedMatmul) {
         }
 }
 
+// Several layers on one input (the q|k|v and gate|up call): each equals its own matmul_exl2, on
+// every host backend.
+TEST(Exl2Matmul, MultiEqualsEachLayer) {
+  std::mt19937 rng(43);
+  for (auto make : {make_ref_ops, make_cpu_ops}) {
+    auto ops = make();
+    const std::vector<lathe::testing::Exl2Case> layers = {
+        lathe::testing::random_exl2(rng, 40, {{4, 64}, {3, 64}}, true), lathe::testing::random_exl2(rng, 17, {{6, 128}}, false),
+        lathe::testing::random_exl2(rng, 64, {{2, 32}, {2, 96}}, false)};
+    const int64_t n = 3, K = 128;
+    const auto x = lathe::testing::random_floats(rng, size_t(n * K));
+    std::vector<std::vector<float>> got(3), want(3);
+    Exl2MultiParams p;
+    p.x = x.data();
+    p.n = n;
+    p.count = 3;
+    for (int i = 0; i < 3; ++i) {
+      got[size_t(i)].assign(size_t(n * layers[size_t(i)].N), NAN);
+      want[size_t(i)] = got[size_t(i)];
+      p.w[i] = layers[size_t(i)].host_view();
+      p.y[i] = got[size_t(i)].data();
+    }
+    ops->matmul_exl2_multi(p);
+    for (int i = 0; i < 3; ++i) {
+      Exl2MatmulParams one = p.layer(i);
+      one.y = want[size_t(i)].data();
+      ops->matmul_exl2(one);
+      EXPECT_EQ(got[size_t(i)], want[size_t(i)]) << ops->name() << " layer " << i;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lathe::ops
 

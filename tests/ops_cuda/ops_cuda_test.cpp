@@ -1091,6 +1091,54 @@ TEST_F(CudaParity, MatmulExl2MatchesReference) {
   }
 }
 
+// Several layers on one input in one call (q, k, v; gate, up): each equals the reference's own
+// matmul_exl2, whatever their widths, group layouts and k-splits, in both modes and on every path.
+TEST_F(CudaParity, MatmulExl2MultiMatchesEachLayer) {
+  using quant::Exl2Group;
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  ASSERT_TRUE(fast);
+  std::vector<Exl2Group> wide(16, Exl2Group{4, 128}), mixed = {{6, 128}, {5, 256}, {4, 1024}, {3, 512}, {2, 128}};
+  wide[0] = {8, 128};
+  for (bool exact : {true, false}) {
+    Ops& dev = exact ? *cuda : *fast;
+    Worst worst(exact ? "matmul_exl2_multi (exact)" : "matmul_exl2_multi (fast)");
+    for (int64_t n : {1, 3, 16, 40, 300}) {
+      if (exact && n == 40) continue;
+      const std::vector<lathe::testing::Exl2Case> layers = {lathe::testing::random_exl2(rng, 2048, wide, true),
+                                                            lathe::testing::random_exl2(rng, 256, mixed, false),
+                                                            lathe::testing::random_exl2(rng, 300, wide, false)};
+      const int64_t K = layers[0].m.in_features;
+      const std::vector<float> x = random_floats(rng, size_t(n * K));
+      std::vector<Buffer> keep;
+      const Buffer dx = upload(dev, x);
+      Exl2MultiParams p;
+      p.x = dx.f32();
+      p.n = n;
+      p.count = 3;
+      for (int i = 0; i < 3; ++i) {
+        p.w[i] = lathe::testing::upload_exl2(dev, layers[size_t(i)], keep);
+        keep.emplace_back(dev, size_t(n * layers[size_t(i)].N) * 4);
+        p.y[i] = keep.back().f32();
+      }
+      dev.matmul_exl2_multi(p);
+      dev.matmul_exl2_multi(p);  // again: the k-split counters were left at zero
+      for (int i = 0; i < 3; ++i) {
+        const auto& c = layers[size_t(i)];
+        std::vector<float> want(size_t(n * c.N)), got(want.size());
+        Exl2MatmulParams r;
+        r.x = x.data();
+        r.w = c.host_view();
+        r.y = want.data();
+        r.n = n;
+        ref->matmul_exl2(r);
+        got = download(dev, p.y[i], got.size());
+        const double tol = !exact ? kExl2FastTol : n > 32 ? kExl2F16WeightTol : kMatmulTol;
+        worst.check(rel_error(got, want), tol, "layer " + std::to_string(i) + " n=" + std::to_string(n));
+      }
+    }
+  }
+}
+
 // Fast-mode EXL2 with activations far outside fp16's range (|x| up to 1e6 and tiny ones beside
 // them): bf16 activations and fp32 accumulation keep every sum finite and accurate.
 TEST_F(CudaParity, MatmulExl2FastHandlesLargeActivations) {

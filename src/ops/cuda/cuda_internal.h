@@ -75,17 +75,16 @@ void apply_penalties(Context& ctx, const PenaltyParams& p);
 void top_k(Context& ctx, const TopKParams& p);
 bool moe_small_batch(Context& ctx, const MoeParams& p);
 void matmul_exl2(Context& ctx, const Exl2MatmulParams& p);
-// The fp32 dequantizing GEMV of matmul_exl2 (exl2_gemv.cu) for 1..kGemvMaxTokens tokens.
-void exl2_gemv(Context& ctx, const float* x, int64_t n, const Exl2View& w, float* y);
-// The tensor-core EXL2 kernel (exl2_mma.cu) for 1..kExl2MmaTokens tokens: fp32-accurate (split
-// activations) up to kExl2MmaSplitTokens, the only sizes exact mode sends it.
-void exl2_mma(Context& ctx, const float* x, int64_t n, const Exl2View& w, float* y);
-inline constexpr int64_t kExl2MmaTokens = 64;
-inline constexpr int64_t kExl2MmaSplitTokens = 16;
-// matmul_exl2 runs up to these many tokens as launches of the kernels above (each launch reads the
-// packed weights once); above them, reconstruction to float16 in chunks plus cuBLAS.
-inline constexpr int64_t kExl2MmaMaxTokens = 256;  // fast mode
-inline constexpr int64_t kExl2GemvMaxTokens = 32;  // exact mode
+void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p);
+// The tensor-core EXL2 kernel (exl2_tc.cu) on the tiled layout for 1..kExl2TcTokens tokens
+// (exact mode: 1..kExl2TcSplitTokens, fp32-accurate split activations).
+void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);  // tokens [t0, t0 + n) of every layer
+inline constexpr int64_t kExl2TcTokens = 64;
+inline constexpr int64_t kExl2TcSplitTokens = 16;
+// matmul_exl2 runs up to these many tokens as launches of exl2_tc (each launch reads the packed
+// weights once); above, a float16 reconstruction and cuBLAS.
+inline constexpr int64_t kExl2TcMaxTokens = 256;      // fast mode
+inline constexpr int64_t kExl2TcSplitMaxTokens = 32;  // exact mode
 
 // The cuBLAS path's pieces (matmul.cu), shared with the fused feed-forward (ffn.cu).
 // x [n, k] rounded to the weight dtype (bf16/f16) in scratch; with split, also lo = x - hi rounded.

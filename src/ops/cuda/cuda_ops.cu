@@ -413,6 +413,12 @@ class CudaOps final : public Ops {
     if (t.skipped) return;
     cuda::matmul_exl2(ctx_, p);
   }
+  void matmul_exl2_multi(const Exl2MultiParams& p) override {
+    Timed t(*this, "matmul_exl2");
+    if (t.skipped) return;
+    cuda::matmul_exl2_multi(ctx_, p);
+  }
+  bool wants_exl2_tiled() const override { return true; }
   bool moe_small_batch(const MoeParams& p) override {
     Timed t(*this, "moe_small_batch");
     if (t.skipped) return true;

@@ -44,6 +44,10 @@ void Ops::matmul_multi(const MultiMatmulParams& p) {
   }
 }
 
+void Ops::matmul_exl2_multi(const Exl2MultiParams& p) {
+  for (int i = 0; i < p.count; ++i) matmul_exl2(p.layer(i));
+}
+
 void Ops::add_rms_norm(float* x, const float* delta, const RmsNormParams& p) {
   add(x, delta, p.n * p.dim);
   RmsNormParams q = p;

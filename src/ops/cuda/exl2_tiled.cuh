@@ -1,0 +1,110 @@
+// Device side of the tiled EXL2 layout (quant/exl2_tiled.h has the layout): a lane's 16 B-fragment
+// pairs of one unit (32 rows x 32 columns) as exact bf16 integers q - zero, and the group table.
+//
+// Pair i of a plane of p bits sits in the lane's word i / (16 / p) at bit p * (i % (16 / p)) (its
+// second row at +16). One shift and one mask put both values into the low mantissa bits of a bf16
+// pair whose exponent makes them 128 + q (ulp 1 there, so exact up to 7 bits), and one bf16
+// subtraction of 128 + zero leaves q - zero. A second plane (3, 5, 6 bits) is shifted onto the bits
+// above the first with one more shift and mask. 8 bits do not fit a bf16 mantissa: they go through
+// float16 (magic 1024) and float.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+namespace lathe::ops::cuda::tiled {
+
+inline constexpr int kUnitRows = 32;   // quant::kTiledUnitRows
+inline constexpr int kStripCols = 32;  // quant::kTiledStripCols
+
+// Group table row (quant::Exl2Tiled::groups), from global or shared memory.
+struct Group {
+  int bits, rows, tq, vrow, arow, padded, stored;  // stored: the format's group (its q_scale_max entry)
+};
+__device__ __forceinline__ Group group_at(const int32_t* t, int g) {
+  const int4 a = *reinterpret_cast<const int4*>(t + g * 8);
+  const int4 b = *reinterpret_cast<const int4*>(t + g * 8 + 4);
+  return {a.x, a.y, a.z, a.w, b.x, b.y, b.z};
+}
+
+// (a & b) | c in one LOP3 (the compiler splits it in two when b and c are both constants).
+__device__ __forceinline__ uint32_t and_or(uint32_t a, uint32_t b, uint32_t c) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+  return d;
+}
+
+// Value bits of pair k (of the 8 a warp half takes from a unit; see unit_half) in a plane of P
+// bits whose words w start at the half's first pair, placed at bit SHIFT of each half-word.
+template <int P, int SHIFT, int N>
+__device__ __forceinline__ uint32_t plane_bits(const uint32_t (&w)[N], int k) {
+  constexpr int kPer = 16 / P;
+  const uint32_t v = w[k / kPer];
+  const int at = P * (k % kPer);  // a constant once the caller's loop unrolls
+  return at >= SHIFT ? v >> (at - SHIFT) : v << (SHIFT - at);
+}
+template <int P, int SHIFT>
+inline constexpr uint32_t kPlaneMask = ((1u << P) - 1u) * 0x10001u << SHIFT;
+
+__device__ __forceinline__ uint32_t bf16_sub(uint32_t v, uint32_t z) {
+  __nv_bfloat162 r = __hsub2(*reinterpret_cast<const __nv_bfloat162*>(&v), *reinterpret_cast<const __nv_bfloat162*>(&z));
+  return *reinterpret_cast<uint32_t*>(&r);
+}
+
+// Half `half` of a unit for one lane: its pairs 8 half .. 8 half + 7 (the k step `half`: rows
+// 16 half + 8 h + 2 q (+1) of column 8 j + g for pair 2 j + h), as bf16 pairs q - zero. unit: the
+// unit's first word in shared memory.
+template <int BITS>
+__device__ __forceinline__ void unit_half(const uint32_t* unit, int lane, int half, uint32_t (&b)[8]) {
+  constexpr uint32_t kMagic = 0x43004300u;  // bf16 128.0 in both halves
+  constexpr uint32_t kZ = (0x4300u + (1u << (BITS - 1))) * 0x10001u;
+  // A 1-bit plane keeps all 16 pairs in one word: shift the half's 8 to the bottom of each half-word.
+  const auto one_bit = [&](int offset) { return unit[offset + lane] >> (8 * half); };
+  if constexpr (BITS == 2 || BITS == 3) {
+    const uint32_t w[1] = {unit[2 * lane + half]};
+    if constexpr (BITS == 2) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) b[k] = bf16_sub(and_or(plane_bits<2, 0>(w, k), kPlaneMask<2, 0>, kMagic), kZ);
+    } else {
+      const uint32_t w1[1] = {one_bit(64)};
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        b[k] = bf16_sub(and_or(plane_bits<2, 0>(w, k), kPlaneMask<2, 0>, and_or(plane_bits<1, 2>(w1, k), kPlaneMask<1, 2>, kMagic)), kZ);
+    }
+  } else if constexpr (BITS == 4 || BITS == 5 || BITS == 6) {
+    const uint2 v = *reinterpret_cast<const uint2*>(unit + 4 * lane + 2 * half);
+    const uint32_t w[2] = {v.x, v.y};
+    if constexpr (BITS == 4) {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) b[k] = bf16_sub(and_or(plane_bits<4, 0>(w, k), kPlaneMask<4, 0>, kMagic), kZ);
+    } else if constexpr (BITS == 5) {
+      const uint32_t w1[1] = {one_bit(128)};
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        b[k] = bf16_sub(and_or(plane_bits<4, 0>(w, k), kPlaneMask<4, 0>, and_or(plane_bits<1, 4>(w1, k), kPlaneMask<1, 4>, kMagic)), kZ);
+    } else {
+      const uint32_t w2[1] = {unit[128 + 2 * lane + half]};
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        b[k] = bf16_sub(and_or(plane_bits<4, 0>(w, k), kPlaneMask<4, 0>, and_or(plane_bits<2, 4>(w2, k), kPlaneMask<2, 4>, kMagic)), kZ);
+    }
+  } else {
+    static_assert(BITS == 8, "EXL2 widths are 2, 3, 4, 5, 6 and 8");
+    const uint4 v = *reinterpret_cast<const uint4*>(unit + 8 * lane + 4 * half);
+    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      // float16 1024 + q (ulp 1 up to 2048), minus 1024 + 128: exact, then to bf16 through float.
+      const uint32_t h = and_or(plane_bits<8, 0>(w, k), kPlaneMask<8, 0>, 0x64006400u);
+      const __half2 d = __hsub2(*reinterpret_cast<const __half2*>(&h), __half2(__ushort_as_half(0x6480), __ushort_as_half(0x6480)));
+      const float2 f = __half22float2(d);
+      __nv_bfloat162 r = __floats2bfloat162_rn(f.x, f.y);
+      b[k] = *reinterpret_cast<uint32_t*>(&r);
+    }
+  }
+}
+
+}  // namespace lathe::ops::cuda::tiled
