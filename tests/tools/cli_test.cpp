@@ -3,11 +3,18 @@
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/dtype.h"
+#include "io/safetensors.h"
 
 #include "test_paths.h"
 
@@ -195,6 +202,75 @@ TEST(Cli, PerplexityOfExllamaV2Quant) {
 // lathe quantize on the trained reference model: 4.0 bpw EXL2 stays within 6% of the bf16
 // perplexity (on the first 40 windows of val.txt), the folder it writes loads, and bad requests fail
 // with one line.
+// What ExLlamaV2 needs to load a folder, checked against the file ExLlamaV2 0.2.7 itself wrote for
+// the same model (exllamav2 cannot be installed here, so this is the closest check of "files lathe
+// writes load in ExLlamaV2"): the same tensor names and dtypes; the same shapes wherever the
+// layout does not decide them (embeddings, norms, q_invperm); per layer q_groups (bits, first
+// packed row) pairs with widths that never rise, rows in whole 32s (2-bit: 16s) that fill
+// q_weight exactly, q_scale [groups, columns / 8], q_scale_max [groups], q_invperm a permutation;
+// config.json's quantization_config with ExLlamaV2's keys and value types.
+void expect_exllamav2_layout(const std::filesystem::path& ours) {
+  const std::filesystem::path theirs = lathe::testing::shared_path("models/ref-llama-14m-exl2-4.0bpw");
+  if (theirs.empty() || !std::filesystem::exists(theirs / "output.safetensors")) return;
+  const lathe::io::SafetensorsFile a(theirs / "output.safetensors");
+  const lathe::io::WeightStore b(ours);
+  const auto& ta = a.entries();
+  std::set<std::string> names_b;
+  for (const auto& n : b.names()) names_b.insert(n);
+  std::set<std::string> names_a;
+  for (const auto& [n, e] : ta) names_a.insert(n);
+  EXPECT_EQ(names_a, names_b);
+  const auto ends = [](const std::string& s, const std::string& tail) {
+    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
+  };
+  int layers = 0;
+  for (const auto& [name, e] : ta) {
+    const auto v = b.find(name);
+    if (!v) continue;
+    EXPECT_EQ(std::string(dtype_name(v->dtype)), e.dtype_name) << name;
+    const bool layout = ends(name, ".q_weight") || ends(name, ".q_scale") || ends(name, ".q_scale_max") || ends(name, ".q_groups");
+    if (!layout) EXPECT_EQ(v->shape, e.shape) << name;
+    if (!ends(name, ".q_groups")) continue;
+    const std::string prefix = name.substr(0, name.size() - std::string(".q_groups").size());
+    ++layers;
+    const auto groups = *v, weight = *b.find(prefix + ".q_weight"), scale = *b.find(prefix + ".q_scale");
+    const auto smax = *b.find(prefix + ".q_scale_max"), inv = *b.find(prefix + ".q_invperm");
+    const int64_t G = groups.numel() / 2, K = inv.numel(), Np = weight.dim(1);
+    ASSERT_EQ(groups.numel() % 2, 0) << name;
+    EXPECT_EQ(scale.shape, (lathe::Shape{G, Np / 8})) << prefix;
+    EXPECT_EQ(smax.shape, (lathe::Shape{G})) << prefix;
+    EXPECT_EQ(Np % 32, 0) << prefix;
+    const auto* q = groups.as<int16_t>();
+    int64_t rows = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      const int bits = q[2 * g];
+      if (g) EXPECT_LE(bits, q[2 * g - 2]) << prefix << " widths must not rise";
+      const int64_t packed = (g + 1 < G ? q[2 * g + 3] : weight.dim(0)) - q[2 * g + 1];
+      ASSERT_GT(packed, 0) << prefix;
+      const int64_t grows = packed * 32 / bits;
+      EXPECT_EQ(grows % (bits == 2 ? 16 : 32), 0) << prefix << " group " << g;
+      rows += grows;
+    }
+    EXPECT_EQ(rows, K) << prefix;
+    std::vector<int32_t> perm(inv.as<int32_t>(), inv.as<int32_t>() + K);
+    std::sort(perm.begin(), perm.end());
+    for (int64_t k = 0; k < K; ++k) ASSERT_EQ(perm[size_t(k)], k) << prefix << ".q_invperm is not a permutation";
+  }
+  std::printf("[ exllamav2 layout ] %zu tensors and %d quantized layers checked against ExLlamaV2's file\n", ta.size(),
+              layers);
+  EXPECT_GT(layers, 0);
+  const auto read_json = [](const std::filesystem::path& p) {
+    std::ifstream f(p);
+    return json::parse(f);
+  };
+  const json qa = read_json(theirs / "config.json")["quantization_config"], qb = read_json(ours / "config.json")["quantization_config"];
+  for (const auto& [key, value] : qa.items()) {
+    ASSERT_TRUE(qb.contains(key)) << "quantization_config." << key;
+    EXPECT_EQ(qb[key].type(), value.type()) << "quantization_config." << key;
+  }
+  for (const auto& [key, value] : qa["calibration"].items()) EXPECT_EQ(qb["calibration"][key].type(), value.type()) << key;
+}
+
 TEST(Cli, QuantizeReferenceModel) {
   LATHE_REQUIRE_SHARED(dir, "models/ref-llama-14m");
   LATHE_REQUIRE_SHARED(val, "data/text/val.txt");
@@ -216,6 +292,7 @@ TEST(Cli, QuantizeReferenceModel) {
               report["bytes"].get<size_t>(), quant, base, 100 * (quant / base - 1));
   EXPECT_LT(quant, base * 1.06);
   EXPECT_GT(quant, base * 0.98);
+  expect_exllamav2_layout(out);
   // lathe eval: KL divergence and top-1 agreement against the original.
   const auto ev = lathe_cli("eval -m " + out.string() + " --base " + dir.string() + " -f " + val.string() +
                             " --max-windows 5 --json");
