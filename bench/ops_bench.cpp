@@ -111,7 +111,6 @@ void BM_MatmulExl2(benchmark::State& state, std::string be, int64_t n, int64_t m
   p.w.in_features = k;
   p.w.out_features = m;
   p.w.num_groups = G;
-  p.w.max_group_rows = 128;
   Ops& ops = backend(be);
   int i = 0;
   for (auto _ : state) {

@@ -267,7 +267,6 @@ void bench_exl2(Ops& ops, const char* mode, const std::vector<Linear>& shapes, c
       p.w.in_features = K;
       p.w.out_features = N;
       p.w.num_groups = G;
-      p.w.max_group_rows = 128;
       p.w.tiled_rows = K;
       p.w.tiled_num_groups = G;
       p.w.max_tiled_rows = 128;

@@ -172,16 +172,13 @@ void Runner::upload_weights() {
     d.bias = static_cast<const uint16_t*>(put(v.bias, size_t(v.out_features) * 2));
     if (tiled) {
       const quant::Exl2Tiled t = quant::exl2_tile(v);
+      quant::exl2_attach_tiled(d, t);  // then the host pointers become device copies
       d.q_weight = d.q_scale = nullptr;
       d.perm = d.groups = nullptr;
       d.tiled = static_cast<const uint32_t*>(fresh(t.weight.data(), t.weight.size() * 4));
       d.tiled_scale = static_cast<const uint32_t*>(fresh(t.scale.data(), t.scale.size() * 4));
       d.tiled_groups = static_cast<const int32_t*>(fresh(t.groups.data(), t.groups.size() * 4));
       d.tiled_perm = static_cast<const int32_t*>(fresh(t.perm.data(), t.perm.size() * 4));
-      d.tiled_rows = t.padded_rows;
-      d.tiled_num_groups = t.num_groups();
-      d.max_tiled_rows = t.max_group_rows;
-      d.max_tiled_qrows = t.max_group_qrows;
     } else {
       const int32_t* last = v.groups + (G - 1) * 4;  // bits, rows, first packed row, first act row
       const int64_t qrows = int64_t(last[2]) + int64_t(last[1]) * last[0] / 32;

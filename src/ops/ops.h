@@ -199,6 +199,12 @@ struct MoeParams {
 // padded_out / 8] (stored code c means (c + 1)^2 / 256 of the group's float16 scale_max), act-order
 // rows cut into groups of descending width. Build it with quant::exl2_upload-style code from a
 // quant::Exl2Matrix; the group table and perm are precomputed for the kernels.
+// The tiled layout's units (rows x columns) and its largest group: the producer (quant/exl2_tiled)
+// and the kernels that read it (ops/cuda) share these.
+inline constexpr int kExl2TiledUnitRows = 32;
+inline constexpr int kExl2TiledStripCols = 32;
+inline constexpr int kExl2TiledMaxGroupRows = 128;
+
 struct Exl2View {
   const uint32_t* q_weight = nullptr;
   const uint32_t* q_scale = nullptr;
@@ -207,17 +213,15 @@ struct Exl2View {
   const int32_t* groups = nullptr;        // [groups, 4]: bits, rows, first q_weight row, first act-order row
   const uint16_t* bias = nullptr;         // [out_features] float16 bits, or null
   int64_t in_features = 0, out_features = 0, num_groups = 0;
-  int64_t max_group_rows = 0;   // host-known bounds, for kernel shared-memory sizing: rows of the
-  int64_t max_group_qrows = 0;  // largest group, and packed rows (rows * bits / 32); 0: max_group_rows / 4
-  bool rows16 = false;          // every group's rows are a multiple of 16 (whole tensor-core k steps)
-  // The CUDA kernels' layout of the same layer (quant/exl2_tiled.h), made at upload for backends
-  // whose wants_exl2_tiled() is true; those read only these (q_weight, q_scale and groups may be null).
+  // The CUDA kernels' layout of the same layer (quant/exl2_tiled.h, shape constants below), made at
+  // upload for backends whose wants_exl2_tiled() is true; those read only these (q_weight,
+  // q_scale, perm and groups may be null).
   const uint32_t* tiled = nullptr;
   const uint32_t* tiled_scale = nullptr;  // [groups, padded_out / 32, 4]
   const int32_t* tiled_groups = nullptr;  // [groups, 8]
   const int32_t* tiled_perm = nullptr;    // [tiled_rows]: input channel of each padded row, -1: none
   int64_t tiled_rows = 0;                 // padded rows of all groups
-  int64_t tiled_num_groups = 0;           // stored groups above kTiledMaxGroupRows rows are cut
+  int64_t tiled_num_groups = 0;           // stored groups above kExl2TiledMaxGroupRows rows are cut
   int64_t max_tiled_rows = 0;             // the largest tiled group's padded rows
   int64_t max_tiled_qrows = 0;            // the largest tiled group's padded rows * bits / 32
   int64_t padded_out() const { return (out_features + 31) / 32 * 32; }

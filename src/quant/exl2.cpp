@@ -185,8 +185,6 @@ Exl2Tables exl2_tables(const Exl2Matrix& m) {
   int64_t row = 0, qrow = 0;
   for (const Exl2Group& g : m.groups) {
     for (int64_t v : {int64_t(g.bits), g.rows, qrow, row}) t.groups.push_back(int32_t(v));
-    t.max_group_rows = std::max(t.max_group_rows, g.rows);
-    t.max_group_qrows = std::max(t.max_group_qrows, g.rows * g.bits / 32);
     row += g.rows;
     qrow += g.rows * g.bits / 32;
   }
@@ -204,9 +202,6 @@ ops::Exl2View exl2_view(const Exl2Matrix& m, const Exl2Tables& t, int64_t out_fe
   v.in_features = m.in_features;
   v.out_features = out_features;
   v.num_groups = int64_t(m.groups.size());
-  v.max_group_rows = t.max_group_rows;
-  v.max_group_qrows = t.max_group_qrows;
-  v.rows16 = std::all_of(m.groups.begin(), m.groups.end(), [](const Exl2Group& g) { return g.rows % 16 == 0; });
   return v;
 }
 

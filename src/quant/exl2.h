@@ -57,8 +57,6 @@ std::vector<io::NamedTensor> exl2_tensors(const Exl2Matrix& m, const std::string
 struct Exl2Tables {
   std::vector<int32_t> perm;
   std::vector<int32_t> groups;
-  int64_t max_group_rows = 0;
-  int64_t max_group_qrows = 0;  // packed rows of the largest group (rows * bits / 32)
 };
 Exl2Tables exl2_tables(const Exl2Matrix& m);
 // The kernels' view of m over host memory (pointers into m and t), computing out_features outputs

@@ -33,9 +33,9 @@
 
 namespace lathe::quant {
 
-inline constexpr int kTiledUnitRows = 32;
-inline constexpr int kTiledStripCols = 32;
-inline constexpr int kTiledMaxGroupRows = 128;
+inline constexpr int kTiledUnitRows = ops::kExl2TiledUnitRows;
+inline constexpr int kTiledStripCols = ops::kExl2TiledStripCols;
+inline constexpr int kTiledMaxGroupRows = ops::kExl2TiledMaxGroupRows;
 
 struct Exl2Tiled {
   std::vector<uint32_t> weight;
@@ -56,7 +56,8 @@ Exl2Tiled exl2_tile(const ops::Exl2View& stored);
 int exl2_tiled_code(const Exl2Tiled& t, int64_t padded_out, int64_t g, int64_t row, int64_t col);
 int exl2_tiled_scale_code(const Exl2Tiled& t, int64_t padded_out, int64_t g, int64_t col);
 
-// Fills the tiled fields of `v` (pointers into t, which must outlive it).
+// Fills the tiled fields of `v`: pointers into t (which must outlive it; an upload replaces them
+// with its copies) and the sizes kernels plan with.
 void exl2_attach_tiled(ops::Exl2View& v, const Exl2Tiled& t);
 
 }  // namespace lathe::quant

@@ -57,14 +57,11 @@ ops::Exl2View upload_exl2(ops::Ops& ops, const Exl2Case& c, std::vector<ops::Buf
   v.bias = put(ops, c.m.bias, keep);
   if (ops.wants_exl2_tiled()) {  // the layout such a backend reads (as the model loader uploads it)
     const quant::Exl2Tiled t = quant::exl2_tile(c.host_view());
+    quant::exl2_attach_tiled(v, t);  // then the host pointers become backend copies
     v.tiled = put(ops, t.weight, keep);
     v.tiled_scale = put(ops, t.scale, keep);
     v.tiled_groups = put(ops, t.groups, keep);
     v.tiled_perm = put(ops, t.perm, keep);
-    v.tiled_rows = t.padded_rows;
-    v.tiled_num_groups = t.num_groups();
-    v.max_tiled_rows = t.max_group_rows;
-    v.max_tiled_qrows = t.max_group_qrows;
   }
   return v;
 }

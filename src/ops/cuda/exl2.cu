@@ -145,8 +145,6 @@ void reconstruct_matmul(Context& ctx, const Exl2MatmulParams& p) {
 }  // namespace
 
 namespace {
-constexpr int64_t quant_max_group_rows = 128;  // quant::kTiledMaxGroupRows: the tiled layout's largest group
-
 void check_layer(const Exl2View& w) {
   if (!w.tiled || !w.tiled_scale || !w.tiled_groups || !w.tiled_perm)
     raise(ErrorKind::kInvalidArgument,
@@ -155,7 +153,7 @@ void check_layer(const Exl2View& w) {
       !w.q_scale_max)
     raise(ErrorKind::kInvalidArgument, "cuda matmul_exl2: incomplete layer");
   if (w.tiled_rows > INT_MAX / 8 || w.padded_out() > INT_MAX / 8 || w.tiled_num_groups > 65535 ||
-      w.max_tiled_rows > quant_max_group_rows)
+      w.max_tiled_rows > kExl2TiledMaxGroupRows)
     raise(ErrorKind::kUnsupported, "cuda matmul_exl2: layer too large for one launch");
 }
 }  // namespace

@@ -15,10 +15,12 @@
 
 #include <cstdint>
 
+#include "ops/ops.h"
+
 namespace lathe::ops::cuda::tiled {
 
-inline constexpr int kUnitRows = 32;   // quant::kTiledUnitRows
-inline constexpr int kStripCols = 32;  // quant::kTiledStripCols
+inline constexpr int kUnitRows = kExl2TiledUnitRows;
+inline constexpr int kStripCols = kExl2TiledStripCols;
 
 // Group table row (quant::Exl2Tiled::groups), from global or shared memory.
 struct Group {
