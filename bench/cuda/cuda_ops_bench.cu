@@ -284,7 +284,16 @@ void bench_exl2(Ops& ops, const char* mode, const std::vector<Linear>& shapes, c
 }
 
 int main(int argc, char** argv) {
-  const bool quick = argc > 1 && std::strcmp(argv[1], "--quick") == 0;
+  // --quick: one shape a section; --exl2: only the EXL2 sections (all shapes, the reconstruct sizes too).
+  bool quick = false, exl2_only = false;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--quick") == 0) quick = true;
+    else if (std::strcmp(argv[i], "--exl2") == 0) exl2_only = true;
+    else {
+      std::fprintf(stderr, "usage: cuda_ops_bench [--quick] [--exl2]\n");
+      return 2;
+    }
+  }
   auto ops = make_cuda_ops();
   if (!ops) {
     std::fprintf(stderr, "cuda_ops_bench: no usable CUDA device\n");
@@ -297,16 +306,18 @@ int main(int argc, char** argv) {
   try {
     const std::vector<Linear> gemv_shapes = {
         {"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}, {"lm_head", 4096, 128256}};
-    bench_matmul(*ops, quick ? std::vector<Linear>{gemv_shapes[1]} : gemv_shapes, {1, 8, 32});
+    if (!exl2_only) bench_matmul(*ops, quick ? std::vector<Linear>{gemv_shapes[1]} : gemv_shapes, {1, 8, 32});
     {
       auto fast_exl2 = make_cuda_ops(BackendOptions{.exact_matmul = false});
       if (!fast_exl2) throw std::runtime_error("the fast-mode CUDA backend failed to start");
       const std::vector<Linear> exl2_shapes = {{"q", 4096, 4096},       {"k", 4096, 1024},   {"gate", 4096, 14336},
                                                {"down", 14336, 4096},   {"lm_head", 4096, 128256}};
       bench_exl2(*fast_exl2, "fast mode", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes,
-                 {1, 2, 4, 6, 8, 16, 32, 64, 256});
+                 exl2_only ? std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256, 512, 2048}
+                           : std::vector<int64_t>{1, 2, 4, 6, 8, 16, 32, 64, 256});
       bench_exl2(*ops, "exact mode (fp32)", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes, {1, 8});
     }
+    if (exl2_only) return 0;
     const std::vector<Linear> gemm_shapes = {{"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};
     bench_matmul(*ops, quick ? std::vector<Linear>{gemm_shapes[1]} : gemm_shapes, {512, 2048});
     bench_attention(*ops, {128, 4096, 16384}, 2048);

@@ -76,6 +76,23 @@ void top_k(Context& ctx, const TopKParams& p);
 bool moe_small_batch(Context& ctx, const MoeParams& p);
 void matmul_exl2(Context& ctx, const Exl2MatmulParams& p);
 void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p);
+// Up to three EXL2 layers on one input, one launch (exl2_tc.cu, exl2_stream.cu): a grid's column
+// blocks are the layers' in turn.
+struct Exl2Batch {
+  Exl2View w[3];
+  float* y[3];
+  const void* xg[3];  // pre-gathered bf16 activations (more than one token), else null
+  float* partial[3];  // k-split partial rows (splits > 1)
+  int col_end[3];     // cumulative column blocks
+  int splits[3];
+  int count;
+};
+// Fills b.xg: per layer, [planes][n][tiled_rows] bf16 x[t, perm[v]] (0 on padding rows); split:
+// plane 1 holds the remainders x - hi rounded again. In scratch kMatmulX.
+void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split);
+// The streaming EXL2 kernel (exl2_stream.cu) for decode sizes: 1..kExl2StreamTokens a launch.
+void exl2_stream(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
+inline constexpr int64_t kExl2StreamTokens = 16;
 // The tensor-core EXL2 kernel (exl2_tc.cu) on the tiled layout for 1..kExl2TcTokens tokens
 // (exact mode: 1..kExl2TcSplitTokens, fp32-accurate split activations).
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);  // tokens [t0, t0 + n) of every layer

@@ -13,6 +13,8 @@
 //    float16 copy of every layer resident.
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <string>
 
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
@@ -166,12 +168,26 @@ void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p) {
     if (p.w[i].in_features != p.w[0].in_features)
       raise(ErrorKind::kInvalidArgument, "cuda matmul_exl2_multi: the layers' input widths differ");
   }
-  if (p.n > (ctx.exact_matmul ? kExl2TcSplitMaxTokens : kExl2TcMaxTokens)) {
+  // TEMPORARY (measurement): LATHE_EXL2_KERNEL=tc sends decode sizes to the tensor-core kernel;
+  // LATHE_EXL2_TC_MAX sets the reconstruction crossover.
+  static const bool force_tc = [] {
+    const char* e = std::getenv("LATHE_EXL2_KERNEL");
+    return e && std::string(e) == "tc";
+  }();
+  static const int64_t tc_max = [] {
+    const char* e = std::getenv("LATHE_EXL2_TC_MAX");
+    return e ? std::atoll(e) : kExl2TcMaxTokens;
+  }();
+  if (p.n > (ctx.exact_matmul ? kExl2TcSplitMaxTokens : tc_max)) {
     for (int i = 0; i < p.count; ++i) reconstruct_matmul(ctx, p.layer(i));
     return;
   }
   const int64_t per_launch = ctx.exact_matmul ? kExl2TcSplitTokens : kExl2TcTokens;
-  for (int64_t t0 = 0; t0 < p.n; t0 += per_launch) exl2_tc(ctx, p, t0, std::min<int64_t>(per_launch, p.n - t0));
+  for (int64_t t0 = 0; t0 < p.n; t0 += per_launch) {
+    const int64_t n = std::min<int64_t>(per_launch, p.n - t0);
+    if (n <= kExl2StreamTokens && !force_tc) exl2_stream(ctx, p, t0, n);
+    else exl2_tc(ctx, p, t0, n);
+  }
 }
 
 void matmul_exl2(Context& ctx, const Exl2MatmulParams& p) {

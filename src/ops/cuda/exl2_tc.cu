@@ -40,6 +40,7 @@ namespace lathe::ops::cuda {
 namespace {
 
 using tiled::Group;
+using tiled::mma_bf16;
 using tiled::kStripCols;
 using tiled::kUnitRows;
 
@@ -110,14 +111,6 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const void* smem) 
                : "r"(s));
 }
 
-__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
 // One group of the warp's strip, its k-step `half` of every unit: 4 n-tiles, MT m-tiles. xa[m]:
 // this lane's ldmatrix row address for m-tile m at the group's first row and the half's k step;
 // SPLIT's remainders lie `lo_off` elements further.
@@ -156,25 +149,14 @@ __device__ __forceinline__ void zero(float (&a)[MT][4][4]) {
       for (int e = 0; e < 4; ++e) a[m][j][e] = 0.f;
 }
 
-// Up to three layers on one input, one launch: the grid's column blocks are the layers' in turn.
-struct TcBatch {
-  Exl2View w[3];
-  float* y[3];
-  const __nv_bfloat16* xg[3];  // pre-gathered activations (n > 1), else null
-  float* partial[3];           // k-split partial rows (splits > 1)
-  int col_end[3];              // cumulative column blocks
-  int splits[3];
-  int count;
-};
-
 // xg[plane][t][v] = x[t, perm[v]] (0 on padding rows) as bf16, for layer blockIdx.y of the batch;
 // SPLIT: plane 1 holds x - hi rounded again.
 template <bool SPLIT>
-__global__ void exl2_gather_bf16_kernel(const float* __restrict__ x, int64_t n, int64_t K, const __grid_constant__ TcBatch P) {
+__global__ void exl2_gather_bf16_kernel(const float* __restrict__ x, int64_t n, int64_t K, const __grid_constant__ Exl2Batch P) {
   const Exl2View& w = P.w[blockIdx.y];
   const int64_t V = w.tiled_rows, i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * V) return;
-  auto* xg = const_cast<__nv_bfloat16*>(P.xg[blockIdx.y]);
+  auto* xg = static_cast<__nv_bfloat16*>(const_cast<void*>(P.xg[blockIdx.y]));
   const int64_t t = i / V, v = i % V;
   const int32_t ch = w.tiled_perm[v];
   const float val = ch >= 0 ? x[t * K + ch] : 0.f;
@@ -185,7 +167,7 @@ __global__ void exl2_gather_bf16_kernel(const float* __restrict__ x, int64_t n, 
 
 template <int MT, bool SPLIT>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
-    exl2_tc_kernel(const float* __restrict__ x, int n_valid, const __grid_constant__ TcBatch P, int* __restrict__ counters,
+    exl2_tc_kernel(const float* __restrict__ x, int n_valid, const __grid_constant__ Exl2Batch P, int* __restrict__ counters,
                    int stage_words, int lut_groups, int xstride) {
   // This block's layer (a uniform walk over at most three entries) and its column block there.
   int mi = 0;
@@ -196,7 +178,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
   const Exl2View& w = P.w[mi];
   float* __restrict__ y = P.y[mi];
   float* __restrict__ partial = P.partial[mi];
-  const __nv_bfloat16* __restrict__ xg = P.xg[mi];
+  const auto* __restrict__ xg = static_cast<const __nv_bfloat16*>(P.xg[mi]);
   extern __shared__ __align__(16) uint32_t smem[];
   uint32_t* stages = smem;  // [kStages][stage_words]: the group's units for the block's strips, then 16 scale words
   float* lut = reinterpret_cast<float*>(smem + kStages * stage_words);  // [groups of the split][16]
@@ -432,7 +414,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
 template <int MT, bool SPLIT>
 void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64_t t0) {
   constexpr int kPlanes = SPLIT ? 2 : 1;
-  TcBatch b{};
+  Exl2Batch b{};
   b.count = p.count;
   int64_t col_blocks = 0, stage_words = 0;
   for (int i = 0; i < p.count; ++i) {
@@ -480,23 +462,10 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
   }
   // Scratch: pre-gathered activations (more than one token; see the top of the file), then the
   // partial rows of every layer with k-splits.
-  size_t xg_bytes = 0, partial_bytes = 0;
-  for (int i = 0; i < p.count; ++i) {
-    if (n > 1) xg_bytes += sizeof(__nv_bfloat16) * size_t(kPlanes * n * p.w[i].tiled_rows + 8);
+  size_t partial_bytes = 0;
+  for (int i = 0; i < p.count; ++i)
     if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
-  }
-  if (n > 1) {
-    auto* at = static_cast<__nv_bfloat16*>(ctx.scratch(Scratch::kMatmulX, xg_bytes));
-    int64_t most = 0;
-    for (int i = 0; i < p.count; ++i) {
-      b.xg[i] = at;
-      at += kPlanes * n * p.w[i].tiled_rows + 8;  // (rows are multiples of 32: every start stays 16-byte aligned)
-      most = std::max<int64_t>(most, n * p.w[i].tiled_rows);
-    }
-    const dim3 grid{unsigned((most + 255) / 256), unsigned(p.count)};
-    exl2_gather_bf16_kernel<SPLIT><<<grid, 256, 0, ctx.stream>>>(x, n, p.w[0].in_features, b);
-    LATHE_CUDA_CHECK_LAUNCH("exl2_gather_bf16_kernel");
-  }
+  if (n > 1) exl2_gather_activations(ctx, x, n, b, SPLIT);
   if (partial_bytes) {
     auto* at = static_cast<float*>(ctx.scratch(Scratch::kExl2, partial_bytes));
     for (int i = 0; i < p.count; ++i)
@@ -513,6 +482,23 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
 }
 
 }  // namespace
+
+void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split) {
+  const int planes = split ? 2 : 1;
+  size_t bytes = 0;
+  for (int i = 0; i < b.count; ++i) bytes += sizeof(__nv_bfloat16) * size_t(planes * n * b.w[i].tiled_rows + 8);
+  auto* at = static_cast<__nv_bfloat16*>(ctx.scratch(Scratch::kMatmulX, bytes));
+  int64_t most = 0;
+  for (int i = 0; i < b.count; ++i) {
+    b.xg[i] = at;
+    at += planes * n * b.w[i].tiled_rows + 8;  // (rows are multiples of 32: every start stays 16-byte aligned)
+    most = std::max<int64_t>(most, n * b.w[i].tiled_rows);
+  }
+  const dim3 grid{unsigned((most + 255) / 256), unsigned(b.count)};
+  if (split) exl2_gather_bf16_kernel<true><<<grid, 256, 0, ctx.stream>>>(x, n, b.w[0].in_features, b);
+  else exl2_gather_bf16_kernel<false><<<grid, 256, 0, ctx.stream>>>(x, n, b.w[0].in_features, b);
+  LATHE_CUDA_CHECK_LAUNCH("exl2_gather_bf16_kernel");
+}
 
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n) {
   const float* x = p.x + t0 * p.w[0].in_features;

@@ -56,47 +56,34 @@ __device__ __forceinline__ uint32_t bf16_sub(uint32_t v, uint32_t z) {
   return *reinterpret_cast<uint32_t*>(&r);
 }
 
-// Half `half` of a unit for one lane: its pairs 8 half .. 8 half + 7 (the k step `half`: rows
-// 16 half + 8 h + 2 q (+1) of column 8 j + g for pair 2 j + h), as bf16 pairs q - zero. unit: the
-// unit's first word in shared memory.
+// One lane's pairs of one k step (a unit half) from its words of that half: `m` the first plane's
+// (1 word for a 2-bit plane, 2 for 4 bits, 4 for 8), `sec` the second plane's (3, 5, 6 bits: the
+// half's 1-bit pairs at bits 0..7 of each half-word, or its 2-bit word), as bf16 pairs q - zero
+// (pair k = 2 j + h: rows 8 h + 2 q (+1) of the k step, column 8 j + g).
 template <int BITS>
-__device__ __forceinline__ void unit_half(const uint32_t* unit, int lane, int half, uint32_t (&b)[8]) {
+__device__ __forceinline__ void pairs_of(const uint32_t* m, uint32_t sec, uint32_t (&b)[8]) {
   constexpr uint32_t kMagic = 0x43004300u;  // bf16 128.0 in both halves
   constexpr uint32_t kZ = (0x4300u + (1u << (BITS - 1))) * 0x10001u;
-  // A 1-bit plane keeps all 16 pairs in one word: shift the half's 8 to the bottom of each half-word.
-  const auto one_bit = [&](int offset) { return unit[offset + lane] >> (8 * half); };
+  const uint32_t s[1] = {sec};
   if constexpr (BITS == 2 || BITS == 3) {
-    const uint32_t w[1] = {unit[2 * lane + half]};
-    if constexpr (BITS == 2) {
+    const uint32_t w[1] = {m[0]};
 #pragma unroll
-      for (int k = 0; k < 8; ++k) b[k] = bf16_sub(and_or(plane_bits<2, 0>(w, k), kPlaneMask<2, 0>, kMagic), kZ);
-    } else {
-      const uint32_t w1[1] = {one_bit(64)};
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        b[k] = bf16_sub(and_or(plane_bits<2, 0>(w, k), kPlaneMask<2, 0>, and_or(plane_bits<1, 2>(w1, k), kPlaneMask<1, 2>, kMagic)), kZ);
+    for (int k = 0; k < 8; ++k) {
+      const uint32_t rest = BITS == 2 ? kMagic : and_or(plane_bits<1, 2>(s, k), kPlaneMask<1, 2>, kMagic);
+      b[k] = bf16_sub(and_or(plane_bits<2, 0>(w, k), kPlaneMask<2, 0>, rest), kZ);
     }
   } else if constexpr (BITS == 4 || BITS == 5 || BITS == 6) {
-    const uint2 v = *reinterpret_cast<const uint2*>(unit + 4 * lane + 2 * half);
-    const uint32_t w[2] = {v.x, v.y};
-    if constexpr (BITS == 4) {
+    const uint32_t w[2] = {m[0], m[1]};
 #pragma unroll
-      for (int k = 0; k < 8; ++k) b[k] = bf16_sub(and_or(plane_bits<4, 0>(w, k), kPlaneMask<4, 0>, kMagic), kZ);
-    } else if constexpr (BITS == 5) {
-      const uint32_t w1[1] = {one_bit(128)};
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        b[k] = bf16_sub(and_or(plane_bits<4, 0>(w, k), kPlaneMask<4, 0>, and_or(plane_bits<1, 4>(w1, k), kPlaneMask<1, 4>, kMagic)), kZ);
-    } else {
-      const uint32_t w2[1] = {unit[128 + 2 * lane + half]};
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        b[k] = bf16_sub(and_or(plane_bits<4, 0>(w, k), kPlaneMask<4, 0>, and_or(plane_bits<2, 4>(w2, k), kPlaneMask<2, 4>, kMagic)), kZ);
+    for (int k = 0; k < 8; ++k) {
+      uint32_t rest = kMagic;
+      if constexpr (BITS == 5) rest = and_or(plane_bits<1, 4>(s, k), kPlaneMask<1, 4>, kMagic);
+      if constexpr (BITS == 6) rest = and_or(plane_bits<2, 4>(s, k), kPlaneMask<2, 4>, kMagic);
+      b[k] = bf16_sub(and_or(plane_bits<4, 0>(w, k), kPlaneMask<4, 0>, rest), kZ);
     }
   } else {
     static_assert(BITS == 8, "EXL2 widths are 2, 3, 4, 5, 6 and 8");
-    const uint4 v = *reinterpret_cast<const uint4*>(unit + 8 * lane + 4 * half);
-    const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    const uint32_t w[4] = {m[0], m[1], m[2], m[3]};
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       // float16 1024 + q (ulp 1 up to 2048), minus 1024 + 128: exact, then to bf16 through float.
@@ -107,6 +94,51 @@ __device__ __forceinline__ void unit_half(const uint32_t* unit, int lane, int ha
       b[k] = *reinterpret_cast<uint32_t*>(&r);
     }
   }
+}
+
+// The first plane's width and the second's (0, 1 or 2) of a value width.
+__host__ __device__ constexpr int first_plane(int bits) { return bits >= 8 ? 8 : bits >= 4 ? 4 : 2; }
+
+// Half `half` of a unit for one lane, read from `unit` (the unit's first word; shared or global
+// memory): planes follow each other, 32 * p words each, a lane's p words at p * lane.
+template <int BITS>
+__device__ __forceinline__ void unit_half(const uint32_t* unit, int lane, int half, uint32_t (&b)[8]) {
+  constexpr int P0 = first_plane(BITS), P1 = BITS - P0;
+  uint32_t m[P0 / 2];
+  if constexpr (P0 == 2) {
+    m[0] = unit[2 * lane + half];
+  } else if constexpr (P0 == 4) {
+    const uint2 v = *reinterpret_cast<const uint2*>(unit + 4 * lane + 2 * half);
+    m[0] = v.x, m[1] = v.y;
+  } else {
+    const uint4 v = *reinterpret_cast<const uint4*>(unit + 8 * lane + 4 * half);
+    m[0] = v.x, m[1] = v.y, m[2] = v.z, m[3] = v.w;
+  }
+  uint32_t sec = 0;
+  if constexpr (P1 == 1) sec = unit[32 * P0 + lane] >> (8 * half);
+  if constexpr (P1 == 2) sec = unit[32 * P0 + 2 * lane + half];
+  pairs_of<BITS>(m, sec, b);
+}
+
+// A lane's words of a whole unit in registers (exl2_stream.cu): the first plane's in r[0..P0),
+// the second plane's in r[4], r[5] (never both: P1 > 0 only when P0 <= 4).
+template <int BITS, int HALF>
+__device__ __forceinline__ void unit_half_regs(const uint32_t (&r)[8], uint32_t (&b)[8]) {
+  constexpr int P0 = first_plane(BITS), P1 = BITS - P0, M = P0 / 2;
+  uint32_t m[M];
+#pragma unroll
+  for (int i = 0; i < M; ++i) m[i] = r[HALF * M + i];
+  const uint32_t sec = P1 == 1 ? r[4] >> (8 * HALF) : P1 == 2 ? r[4 + HALF] : 0u;
+  pairs_of<BITS>(m, sec, b);
+}
+
+// d += a * b on the tensor cores: m16n8k16, bf16 inputs, fp32 accumulators.
+__device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
 }  // namespace lathe::ops::cuda::tiled
