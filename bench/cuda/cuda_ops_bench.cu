@@ -285,12 +285,16 @@ void bench_exl2(Ops& ops, const char* mode, const std::vector<Linear>& shapes, c
 
 int main(int argc, char** argv) {
   // --quick: one shape a section; --exl2: only the EXL2 sections (all shapes, the reconstruct sizes too).
+  // --exl2 SHAPE: that EXL2 shape only (q, k, gate, down, lm_head).
   bool quick = false, exl2_only = false;
+  std::string exl2_shape;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
-    else if (std::strcmp(argv[i], "--exl2") == 0) exl2_only = true;
-    else {
-      std::fprintf(stderr, "usage: cuda_ops_bench [--quick] [--exl2]\n");
+    else if (std::strcmp(argv[i], "--exl2") == 0) {
+      exl2_only = true;
+      if (i + 1 < argc && argv[i + 1][0] != '-') exl2_shape = argv[++i];
+    } else {
+      std::fprintf(stderr, "usage: cuda_ops_bench [--quick] [--exl2 [SHAPE]]\n");
       return 2;
     }
   }
@@ -310,12 +314,16 @@ int main(int argc, char** argv) {
     {
       auto fast_exl2 = make_cuda_ops(BackendOptions{.exact_matmul = false});
       if (!fast_exl2) throw std::runtime_error("the fast-mode CUDA backend failed to start");
-      const std::vector<Linear> exl2_shapes = {{"q", 4096, 4096},       {"k", 4096, 1024},   {"gate", 4096, 14336},
-                                               {"down", 14336, 4096},   {"lm_head", 4096, 128256}};
+      std::vector<Linear> exl2_shapes = {{"q", 4096, 4096},       {"k", 4096, 1024},   {"gate", 4096, 14336},
+                                         {"down", 14336, 4096},   {"lm_head", 4096, 128256}};
+      if (!exl2_shape.empty())
+        std::erase_if(exl2_shapes, [&](const Linear& l) { return exl2_shape != l.name; });
       bench_exl2(*fast_exl2, "fast mode", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes,
-                 exl2_only ? std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256, 512, 2048}
+                 !exl2_shape.empty() ? std::vector<int64_t>{1}
+                 : exl2_only        ? std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256, 512, 2048}
                            : std::vector<int64_t>{1, 2, 4, 6, 8, 16, 32, 64, 256});
-      bench_exl2(*ops, "exact mode (fp32)", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes, {1, 8});
+      if (exl2_shape.empty())
+        bench_exl2(*ops, "exact mode (fp32)", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes, {1, 8});
     }
     if (exl2_only) return 0;
     const std::vector<Linear> gemm_shapes = {{"qkv", 4096, 6144}, {"gate_up", 4096, 28672}, {"down", 14336, 4096}};

@@ -33,6 +33,7 @@ class Context {
   cublasHandle_t blas = nullptr;
   int device = 0;
   int sm_count = 0;
+  int cc_major = 0;  // compute capability (9: Hopper, programmatic dependent launch)
   size_t smem_optin = 0;  // largest dynamic shared memory a block may opt into
   bool exact_matmul = true;  // BackendOptions::exact_matmul
   cublasLtHandle_t lt = nullptr;  // prefill GEMMs (matmul.cu); null: cublasGemmEx only
@@ -89,19 +90,22 @@ struct Exl2Batch {
 };
 // Fills b.xg: per layer, [planes][n][tiled_rows] bf16 x[t, perm[v]] (0 on padding rows); split:
 // plane 1 holds the remainders x - hi rounded again. In scratch kMatmulX.
-void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split);
-// The streaming EXL2 kernel (exl2_stream.cu) for decode sizes: 1..kExl2StreamTokens a launch.
-void exl2_stream(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
+// pdl: launched as a programmatic dependent (compute capability 9+): it lets the next kernel (one
+// launched the same way) start at once, and waits for the previous kernel before reading x.
+void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split, bool pdl = false);
+// The EXL2 kernels on the tiled layout, and which serves a call (exl2.cu; crossovers measured on
+// the H100, bench/RESULTS.md):
+//  * exl2_stream (exl2_stream.cu): 1..kExl2StreamTokens tokens a launch, both modes (exact: split
+//    activations, fp32-accurate). Fast mode sends it up to kExl2StreamFastTokens tokens.
+//  * exl2_tc (exl2_tc.cu): fast mode, kExl2StreamFastTokens + 1 .. kExl2TcTokens tokens.
+//  * Above kExl2TcTokens (fast) or kExl2ExactMaxTokens (exact, in launches of exl2_stream): the layer
+//    reconstructed into float16 and cuBLAS.
+void exl2_stream(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);  // tokens [t0, t0 + n) of every layer
+void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
 inline constexpr int64_t kExl2StreamTokens = 16;
-// The tensor-core EXL2 kernel (exl2_tc.cu) on the tiled layout for 1..kExl2TcTokens tokens
-// (exact mode: 1..kExl2TcSplitTokens, fp32-accurate split activations).
-void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);  // tokens [t0, t0 + n) of every layer
-inline constexpr int64_t kExl2TcTokens = 64;
-inline constexpr int64_t kExl2TcSplitTokens = 16;
-// matmul_exl2 runs up to these many tokens as launches of exl2_tc (each launch reads the packed
-// weights once); above, a float16 reconstruction and cuBLAS.
-inline constexpr int64_t kExl2TcMaxTokens = 256;      // fast mode
-inline constexpr int64_t kExl2TcSplitMaxTokens = 32;  // exact mode
+inline constexpr int64_t kExl2StreamFastTokens = 8;
+inline constexpr int64_t kExl2TcTokens = 32;
+inline constexpr int64_t kExl2ExactMaxTokens = 32;
 
 // The cuBLAS path's pieces (matmul.cu), shared with the fused feed-forward (ffn.cu).
 // x [n, k] rounded to the weight dtype (bf16/f16) in scratch; with split, also lo = x - hi rounded.

@@ -184,6 +184,7 @@ class CudaOps final : public Ops {
     cudaDeviceProp prop{};
     LATHE_CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx_.device));
     ctx_.sm_count = prop.multiProcessorCount;
+    ctx_.cc_major = prop.major;
     ctx_.smem_optin = prop.sharedMemPerBlockOptin;
 
     cudaStream_t stream = nullptr;

@@ -1,9 +1,10 @@
 // EXL2 matmul on the CUDA backend (ops.h Exl2View, Ops::matmul_exl2), from the tiled layout the
 // loader makes at upload (quant/exl2_tiled.h; wants_exl2_tiled): which kernel serves a call, and
 // the path for large token counts.
-//  * Up to kExl2TcMaxTokens (fast mode) or kExl2TcSplitMaxTokens (exact mode): the tensor-core
-//    kernel (exl2_tc.cu), launches of up to 64 (exact: 16) tokens, each reading the packed weights
-//    once, fp32 accumulation; exact mode splits the activations into bf16 hi + lo (fp32-accurate).
+//  * Decode sizes: exl2_stream (exl2_stream.cu) up to kExl2StreamFastTokens tokens in fast mode, and
+//    in exact mode up to kExl2ExactMaxTokens in launches of kExl2StreamTokens (split bf16
+//    activations, fp32-accurate); exl2_tc (exl2_tc.cu) for the rest of fast mode up to
+//    kExl2TcTokens. Each launch reads the packed weights once, fp32 accumulation.
 //  * Above: the layer is reconstructed into float16 in chunks of output columns (padded act-order
 //    rows, k-major: each warp dequantizes a unit into shared memory and writes it out row by row),
 //    and cuBLAS multiplies the padded act-order activations (x gathered through the tiled perm,
@@ -13,8 +14,6 @@
 //    float16 copy of every layer resident.
 #include <algorithm>
 #include <climits>
-#include <cstdlib>
-#include <string>
 
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
@@ -168,26 +167,12 @@ void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p) {
     if (p.w[i].in_features != p.w[0].in_features)
       raise(ErrorKind::kInvalidArgument, "cuda matmul_exl2_multi: the layers' input widths differ");
   }
-  // TEMPORARY (measurement): LATHE_EXL2_KERNEL=tc sends decode sizes to the tensor-core kernel;
-  // LATHE_EXL2_TC_MAX sets the reconstruction crossover.
-  static const bool force_tc = [] {
-    const char* e = std::getenv("LATHE_EXL2_KERNEL");
-    return e && std::string(e) == "tc";
-  }();
-  static const int64_t tc_max = [] {
-    const char* e = std::getenv("LATHE_EXL2_TC_MAX");
-    return e ? std::atoll(e) : kExl2TcMaxTokens;
-  }();
-  if (p.n > (ctx.exact_matmul ? kExl2TcSplitMaxTokens : tc_max)) {
+  if (p.n > (ctx.exact_matmul ? kExl2ExactMaxTokens : kExl2TcTokens)) {
     for (int i = 0; i < p.count; ++i) reconstruct_matmul(ctx, p.layer(i));
     return;
   }
-  const int64_t per_launch = ctx.exact_matmul ? kExl2TcSplitTokens : kExl2TcTokens;
-  for (int64_t t0 = 0; t0 < p.n; t0 += per_launch) {
-    const int64_t n = std::min<int64_t>(per_launch, p.n - t0);
-    if (n <= kExl2StreamTokens && !force_tc) exl2_stream(ctx, p, t0, n);
-    else exl2_tc(ctx, p, t0, n);
-  }
+  if (!ctx.exact_matmul) return p.n <= kExl2StreamFastTokens ? exl2_stream(ctx, p, 0, p.n) : exl2_tc(ctx, p, 0, p.n);
+  for (int64_t t0 = 0; t0 < p.n; t0 += kExl2StreamTokens) exl2_stream(ctx, p, t0, std::min<int64_t>(kExl2StreamTokens, p.n - t0));
 }
 
 void matmul_exl2(Context& ctx, const Exl2MatmulParams& p) {

@@ -1,31 +1,27 @@
-// EXL2 matmul on the tensor cores for 1..64 tokens a launch, from the tiled layout (exl2_tiled.cuh,
-// quant/exl2_tiled.h), for up to three layers on one input in one launch (q, k, v; gate, up: a
-// small layer alone is mostly fixed cost). The packed weights stream once per launch through
-// shared memory, and each lane finds its mma.sync B fragments ready-made: one 8-byte (4-bit)
-// shared-memory load per 16 weights, widened with a shift, one LOP3 and one bf16 subtraction a pair.
+// EXL2 matmul on the tensor cores for 9..32 tokens (fast mode; exl2_stream.cu serves fewer, and
+// exact mode), from the tiled layout (exl2_tiled.cuh, quant/exl2_tiled.h), for up to three layers
+// on one input in one launch (q, k, v; gate, up: a small layer alone is mostly fixed cost). The
+// packed weights stream once per launch through shared memory, and each lane finds its mma.sync B
+// fragments ready-made: one 8-byte (4-bit) shared-memory load per 16 weights, widened with a
+// shift, one LOP3 and one bf16 subtraction a pair.
 //  * Grid (column blocks of 128 = 4 strips, every layer's in turn; k-split of whole groups);
 //    8 warps: a strip each for the two k steps of every unit (warp halves), summed through shared
 //    memory at the end. Two warps per strip give the scheduler twice the independent mma chains.
 //  * Stages: one group's units for the block's strips (and their 16 scale words) per stage, kStages
 //    deep, moved by TMA bulk copies that complete on the stage's mbarrier (Hopper; one thread
 //    issues a stage), so the next groups' bytes are in flight while one is multiplied.
-//  * Activations: the split's padded rows in act-order (x[perm]; padding rows 0), bf16, token-major,
-//    read as A fragments by ldmatrix. For one token each block gathers them itself; for more, a
-//    small kernel gathers them once into global memory (exl2_gather_bf16_kernel), and each block
-//    copies its rows beside the first stage: gathering in every block cost a 32-byte sector per
-//    4-byte value per block, as much L2 traffic as the weights at 16 tokens. With SPLIT (exact
-//    mode) also the remainders x - hi rounded again, a second mma per fragment (relative error
-//    ~2^-17: fp32-accurate); without, bf16 activations, the rounding of the dense fast path.
+//  * Activations: gathered once for the call into act-order (exl2_gather_activations: x[perm],
+//    padding rows 0, bf16, token-major); each block copies its rows beside the first stage and
+//    reads them as A fragments by ldmatrix (gathering in every block cost a 32-byte sector per
+//    4-byte value per block, as much L2 traffic as the weights at 16 tokens).
 //  * B values are exact integers q - zero; fp32 accumulation in the tensor cores; a group's sums
 //    are scaled once per column in fp32 by (code + 1)^2 * max / 256, read from a per-group table
 //    of the 16 possible values made when the block starts.
 //  * Tokens are m-tiles of 16 (MT of them); rows beyond the real tokens read token 0 and are
 //    never stored.
 //  * k-splits write partial rows; the last block of a column block adds them in split order.
-// Measured on the H100 (bench/RESULTS.md): with the math skipped, the stages alone stream a
-// 4096 x 14336 layer at only ~37% of the bandwidth (~70% for the 128256-column head): blocks of a
-// few groups each spend much of their life starting up; a persistent, longer-lived block per SM
-// is the next step.
+// Measured on the H100 (bench/RESULTS.md): at 1..8 tokens exl2_stream is faster (its warps keep
+// more bytes in flight without block barriers); at 16 this kernel still is.
 #include <cuda_bf16.h>
 
 #include <algorithm>
@@ -41,6 +37,10 @@ namespace {
 
 using tiled::Group;
 using tiled::mma_bf16;
+using tiled::smem_addr;
+using tiled::cp_async16;
+using tiled::cp_async_commit;
+using tiled::cp_async_wait;
 using tiled::kStripCols;
 using tiled::kUnitRows;
 
@@ -52,8 +52,6 @@ constexpr int kStages = 4;  // (6 cost a block per SM at 4 bits, 128-row groups:
 constexpr int kBlocksPerSm = 3;     // k-splits fill the GPU with about this many blocks per SM,
 constexpr int kMinSplitGroups = 4;  // but give each block at least this many groups to stream
 
-__device__ __forceinline__ unsigned smem_addr(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
-
 // Stages move by TMA bulk copies on Hopper and later; Ampere (sm_80 builds) falls back to every
 // thread's 16-byte cp.async.
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
@@ -62,21 +60,13 @@ __device__ __forceinline__ unsigned smem_addr(const void* p) { return static_cas
 #define LATHE_EXL2_TMA 1
 #endif
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(smem)), "l"(gmem));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+#if !LATHE_EXL2_TMA
 // Every thread's share of a copy of `bytes` (a multiple of 16).
 __device__ __forceinline__ void shared_copy(void* dst, const void* src, unsigned bytes) {
   for (unsigned i = threadIdx.x * 16; i < bytes; i += blockDim.x * 16)
     cp_async16(static_cast<char*>(dst) + i, static_cast<const char*>(src) + i);
 }
-
-#if LATHE_EXL2_TMA
+#else
 
 // Hopper bulk copies (TMA, 1-D) completing on an mbarrier: one thread moves a whole stage, the
 // copy engine keeps the bytes in flight (per-thread 16-byte cp.async kept only ~40% of the
@@ -113,28 +103,25 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&a)[4], const void* smem) 
 
 // One group of the warp's strip, its k-step `half` of every unit: 4 n-tiles, MT m-tiles. xa[m]:
 // this lane's ldmatrix row address for m-tile m at the group's first row and the half's k step;
-// SPLIT's remainders lie `lo_off` elements further.
-template <int BITS, int MT, bool SPLIT>
+template <int BITS, int MT>
 __device__ __forceinline__ void group_tc(const uint32_t* strip, int units, int half, const __nv_bfloat16* const (&xa)[MT],
-                                         int lo_off, float (&c)[MT][4][4]) {
+                                         float (&c)[MT][4][4]) {
   const int lane = threadIdx.x & 31;
 #pragma unroll 2
   for (int u = 0; u < units; ++u) {
     uint32_t b[8];
     tiled::unit_half<BITS>(strip + u * kUnitRows * BITS, lane, half, b);
-    uint32_t a[MT][4], al[SPLIT ? MT : 1][4];
+    uint32_t a[MT][4];
 #pragma unroll
     for (int m = 0; m < MT; ++m) {
       const __nv_bfloat16* at = xa[m] + u * kUnitRows;
       ldmatrix_x4(a[m], at);
-      if constexpr (SPLIT) ldmatrix_x4(al[m], at + lo_off);
     }
 #pragma unroll
     for (int j = 0; j < 4; ++j)
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         mma_bf16(c[m][j], a[m], b[j * 2], b[j * 2 + 1]);
-        if constexpr (SPLIT) mma_bf16(c[m][j], al[m], b[j * 2], b[j * 2 + 1]);
       }
   }
 }
@@ -153,6 +140,8 @@ __device__ __forceinline__ void zero(float (&a)[MT][4][4]) {
 // SPLIT: plane 1 holds x - hi rounded again.
 template <bool SPLIT>
 __global__ void exl2_gather_bf16_kernel(const float* __restrict__ x, int64_t n, int64_t K, const __grid_constant__ Exl2Batch P) {
+  tiled::grid_launch_dependents();  // the matmul may start streaming its weights now
+  tiled::grid_dependency_wait();    // x is the previous kernel's output
   const Exl2View& w = P.w[blockIdx.y];
   const int64_t V = w.tiled_rows, i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * V) return;
@@ -165,9 +154,9 @@ __global__ void exl2_gather_bf16_kernel(const float* __restrict__ x, int64_t n, 
   if constexpr (SPLIT) xg[n * V + i] = __float2bfloat16_rn(val - __bfloat162float(hi));
 }
 
-template <int MT, bool SPLIT>
-__global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
-    exl2_tc_kernel(const float* __restrict__ x, int n_valid, const __grid_constant__ Exl2Batch P, int* __restrict__ counters,
+template <int MT>
+__global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
+    exl2_tc_kernel(int n_valid, const __grid_constant__ Exl2Batch P, int* __restrict__ counters,
                    int stage_words, int lut_groups, int xstride) {
   // This block's layer (a uniform walk over at most three entries) and its column block there.
   int mi = 0;
@@ -184,17 +173,16 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
   float* lut = reinterpret_cast<float*>(smem + kStages * stage_words);  // [groups of the split][16]
   int32_t* gtab = reinterpret_cast<int32_t*>(lut + lut_groups * 16);    // [groups of the split][8]: the group table
   float* red = reinterpret_cast<float*>(gtab + lut_groups * 8);         // [kStrips][32][MT * 16]: the second halves' sums
-  // [planes][n_valid][xstride] bf16 activations, act-order padded rows; SPLIT: plane 1 = remainders.
+  // [n_valid][xstride] bf16 activations, act-order padded rows.
   auto* xs = reinterpret_cast<__nv_bfloat16*>(red + kStrips * 32 * MT * 16);
   __shared__ int last;
-  const int K = int(w.in_features), N = int(w.out_features), Np = (N + 31) / 32 * 32, G = int(w.tiled_num_groups);
+  const int N = int(w.out_features), Np = (N + 31) / 32 * 32, G = int(w.tiled_num_groups);
   const int S = Np / kStripCols, V = int(w.tiled_rows);
   const int s = blockIdx.y;
   const int g0 = int(int64_t(s) * G / splits), g1 = int(int64_t(s + 1) * G / splits);
   const int vbegin = w.tiled_groups[g0 * 8 + 3];
   const int vrows = (g1 < G ? w.tiled_groups[g1 * 8 + 3] : V) - vbegin;
   const int strip0 = bx * kStrips, strips = min(kStrips, S - strip0);
-  constexpr int kPlanes = SPLIT ? 2 : 1;
 
   // Stage of group gi, issued by thread 0 as bulk copies completing on the stage's barrier (with
   // the pre-gathered activations, the split's rows of every token and plane, on the first one);
@@ -210,7 +198,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
       const int k = (gi - g0) % kStages, strip_words = gr.padded * gr.bits;  // units * 32 * bits
       uint32_t* st = stages + k * stage_words;
       const unsigned wbytes = unsigned(strips * strip_words) * 4, sbytes = unsigned(strips) * 16;
-      const unsigned xrow = unsigned(vrows) * 2, xrows = xg && gi == g0 ? unsigned(kPlanes * n_valid) : 0u;
+      const unsigned xrow = unsigned(vrows) * 2, xrows = gi == g0 ? unsigned(n_valid) : 0u;
       const uint32_t* wsrc = w.tiled + int64_t(gr.tq) * Np + int64_t(strip0) * strip_words;
       const uint32_t* ssrc = w.tiled_scale + (int64_t(gi) * S + strip0) * 4;
 #if LATHE_EXL2_TMA
@@ -243,33 +231,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
     const int stored = w.tiled_groups[(g0 + i / 16) * 8 + 6];
     lut[i] = code * code * (__half2float(__ushort_as_half(w.q_scale_max[stored])) / 256.f);
   }
-  if (!xg) {
-    // Gathered here: batches of 8 per thread, every load of a batch in flight.
-    for (int base = 0; base < vrows * n_valid; base += 8 * kThreads) {
-      float v[8];
-      int at[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const int i = base + k * kThreads + int(threadIdx.x);
-        at[k] = -1;
-        v[k] = 0.f;
-        if (i < vrows * n_valid) {
-          const int t = i / vrows, r = i % vrows;
-          const int ch = w.tiled_perm[vbegin + r];
-          if (ch >= 0) v[k] = x[int64_t(t) * K + ch];
-          at[k] = t * xstride + r;
-        }
-      }
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        if (at[k] >= 0) {
-          const __nv_bfloat16 hi = __float2bfloat16_rn(v[k]);
-          xs[at[k]] = hi;
-          if constexpr (SPLIT) xs[n_valid * xstride + at[k]] = __float2bfloat16_rn(v[k] - __bfloat162float(hi));
-        }
-    }
-  }
-
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, q = lane & 3;
   const int strip = warp % kStrips, half = warp / kStrips;
   // ldmatrix rows: lanes 8i..8i+7 give matrix i's rows: tokens +8 for odd i, k +8 for i >= 2.
@@ -299,16 +260,16 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
       const __nv_bfloat16* xg_[MT];
 #pragma unroll
       for (int m = 0; m < MT; ++m) xg_[m] = xa[m] + (gr.vrow - vbegin);
-      const int units = gr.padded / kUnitRows, lo_off = n_valid * xstride;
+      const int units = gr.padded / kUnitRows;
       float c[MT][4][4];
       zero(c);
       switch (gr.bits) {
-        case 2: group_tc<2, MT, SPLIT>(sp, units, half, xg_, lo_off, c); break;
-        case 3: group_tc<3, MT, SPLIT>(sp, units, half, xg_, lo_off, c); break;
-        case 4: group_tc<4, MT, SPLIT>(sp, units, half, xg_, lo_off, c); break;
-        case 5: group_tc<5, MT, SPLIT>(sp, units, half, xg_, lo_off, c); break;
-        case 6: group_tc<6, MT, SPLIT>(sp, units, half, xg_, lo_off, c); break;
-        default: group_tc<8, MT, SPLIT>(sp, units, half, xg_, lo_off, c); break;
+        case 2: group_tc<2, MT>(sp, units, half, xg_, c); break;
+        case 3: group_tc<3, MT>(sp, units, half, xg_, c); break;
+        case 4: group_tc<4, MT>(sp, units, half, xg_, c); break;
+        case 5: group_tc<5, MT>(sp, units, half, xg_, c); break;
+        case 6: group_tc<6, MT>(sp, units, half, xg_, c); break;
+        default: group_tc<8, MT>(sp, units, half, xg_, c); break;
       }
       // This lane's C columns: 8 j + 2 q + e of the strip; their codes are nibbles 2 j + e of word q.
       const uint32_t codes = st[stage_words - 16 + strip * 4 + q];
@@ -411,9 +372,8 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? (SPLIT ? 3 : 4) : 1)
       }
 }
 
-template <int MT, bool SPLIT>
+template <int MT>
 void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64_t t0) {
-  constexpr int kPlanes = SPLIT ? 2 : 1;
   Exl2Batch b{};
   b.count = p.count;
   int64_t col_blocks = 0, stage_words = 0;
@@ -437,7 +397,7 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
     *rows_out = xstride;
     *groups_out = groups;
     return size_t(kStages) * size_t(stage_words) * 4 + size_t(groups) * (64 + 32) + size_t(kStrips) * 32 * MT * 16 * 4 +
-           size_t(n) * size_t(xstride) * 2 * kPlanes;
+           size_t(n) * size_t(xstride) * 2;
   };
   int64_t xstride = 0, lut_groups = 0, grid_y = 1;
   for (int i = 0; i < p.count; ++i) {
@@ -453,11 +413,11 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
     grid_y = std::max(grid_y, splits);
   }
   const size_t smem = size_t(kStages) * size_t(stage_words) * 4 + size_t(lut_groups) * (64 + 32) +
-                      size_t(kStrips) * 32 * MT * 16 * 4 + size_t(n) * size_t(xstride) * 2 * kPlanes;
+                      size_t(kStrips) * 32 * MT * 16 * 4 + size_t(n) * size_t(xstride) * 2;
   if (smem > limit) raise(ErrorKind::kUnsupported, "cuda matmul_exl2: layer too large for the tensor-core path");
   static size_t allowed = 48 * 1024;  // per instance: the dynamic shared memory allowed so far
   if (smem > allowed) {
-    LATHE_CUDA_CHECK(cudaFuncSetAttribute(exl2_tc_kernel<MT, SPLIT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
+    LATHE_CUDA_CHECK(cudaFuncSetAttribute(exl2_tc_kernel<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
     allowed = limit;
   }
   // Scratch: pre-gathered activations (more than one token; see the top of the file), then the
@@ -465,7 +425,7 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
   size_t partial_bytes = 0;
   for (int i = 0; i < p.count; ++i)
     if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
-  if (n > 1) exl2_gather_activations(ctx, x, n, b, SPLIT);
+  exl2_gather_activations(ctx, x, n, b, false);
   if (partial_bytes) {
     auto* at = static_cast<float*>(ctx.scratch(Scratch::kExl2, partial_bytes));
     for (int i = 0; i < p.count; ++i)
@@ -476,14 +436,14 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
   }
   int* counters = static_cast<int*>(ctx.zeroed_scratch(Scratch::kCounters, sizeof(int) * size_t(std::max<int64_t>(col_blocks, 1024))));
   const dim3 grid{unsigned(col_blocks), unsigned(grid_y)};
-  exl2_tc_kernel<MT, SPLIT><<<grid, kThreads, smem, ctx.stream>>>(x, n, b, counters, int(stage_words), int(lut_groups),
+  exl2_tc_kernel<MT><<<grid, kThreads, smem, ctx.stream>>>(n, b, counters, int(stage_words), int(lut_groups),
                                                                   int(xstride));
   LATHE_CUDA_CHECK_LAUNCH("exl2_tc_kernel");
 }
 
 }  // namespace
 
-void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split) {
+void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split, bool pdl) {
   const int planes = split ? 2 : 1;
   size_t bytes = 0;
   for (int i = 0; i < b.count; ++i) bytes += sizeof(__nv_bfloat16) * size_t(planes * n * b.w[i].tiled_rows + 8);
@@ -495,21 +455,26 @@ void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, 
     most = std::max<int64_t>(most, n * b.w[i].tiled_rows);
   }
   const dim3 grid{unsigned((most + 255) / 256), unsigned(b.count)};
-  if (split) exl2_gather_bf16_kernel<true><<<grid, 256, 0, ctx.stream>>>(x, n, b.w[0].in_features, b);
-  else exl2_gather_bf16_kernel<false><<<grid, 256, 0, ctx.stream>>>(x, n, b.w[0].in_features, b);
-  LATHE_CUDA_CHECK_LAUNCH("exl2_gather_bf16_kernel");
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = dim3(256);
+  cfg.stream = ctx.stream;
+  cfg.attrs = &attr;
+  cfg.numAttrs = pdl ? 1 : 0;
+  const int64_t K = b.w[0].in_features, nn = n;
+  LATHE_CUDA_CHECK(split ? cudaLaunchKernelEx(&cfg, exl2_gather_bf16_kernel<true>, x, nn, K, b)
+                         : cudaLaunchKernelEx(&cfg, exl2_gather_bf16_kernel<false>, x, nn, K, b));
 }
 
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n) {
   const float* x = p.x + t0 * p.w[0].in_features;
-  if (ctx.exact_matmul) {
-    if (n > 16) raise(ErrorKind::kInternal, "cuda exl2_tc: exact mode takes at most 16 tokens a launch");
-    return launch<1, true>(ctx, x, int(n), p, t0);
-  }
-  if (n <= 16) return launch<1, false>(ctx, x, int(n), p, t0);
-  if (n <= 32) return launch<2, false>(ctx, x, int(n), p, t0);
-  if (n <= 64) return launch<4, false>(ctx, x, int(n), p, t0);
-  raise(ErrorKind::kInternal, "cuda exl2_tc: at most 64 tokens a launch");
+  if (ctx.exact_matmul) raise(ErrorKind::kInternal, "cuda exl2_tc: fast mode only (exact mode runs exl2_stream)");
+  if (n <= 16) return launch<1>(ctx, x, int(n), p, t0);
+  if (n <= kExl2TcTokens) return launch<2>(ctx, x, int(n), p, t0);
+  raise(ErrorKind::kInternal, "cuda exl2_tc: at most 32 tokens a launch");
 }
 
 }  // namespace lathe::ops::cuda
