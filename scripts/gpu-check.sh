@@ -13,6 +13,8 @@
 #   3. cuda_ops_bench    GEMV/GEMM/attention timings at Llama-3-8B shapes
 #   4. lathe CLI         `lathe score/generate --device cuda` on every fixture case, if bin/lathe exists
 #   5. ref perplexity    `lathe perplexity` of models/ref-llama-14m on val.txt, exact and fast, within 1% of the CPU
+#   6. quantize on cuda  `lathe quantize --device cuda` and `--device cpu` of models/ref-llama-14m (uniform
+#                        4.0 bpw, 8 windows of val.txt): perplexities of the two files within 0.5%
 # then prints a summary table. Exit status: 0 when every step that ran passed.
 #
 # Environment: LATHE_SHARED (fixtures folder; default: the first of ./shared, ./carry/shared,
@@ -193,6 +195,41 @@ else
   record "ref perplexity" SKIP 0 "needs $LATHE, models/ref-llama-14m, data/text/val.txt and python3"
 fi
 
+# ---- quantization with the calibration on the GPU: the same file quality as on the CPU ----------------
+if [ -x "$LATHE" ] && [ -f "$REF/config.json" ] && [ -f "$VAL" ] && command -v python3 >/dev/null; then
+  echo
+  echo "== lathe quantize --device cuda vs cpu (uniform 4.0 bpw, 8 windows)"
+  t0=$SECONDS
+  LATHE="$LATHE" timeout "$TIMEOUT" python3 - "$REF" "$VAL" >"$LOGS/quantize.log" 2>&1 <<'PY'
+import json, os, subprocess, sys, tempfile, time
+ref, val, lathe = sys.argv[1], sys.argv[2], os.environ["LATHE"]
+ppl = {}
+with tempfile.TemporaryDirectory() as tmp:
+    for device in ("cuda", "cpu"):
+        out = os.path.join(tmp, device)
+        t = time.time()
+        r = subprocess.run([lathe, "quantize", "-m", ref, "-o", out, "--uniform", "--bpw", "4.0", "--calib", val,
+                            "--calib-rows", "8", "--device", device, "--json"], capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"FAIL quantize --device {device}: {r.stderr.strip()}"); sys.exit(1)
+        secs = time.time() - t
+        r = subprocess.run([lathe, "perplexity", "-m", out, "-f", val, "--max-windows", "40", "--device", "cuda", "--json"],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"FAIL perplexity of the {device} file: {r.stderr.strip()}"); sys.exit(1)
+        ppl[device] = json.loads(r.stdout)["ppl"]
+        print(f"quantize --device {device}: {secs:.1f} s, ppl (40 windows) {ppl[device]:.5f}")
+rel = abs(ppl["cuda"] / ppl["cpu"] - 1)
+print(f"{'ok  ' if rel < 0.005 else 'FAIL'} cuda vs cpu file: {100 * rel:.3f}% apart")
+sys.exit(0 if rel < 0.005 else 1)
+PY
+  rc=$?
+  cat "$LOGS/quantize.log"
+  if [ $rc -eq 0 ]; then record "quantize on cuda" PASS $((SECONDS - t0)) ""; else record "quantize on cuda" FAIL $((SECONDS - t0)) "exit $rc"; fi
+else
+  record "quantize on cuda" SKIP 0 "needs $LATHE, models/ref-llama-14m, data/text/val.txt and python3"
+fi
+
 # ---- summary ----------------------------------------------------------------------------------------
 {
   echo
@@ -202,6 +239,7 @@ fi
   if [ -f "$LOGS/ops_cuda_test.log" ]; then echo; echo "  worst errors (ops_cuda_test):"; grep -h "^\[ worst \]" "$LOGS/ops_cuda_test.log" | sed 's/^/    /'; fi
   if [ -f "$LOGS/cuda_model_test.log" ]; then echo; echo "  fixtures (cuda_model_test):"; grep -h -E "^\[ (golden|note) \]" "$LOGS/cuda_model_test.log" | sed 's/^/    /'; fi
   if [ -f "$LOGS/perplexity.log" ]; then echo; echo "  reference perplexity:"; sed 's/^/    /' "$LOGS/perplexity.log"; fi
+  if [ -f "$LOGS/quantize.log" ]; then echo; echo "  quantize on cuda:"; sed 's/^/    /' "$LOGS/quantize.log"; fi
   if [ -f "$LOGS/ops_cuda_test.log" ] || [ -f "$LOGS/cuda_model_test.log" ]; then
     echo; echo "  failed tests:"; grep -h "^\[  FAILED  \]" "$LOGS"/ops_cuda_test.log "$LOGS"/cuda_model_test.log 2>/dev/null | sort -u | sed 's/^/    /' || true
   fi

@@ -93,7 +93,8 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
   const std::string dataset = opt.calib.empty() ? std::string("(built-in)") : opt.calib.filename().string();
   quant::GptqOptions gptq;
   gptq.damp = opt.damp;
-  auto ops = ops::make_cpu_ops();
+  std::unique_ptr<ops::Ops> own_ops = opt.backend ? nullptr : ops::make_cpu_ops();
+  ops::Ops* ops = opt.backend ? opt.backend : own_ops.get();
   fs::create_directories(out_dir);
 
   QuantizeReport report;

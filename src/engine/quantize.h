@@ -38,6 +38,9 @@ struct QuantizeOptions {
   std::filesystem::path measurement;
   std::string objective = "output";  // how measured errors add up (qz::parse_objective)
   double damp = 0.12;                // GPTQ damping: fraction of the mean Hessian diagonal
+  // Where the calibration forward passes and the Hessians run (null: the CPU backend). The GPTQ
+  // solves run on the host either way.
+  ops::Ops* backend = nullptr;
   // (stage, done, total) as work progresses: "calibrate", "measure" (sublayers), "quantize"
   // (sublayers, then the head). An exception thrown here stops the run; the measurement keeps
   // every finished sublayer.

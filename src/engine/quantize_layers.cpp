@@ -80,12 +80,14 @@ Calibration::Calibration(const model::Model& model, ops::Ops& ops, std::span<con
 void Calibration::run(int64_t layer, Sublayer part, const LayerWeights* weights, std::vector<float>& out,
                       Hessians* h, std::span<const TapPoint> taps) {
   ops::Ops& ops = runner_.ops();
+  // Hessians accumulate where the activations are (the backend), and join *h at the end.
+  std::map<TapPoint, ops::Buffer> acc;
   if (h && !taps.empty()) {
     runner_.set_tap([&](int64_t, TapPoint point, const float* x, int64_t n, int64_t d) {
       if (std::find(taps.begin(), taps.end(), point) == taps.end()) return;
-      auto& m = (*h)[point];
-      if (m.empty()) m.assign(size_t(d * d), 0.0);
-      quant::accumulate_hessian(m.data(), x, n, d);
+      auto [it, fresh] = acc.try_emplace(point);
+      if (fresh) it->second = ops::Buffer(ops, size_t(d * d) * sizeof(double));  // zero-filled
+      ops.accumulate_gram({static_cast<double*>(it->second.data()), x, n, d});
     });
   }
   out.resize(x_.size());
@@ -102,19 +104,33 @@ void Calibration::run(int64_t layer, Sublayer part, const LayerWeights* weights,
     throw;
   }
   runner_.set_tap(nullptr);
+  for (auto& [point, buf] : acc) add_to_host(buf, (*h)[point]);
+}
+
+void Calibration::add_to_host(const ops::Buffer& b, std::vector<double>& h) {
+  const size_t n = b.bytes() / sizeof(double);
+  if (h.empty()) {
+    h.resize(n);
+    runner_.ops().copy_to_host(h.data(), b.data(), b.bytes());
+    return;
+  }
+  if (h.size() != n) fail(ErrorKind::kInternal, "calibration: Hessian sizes differ ({} vs {})", h.size(), n);
+  std::vector<double> part(n);
+  runner_.ops().copy_to_host(part.data(), b.data(), b.bytes());
+  for (size_t i = 0; i < n; ++i) h[i] += part[i];
 }
 
 std::vector<double> Calibration::head_hessian() {
   ops::Ops& ops = runner_.ops();
-  std::vector<double> h(size_t(hidden_ * hidden_), 0.0);
-  std::vector<float> y(size_t(length_ * hidden_));
-  const size_t bytes = y.size() * sizeof(float);
+  ops::Buffer acc(ops, size_t(hidden_ * hidden_) * sizeof(double));
+  const size_t bytes = size_t(length_ * hidden_) * sizeof(float);
   for (int64_t r = 0; r < rows_; ++r) {
     ops.copy_to_backend(xb_.data(), x_.data() + r * length_ * hidden_, bytes);
     runner_.final_norm(xb_.f32(), xb_.f32(), length_);
-    ops.copy_to_host(y.data(), xb_.data(), bytes);
-    quant::accumulate_hessian(h.data(), y.data(), length_, hidden_);
+    ops.accumulate_gram({static_cast<double*>(acc.data()), xb_.f32(), length_, hidden_});
   }
+  std::vector<double> h;
+  add_to_host(acc, h);
   return h;
 }
 

@@ -64,6 +64,7 @@ class Calibration {
   std::vector<double> head_hessian();
 
  private:
+  void add_to_host(const ops::Buffer& b, std::vector<double>& h);  // h += b (h empty: h = b)
   model::Runner runner_;
   model::Workspace ws_;
   model::KvCache scratch_;

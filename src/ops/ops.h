@@ -235,6 +235,15 @@ struct Exl2MatmulParams {
   int64_t n = 0;
 };
 
+// A quantizer's input Hessian: h [dim, dim] += x^T x for x [rows, dim] fp32, accumulated in double
+// (both in backend memory; h symmetric, both triangles written).
+struct GramParams {
+  double* h = nullptr;
+  const float* x = nullptr;
+  int64_t rows = 0;
+  int64_t dim = 0;
+};
+
 // Several EXL2 layers on one input (q, k, v; gate, up): y[i] [n, w[i].out_features] = x w[i]^T.
 // Backends may run them in one launch (the CUDA one does: a small layer alone is mostly fixed cost).
 struct Exl2MultiParams {
@@ -392,6 +401,8 @@ class Ops {
   // Default: a scalar host loop over the packed weights (host memory only): the reference.
   virtual void matmul_exl2(const Exl2MatmulParams& p);
   virtual void matmul_exl2_multi(const Exl2MultiParams& p);  // default: matmul_exl2 per layer
+  // Default: Eigen on host memory (threaded when Eigen is); device backends override.
+  virtual void accumulate_gram(const GramParams& p);
   // Whether matmul_exl2 reads Exl2View::tiled (the loader then uploads that layout instead).
   virtual bool wants_exl2_tiled() const { return false; }
   // Returns false (nothing done) where the backend has no such path for these sizes/dtypes; the

@@ -24,12 +24,6 @@ inline int quantize_one(float x, float scale, int bits) {
 }
 }  // namespace
 
-void accumulate_hessian(double* h, const float* x, int64_t rows, int64_t dim) {
-  const MatD X = Eigen::Map<const MatF>(x, rows, dim).cast<double>();
-  Eigen::Map<MatD> H(h, dim, dim);
-  H.noalias() += X.transpose() * X;
-}
-
 void exl2_find_scales(const float* w, int64_t rows, int64_t n, int bits, uint8_t* codes, float* scale_max) {
   const double half = double((1 << bits) - 1) / 2.0;
   std::vector<double> base(static_cast<size_t>(n), 0.0);

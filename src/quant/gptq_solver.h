@@ -17,9 +17,6 @@ struct GptqOptions {
   double damp = 0.12;  // fraction of the mean Hessian diagonal added to it
 };
 
-// h [dim, dim] += x^T x for x [rows, dim] (row-major): a layer's input Hessian from calibration.
-void accumulate_hessian(double* h, const float* x, int64_t rows, int64_t dim);
-
 // Scale codes (1..16 per column) and the fp16-representable group maximum for `rows` rows of `w`
 // (row-major, `n` columns) at `bits`.
 void exl2_find_scales(const float* w, int64_t rows, int64_t n, int bits, uint8_t* codes, float* scale_max);

@@ -47,6 +47,27 @@ class OpsParity : public ::testing::Test {
 
 TEST_F(OpsParity, Name) { EXPECT_STREQ(cpu->name(), "cpu"); }
 
+// ---- accumulate_gram (the quantizer's input Hessians) ----------------------------------------
+
+// h += x^T x in double, onto what h holds, both triangles; rows past one slice (1024) included.
+TEST_F(OpsParity, AccumulateGramAddsXtX) {
+  for (const auto& [rows, dim] : {std::pair<int64_t, int64_t>{2, 3}, {1, 1}, {37, 5}, {1500, 7}, {0, 4}}) {
+    const std::vector<float> x = random_floats(rng, size_t(rows * dim));
+    std::vector<double> h(size_t(dim * dim));
+    for (size_t i = 0; i < h.size(); ++i) h[i] = 0.25 * double(i);
+    std::vector<double> want = h;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t i = 0; i < dim; ++i)
+        for (int64_t j = 0; j < dim; ++j) want[size_t(i * dim + j)] += double(x[size_t(r * dim + i)]) * x[size_t(r * dim + j)];
+    cpu->accumulate_gram({h.data(), x.data(), rows, dim});
+    for (size_t i = 0; i < h.size(); ++i)
+      EXPECT_NEAR(h[i], want[i], 1e-12 * (1.0 + std::fabs(want[i]))) << rows << "x" << dim << " at " << i;
+  }
+  double h = 0;
+  const float x = 1.f;
+  EXPECT_THROW(cpu->accumulate_gram({&h, &x, -1, 1}), Error);
+}
+
 // ---- matmul ---------------------------------------------------------------------------------
 
 void check_matmul(Ops& cpu, Ops& ref, std::mt19937& rng, Worst& worst, int64_t n, int64_t m, int64_t k,

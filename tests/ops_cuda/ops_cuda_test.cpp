@@ -1154,6 +1154,33 @@ TEST_F(CudaParity, MatmulExl2FastHandlesLargeActivations) {
   }
 }
 
+// ---- accumulate_gram -------------------------------------------------------------------------
+
+// The quantizer's input Hessians on the GPU (double, cublasDgemm) against the host default, onto a
+// non-zero h.
+TEST_F(CudaParity, AccumulateGramMatchesHost) {
+  Worst worst("accumulate_gram");
+  for (const auto& [rows, dim] : {std::pair<int64_t, int64_t>{1, 1}, {3, 17}, {600, 257}, {300, 2048}}) {
+    const std::vector<float> x = random_floats(rng, size_t(rows * dim));
+    std::vector<double> h0(size_t(dim * dim));
+    for (size_t i = 0; i < h0.size(); ++i) h0[i] = double(i % 97) * 0.5;
+    std::vector<double> want = h0;
+    ref->accumulate_gram({want.data(), x.data(), rows, dim});
+    const Buffer dx = upload(*cuda, x);
+    Buffer dh = upload(*cuda, h0);
+    cuda->accumulate_gram({static_cast<double*>(dh.data()), dx.f32(), rows, dim});
+    cuda->accumulate_gram({static_cast<double*>(dh.data()), dx.f32(), 0, dim});  // no rows: no change
+    std::vector<double> got(want.size());
+    cuda->copy_to_host(got.data(), dh.data(), got.size() * sizeof(double));
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      err = std::max(err, std::fabs(got[i] - want[i]));
+      norm = std::max(norm, std::fabs(want[i]));
+    }
+    worst.check(err / norm, 1e-12, std::to_string(rows) + "x" + std::to_string(dim));
+  }
+}
+
 // ---- mixture of experts ---------------------------------------------------------------------
 
 // Small-batch MoE with routing on the device: top-k by logit (ties to the lower expert), softmax of

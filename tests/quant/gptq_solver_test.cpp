@@ -80,15 +80,6 @@ TEST(GptqSolver, IdentityHessianIsRoundToNearest) {
   EXPECT_LT(err, 0.3);  // a quarter of the rows are 2-bit
 }
 
-TEST(GptqSolver, HessianAccumulatesXtX) {
-  const std::vector<float> x{1, 2, 3, -1, 0.5f, 4};  // 2 rows x 3
-  std::vector<double> h(9, 1.0);                       // accumulates onto what is there
-  accumulate_hessian(h.data(), x.data(), 2, 3);
-  for (int i = 0; i < 3; ++i)
-    for (int j = 0; j < 3; ++j)
-      EXPECT_DOUBLE_EQ(h[size_t(i * 3 + j)], 1.0 + double(x[size_t(i)]) * x[size_t(j)] + double(x[size_t(3 + i)]) * x[size_t(3 + j)]);
-}
-
 TEST(GptqSolver, ScalesCoverTheGroup) {
   std::vector<float> w{0.5f, -1.f, 0.25f, 2.f, -0.125f, 0.f, 1.f, -2.f};  // 2 rows x 4 columns
   uint8_t codes[4];

@@ -21,6 +21,7 @@ void add_quantize_command(CLI::App& app) {
     double memory_gib = 0, damp = 0.12;
     bool json = false, rtn = false, advise = false, uniform = false, synthetic = false;
     uint64_t seed = 1;
+    DeviceOptions device;
   };
   auto opts = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("quantize", "Quantize a model to EXL2 (GPTQ with EXL2 scales, mixed widths)");
@@ -45,6 +46,10 @@ void add_quantize_command(CLI::App& app) {
                   "OUT_DIR/measurement.json)");
   cmd->add_option("--objective", opts->objective,
                   "how the optimizer adds measured errors: output, stream, delta, abs or rfn")
+      ->capture_default_str();
+  cmd->add_option("--device,--backend", opts->device.device,
+                  "where the calibration forward passes and input Hessians run: auto (cuda when a GPU is present, "
+                  "else cpu), cuda, cpu or ref; the GPTQ solves run on the CPU")
       ->capture_default_str();
   cmd->add_option("--damp", opts->damp, "GPTQ damping (fraction of the mean Hessian diagonal)")->capture_default_str();
   cmd->add_flag("--rtn", opts->rtn, "round to nearest instead of GPTQ (a baseline for comparisons)");
@@ -115,6 +120,8 @@ void add_quantize_command(CLI::App& app) {
     qo.measurement = opts->measurement;
     qo.objective = opts->objective;
     qo.damp = opts->damp;
+    const auto backend = make_backend(opts->device, /*exact_by_default=*/true);
+    qo.backend = backend.get();
     std::unique_ptr<ProgressBar> bar;
     std::string stage;
     qo.progress = [&](const std::string& s, int64_t done, int64_t total) {

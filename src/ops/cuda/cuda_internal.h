@@ -76,6 +76,7 @@ void apply_penalties(Context& ctx, const PenaltyParams& p);
 void top_k(Context& ctx, const TopKParams& p);
 bool moe_small_batch(Context& ctx, const MoeParams& p);
 void matmul_exl2(Context& ctx, const Exl2MatmulParams& p);
+void accumulate_gram(Context& ctx, const GramParams& p);
 void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p);
 // Up to three EXL2 layers on one input, one launch (exl2_tc.cu, exl2_stream.cu): a grid's column
 // blocks are the layers' in turn.

@@ -419,6 +419,11 @@ class CudaOps final : public Ops {
     if (t.skipped) return;
     cuda::matmul_exl2_multi(ctx_, p);
   }
+  void accumulate_gram(const GramParams& p) override {
+    Timed t(*this, "accumulate_gram");
+    if (t.skipped) return;
+    cuda::accumulate_gram(ctx_, p);
+  }
   bool wants_exl2_tiled() const override { return true; }
   bool moe_small_batch(const MoeParams& p) override {
     Timed t(*this, "moe_small_batch");
