@@ -10,7 +10,7 @@ NVCC := $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ]
 CUDA ?= $(if $(NVCC),ON,OFF)
 DEBIAN_PACKAGES := build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev \
   libpcre2-dev libutf8proc-dev libhwy-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev \
-  libomp-dev libeigen3-dev
+  libomp-dev libeigen3-dev libxxhash-dev
 # Node.js/npm only fetch test fixtures; a machine may already have them from outside Debian (then
 # Debian's npm package would conflict), so they are installed only when the command is missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
