@@ -1,0 +1,182 @@
+#include "engine/scheduler.h"
+
+#include <algorithm>
+
+#include "core/error.h"
+
+namespace lathe::engine {
+
+int64_t StepPlan::tokens() const {
+  int64_t n = 0;
+  for (const StepItem& i : items) n += i.count;
+  return n;
+}
+
+Scheduler::Scheduler(cache::BlockPool& pool, const SchedulerConfig& config) : pool_(pool), config_(config) {
+  if (config.block_size < 1) fail(ErrorKind::kInvalidArgument, "scheduler: block size {} must be positive", config.block_size);
+  if (config.token_budget < 1) fail(ErrorKind::kInvalidArgument, "scheduler: token budget {} must be positive", config.token_budget);
+  if (config.max_running < 1) fail(ErrorKind::kInvalidArgument, "scheduler: max running {} must be positive", config.max_running);
+}
+
+Scheduler::Request& Scheduler::get(RequestId id) {
+  const auto it = requests_.find(id);
+  if (it == requests_.end()) fail(ErrorKind::kNotFound, "no request {}", id);
+  return it->second;
+}
+const Scheduler::Request& Scheduler::get(RequestId id) const { return const_cast<Scheduler*>(this)->get(id); }
+
+RequestId Scheduler::add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter) {
+  if (prompt.empty()) fail(ErrorKind::kInvalidArgument, "a request needs at least one prompt token");
+  if (max_new_tokens < 1) fail(ErrorKind::kInvalidArgument, "max_new_tokens {} must be at least 1", max_new_tokens);
+  // The last generated token is never computed (nothing is sampled from it).
+  const int64_t positions = int64_t(prompt.size()) + max_new_tokens - 1;
+  const int64_t need = (positions + config_.block_size - 1) / config_.block_size;
+  if (need > pool_.num_blocks())
+    fail(ErrorKind::kOutOfRange,
+         "the request needs {} tokens of KV cache ({} prompt + {} to generate) and the cache holds {}; shorten the "
+         "prompt or max_tokens",
+         positions, prompt.size(), max_new_tokens, pool_.num_blocks() * config_.block_size);
+  Request r;
+  r.id = next_id_++;
+  r.prompt = int64_t(prompt.size());
+  r.tokens = std::move(prompt);
+  r.max_new = max_new_tokens;
+  r.adapter = adapter;
+  const RequestId id = r.id;
+  requests_.emplace(id, std::move(r));
+  waiting_.push_back(id);
+  return id;
+}
+
+bool Scheduler::reserve(Request& r, int64_t positions) {
+  const int64_t need = (positions + config_.block_size - 1) / config_.block_size - int64_t(r.blocks.size());
+  if (need <= 0) return true;
+  auto fresh = pool_.allocate(need);
+  if (!fresh) return false;
+  r.blocks.insert(r.blocks.end(), fresh->begin(), fresh->end());
+  return true;
+}
+
+void Scheduler::drop_blocks(Request& r) {
+  pool_.release(r.blocks);
+  r.blocks.clear();
+  r.computed = 0;
+  r.keyed = 0;
+  r.last_key = cache::kRootHash;
+}
+
+void Scheduler::admit_prefix(Request& r) {
+  r.cached = 0;
+  if (!config_.prefix_caching || !r.blocks.empty()) return;
+  // Keys of the full blocks before the last token: that one is always computed (its logits sample).
+  const auto keys = cache::block_hashes(std::span(r.tokens).first(r.tokens.size() - 1), config_.block_size, r.adapter);
+  r.blocks = pool_.match(keys);
+  r.keyed = int64_t(r.blocks.size());
+  if (r.keyed) r.last_key = keys[size_t(r.keyed - 1)];
+  r.computed = r.cached = r.keyed * config_.block_size;
+}
+
+void Scheduler::record_keys(Request& r) {
+  if (!config_.prefix_caching) return;
+  const int64_t bs = config_.block_size;
+  for (; r.keyed < r.computed / bs; ++r.keyed) {
+    r.last_key = cache::hash_block(r.last_key, std::span(r.tokens).subspan(size_t(r.keyed * bs), size_t(bs)), r.adapter);
+    pool_.commit(r.blocks[size_t(r.keyed)], r.last_key);  // false: another block holds it; ours stays private
+  }
+}
+
+void Scheduler::preempt(RequestId id) {
+  Request& r = get(id);
+  drop_blocks(r);
+  r.state = RequestState::kWaiting;
+  running_.erase(std::find(running_.begin(), running_.end(), id));
+  waiting_.push_front(id);
+  ++preemptions_;
+}
+
+StepPlan Scheduler::plan() {
+  StepPlan p;
+  int64_t budget = config_.token_budget;
+  // 1. Running requests, oldest first; the newest gives way when blocks run out.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Request& r = get(running_[i]);
+    const int64_t want = std::min<int64_t>(int64_t(r.tokens.size()) - r.computed, budget);
+    if (want <= 0) {
+      ++i;
+      continue;
+    }
+    if (!reserve(r, r.computed + want)) {
+      const RequestId victim = running_.back();
+      preempt(victim);
+      p.preempted.push_back(victim);
+      continue;  // retry r (or, if r was the victim, the loop ends)
+    }
+    p.items.push_back({r.id, r.computed, want, r.computed + want == int64_t(r.tokens.size())});
+    budget -= want;
+    ++i;
+  }
+  // 2. Waiting requests in order, while budget, blocks and room last (none after a preemption).
+  while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < config_.max_running && p.preempted.empty()) {
+    Request& r = get(waiting_.front());
+    admit_prefix(r);
+    const int64_t want = std::min<int64_t>(int64_t(r.tokens.size()) - r.computed, budget);
+    if (!reserve(r, r.computed + want)) {
+      drop_blocks(r);  // its prefix hits too: it waits whole
+      r.cached = 0;
+      break;
+    }
+    waiting_.pop_front();
+    r.state = RequestState::kRunning;
+    running_.push_back(r.id);
+    p.items.push_back({r.id, r.computed, want, r.computed + want == int64_t(r.tokens.size())});
+    budget -= want;
+  }
+  return p;
+}
+
+void Scheduler::complete(const StepPlan& plan, std::span<const int32_t> sampled) {
+  if (sampled.size() < plan.items.size())
+    fail(ErrorKind::kInternal, "scheduler: {} sampled tokens for {} plan items", sampled.size(), plan.items.size());
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const StepItem& it = plan.items[i];
+    const auto found = requests_.find(it.id);
+    if (found == requests_.end() || found->second.state != RequestState::kRunning) continue;  // finished meanwhile
+    Request& r = found->second;
+    if (it.start != r.computed)
+      fail(ErrorKind::kInternal, "scheduler: request {} computed {} but the plan started at {}", r.id, r.computed, it.start);
+    r.computed = it.start + it.count;
+    record_keys(r);
+    if (!it.samples) continue;
+    r.tokens.push_back(sampled[i]);
+    if (int64_t(r.tokens.size()) - r.prompt >= r.max_new) finish(r.id);
+  }
+}
+
+bool Scheduler::finish(RequestId id) {
+  const auto it = requests_.find(id);
+  if (it == requests_.end() || it->second.state == RequestState::kFinished) return false;
+  Request& r = it->second;
+  if (r.state == RequestState::kRunning) running_.erase(std::find(running_.begin(), running_.end(), id));
+  else waiting_.erase(std::find(waiting_.begin(), waiting_.end(), id));
+  const int64_t keep = r.computed;
+  drop_blocks(r);
+  r.computed = keep;
+  r.state = RequestState::kFinished;
+  return true;
+}
+
+bool Scheduler::forget(RequestId id) {
+  const auto it = requests_.find(id);
+  if (it == requests_.end() || it->second.state != RequestState::kFinished) return false;
+  requests_.erase(it);
+  return true;
+}
+
+RequestState Scheduler::state(RequestId id) const { return get(id).state; }
+std::span<const int32_t> Scheduler::tokens(RequestId id) const { return get(id).tokens; }
+int64_t Scheduler::prompt_length(RequestId id) const { return get(id).prompt; }
+int64_t Scheduler::computed(RequestId id) const { return get(id).computed; }
+int64_t Scheduler::cached_tokens(RequestId id) const { return get(id).cached; }
+const std::vector<cache::BlockId>& Scheduler::blocks(RequestId id) const { return get(id).blocks; }
+
+}  // namespace lathe::engine
