@@ -1,0 +1,77 @@
+// Continuous batching on a model (issue: serving engine): many requests share one paged KV pool and
+// one forward pass per step. engine::Scheduler plans each step over a cache::BlockPool (token
+// budget, decodes first, chunked prefill, prefix-cache hits, preemption); this class runs the plan
+// through model::Runner::forward_batch, samples each request with its own settings, and ends
+// requests at EOS, their token limit or the context length. Works on any backend (tests use the
+// CPU). Stop strings, streaming text and the HTTP server sit above it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <unordered_map>
+#include <vector>
+
+#include "cache/block_pool.h"
+#include "engine/generator.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
+#include "model/model.h"
+
+namespace lathe::engine {
+
+struct BatchRequest {
+  std::vector<int32_t> prompt;
+  int64_t max_new_tokens = 128;
+  SamplerConfig sampler;
+  std::vector<int32_t> eos_ids;  // empty: the model's
+  bool ignore_eos = false;
+  uint64_t adapter = 0;  // keys prefix-cache blocks apart (LoRA adapters)
+};
+
+// What one step produced for a request: its new token (if it sampled one) and whether it ended.
+struct BatchEvent {
+  RequestId id = 0;
+  int32_t token = -1;  // -1: none this step (a prefill chunk, or cancelled)
+  bool finished = false;
+  FinishReason reason = FinishReason::kLength;
+};
+
+struct BatchEngineOptions {
+  int64_t num_blocks = 256;  // KV blocks of scheduler.block_size positions each
+  SchedulerConfig scheduler;
+};
+
+class BatchEngine {
+ public:
+  BatchEngine(const model::Runner& runner, const BatchEngineOptions& options);
+
+  // Throws kInvalidArgument / kOutOfRange for a request that can never run (empty prompt, too long
+  // for the model's context or the cache).
+  RequestId add(BatchRequest request);
+  // Ends a request at once; its blocks are free when this returns. False when unknown or finished.
+  bool cancel(RequestId id);
+  // One forward pass over the scheduler's plan; events in plan order.
+  std::vector<BatchEvent> step();
+  bool idle() const { return scheduler_.num_running() + scheduler_.num_waiting() == 0; }
+
+  // The request's generated tokens so far (kept after it finishes until forget()).
+  std::vector<int32_t> generated(RequestId id) const;
+  int64_t cached_tokens(RequestId id) const { return scheduler_.cached_tokens(id); }
+  bool forget(RequestId id);
+  const cache::BlockPool& blocks() const { return pool_; }
+  const Scheduler& scheduler() const { return scheduler_; }
+
+ private:
+  struct Live {
+    Sampler sampler;
+    std::vector<int32_t> eos;
+  };
+  const model::Runner& runner_;
+  cache::BlockPool pool_;
+  model::KvPool kv_;
+  model::Workspace ws_;
+  Scheduler scheduler_;
+  std::unordered_map<RequestId, Live> live_;
+};
+
+}  // namespace lathe::engine

@@ -1,0 +1,165 @@
+// Continuous batching on the fixture models (CPU backend): many requests in one pool give the same
+// greedy tokens as Hugging Face's one-at-a-time generation, whatever the token budget (chunked
+// prefill mixed with decodes), prefix-cache hits or preemptions; cancellation and the end of every
+// request give every block back.
+#include "engine/batch_engine.h"
+
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "core/error.h"
+#include "test_paths.h"
+
+namespace lathe::engine {
+namespace {
+
+using nlohmann::json;
+
+struct Fixture {
+  explicit Fixture(const std::filesystem::path& dir)
+      : model(model::Model::load(dir)), ops(ops::make_cpu_ops()), runner(*model, *ops) {
+    std::ifstream in(dir / "golden.json");
+    const json golden = json::parse(in);  // (kept: a range-for over a temporary's member dangles)
+    for (const auto& cs : golden["cases"])
+      cases.emplace_back(cs["ids"].get<std::vector<int32_t>>(), cs["greedy_ids"].get<std::vector<int32_t>>());
+  }
+  std::unique_ptr<model::Model> model;
+  std::unique_ptr<ops::Ops> ops;
+  model::Runner runner;
+  std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> cases;  // prompt, HF greedy ids
+};
+
+// Every test below needs the golden cases; an empty list would make them pass vacuously.
+std::unique_ptr<Fixture> load(const std::filesystem::path& dir) {
+  auto f = std::make_unique<Fixture>(dir);  // (large: kept off the stack)
+  if (f->cases.size() < 2) throw Error(ErrorKind::kFormat, "golden.json has fewer than 2 cases");
+  return f;
+}
+
+BatchRequest greedy(const std::vector<int32_t>& prompt, int64_t n) {
+  BatchRequest r;
+  r.prompt = prompt;
+  r.max_new_tokens = n;
+  r.sampler.temperature = 0;
+  r.ignore_eos = true;
+  return r;
+}
+
+// Adds every case (each `copies` times), runs to the end, checks each against the reference.
+void run_all(Fixture& f, BatchEngine& e, int copies) {
+  std::vector<std::pair<RequestId, size_t>> ids;
+  for (int c = 0; c < copies; ++c)
+    for (size_t i = 0; i < f.cases.size(); ++i)
+      ids.emplace_back(e.add(greedy(f.cases[i].first, int64_t(f.cases[i].second.size()))), i);
+  std::map<RequestId, int> finished;
+  for (int s = 0; s < 10000 && !e.idle(); ++s)
+    for (const BatchEvent& ev : e.step())
+      if (ev.finished) {
+        ++finished[ev.id];
+        EXPECT_EQ(ev.reason, FinishReason::kLength);
+      }
+  ASSERT_TRUE(e.idle());
+  for (const auto& [id, i] : ids) {
+    EXPECT_EQ(e.generated(id), f.cases[i].second) << "case " << i << " request " << id;
+    EXPECT_EQ(finished[id], 1);
+  }
+  EXPECT_EQ(e.blocks().num_free(), e.blocks().num_blocks());
+  e.blocks().audit();
+}
+
+TEST(BatchEngine, BatchedGreedyEqualsTransformers) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  for (int64_t budget : {int64_t(7), int64_t(64), int64_t(4096)}) {  // 7: every prompt in chunks beside decodes
+    BatchEngine e(f.runner, {.num_blocks = 512, .scheduler = {.block_size = 4, .token_budget = budget}});
+    run_all(f, e, 2);
+  }
+}
+
+// The second copy of each prompt starts from the first one's cached blocks and still matches.
+TEST(BatchEngine, PrefixHitsGiveTheSameTokens) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  BatchEngine e(f.runner, {.num_blocks = 512, .scheduler = {.block_size = 4, .token_budget = 4096}});
+  const auto& [prompt, want] = f.cases.back();
+  const RequestId a = e.add(greedy(prompt, int64_t(want.size())));
+  while (!e.idle()) e.step();
+  const RequestId b = e.add(greedy(prompt, int64_t(want.size())));
+  while (!e.idle()) e.step();
+  EXPECT_EQ(e.cached_tokens(a), 0);
+  EXPECT_EQ(e.cached_tokens(b), int64_t((prompt.size() - 1) / 4 * 4));
+  EXPECT_GT(e.cached_tokens(b), 0);
+  EXPECT_EQ(e.generated(b), want);
+  EXPECT_EQ(e.generated(a), want);
+}
+
+// A cache too small for every request at once: the newest are preempted and recomputed, and the
+// tokens do not change.
+TEST(BatchEngine, PreemptionGivesTheSameTokens) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  int64_t longest = 0;
+  for (const auto& [p, w] : f.cases) longest = std::max<int64_t>(longest, int64_t(p.size() + w.size()));
+  BatchEngine e(f.runner, {.num_blocks = (longest + 3) / 4 + 2, .scheduler = {.block_size = 4, .token_budget = 4096}});
+  run_all(f, e, 2);
+  EXPECT_GT(e.scheduler().preemptions(), 0);
+}
+
+TEST(BatchEngine, CancelFreesEveryBlock) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  BatchEngine e(f.runner, {.num_blocks = 256, .scheduler = {.block_size = 4, .token_budget = 16}});
+  std::vector<RequestId> ids;
+  for (const auto& [p, w] : f.cases) ids.push_back(e.add(greedy(p, 50)));
+  for (int s = 0; s < 3; ++s) e.step();
+  EXPECT_GT(e.blocks().num_used(), 0);
+  for (RequestId id : ids) EXPECT_TRUE(e.cancel(id));
+  EXPECT_FALSE(e.cancel(ids[0]));
+  EXPECT_TRUE(e.idle());
+  EXPECT_EQ(e.blocks().num_free(), e.blocks().num_blocks());
+  e.blocks().audit();
+  EXPECT_TRUE(e.step().empty());
+}
+
+TEST(BatchEngine, EosEndsARequest) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  BatchEngine e(f.runner, {.num_blocks = 256, .scheduler = {.block_size = 4}});
+  const auto& [prompt, want] = f.cases.front();
+  BatchRequest r = greedy(prompt, 20);
+  r.ignore_eos = false;
+  r.eos_ids = {want[1]};  // the second greedy token plays EOS
+  const RequestId id = e.add(r);
+  std::vector<BatchEvent> events;
+  while (!e.idle())
+    for (const auto& ev : e.step()) events.push_back(ev);
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_TRUE(events.back().finished);
+  EXPECT_EQ(events.back().reason, FinishReason::kEos);
+  EXPECT_EQ(e.generated(id), (std::vector<int32_t>{want[0], want[1]}));
+  EXPECT_EQ(e.blocks().num_free(), e.blocks().num_blocks());
+}
+
+TEST(BatchEngine, BadRequestsAreRefused) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  BatchEngine e(f.runner, {.num_blocks = 8, .scheduler = {.block_size = 4}});
+  EXPECT_THROW(e.add(greedy({}, 4)), Error);
+  EXPECT_THROW(e.add(greedy({-1}, 4)), Error);
+  EXPECT_THROW(e.add(greedy({int32_t(f.model->config().vocab_size)}, 4)), Error);
+  EXPECT_THROW(e.add(greedy(std::vector<int32_t>(40, 1), 4)), Error);  // 43 positions > 32 in the cache
+  std::vector<int32_t> huge(size_t(f.model->config().max_position_embeddings), 1);
+  EXPECT_THROW(e.add(greedy(huge, 1)), Error);
+  EXPECT_TRUE(e.idle());
+}
+
+}  // namespace
+}  // namespace lathe::engine
