@@ -7,8 +7,9 @@
 
 namespace lathe::engine {
 
-BatchEngine::BatchEngine(const model::Runner& runner, const BatchEngineOptions& options)
+BatchEngine::BatchEngine(const model::Runner& runner, const BatchEngineOptions& options, const tok::Tokenizer* tokenizer)
     : runner_(runner),
+      tokenizer_(tokenizer),
       pool_(options.num_blocks),
       kv_(runner.config(), options.num_blocks, options.scheduler.block_size, runner.ops()),
       ws_(runner.ops()),
@@ -26,9 +27,15 @@ RequestId BatchEngine::add(BatchRequest r) {
            r.prompt.size(), c.max_position_embeddings);
     r.max_new_tokens = std::min(r.max_new_tokens, c.max_position_embeddings - int64_t(r.prompt.size()));
   }
+  if (!r.stop.empty() && !tokenizer_)
+    fail(ErrorKind::kInvalidArgument, "stop strings need the model's tokenizer (tokenizer.json)");
+  for (const std::string& s : r.stop)
+    if (s.empty()) fail(ErrorKind::kInvalidArgument, "a stop string is empty");
   const RequestId id = scheduler_.add(std::move(r.prompt), r.max_new_tokens, r.adapter);
-  live_.emplace(id, Live{Sampler(r.sampler), r.ignore_eos ? std::vector<int32_t>{}
-                                                         : r.eos_ids.empty() ? c.eos_token_ids : r.eos_ids});
+  Live L{Sampler(r.sampler), r.ignore_eos ? std::vector<int32_t>{} : r.eos_ids.empty() ? c.eos_token_ids : r.eos_ids,
+         StopMatcher(r.stop), std::nullopt};
+  if (tokenizer_) L.decoder.emplace(*tokenizer_, /*skip_special=*/true);
+  live_.emplace(id, std::move(L));
   return id;
 }
 
@@ -66,21 +73,36 @@ std::vector<BatchEvent> BatchEngine::step() {
   for (size_t i = 0; i < plan.items.size(); ++i) {
     const StepItem& it = plan.items[i];
     if (!it.samples) continue;
-    BatchEvent e{it.id, sampled[i], false, FinishReason::kLength};
-    const Live& L = live_.at(it.id);
-    if (std::find(L.eos.begin(), L.eos.end(), e.token) != L.eos.end()) {
+    BatchEvent e{it.id, sampled[i], {}, false, FinishReason::kLength};
+    Live& L = live_.at(it.id);
+    const bool eos = std::find(L.eos.begin(), L.eos.end(), e.token) != L.eos.end();
+    if (!eos) e.text = text_of(L, e.token);
+    if (eos) {
       scheduler_.finish(it.id);
       e.finished = true;
       e.reason = FinishReason::kEos;
+    } else if (L.stops.stopped()) {
+      scheduler_.finish(it.id);
+      e.finished = true;
+      e.reason = FinishReason::kStop;
     } else if (scheduler_.state(it.id) == RequestState::kFinished) {
       e.finished = true;
       const int64_t ctx = runner_.config().max_position_embeddings;
       e.reason = ctx > 0 && int64_t(scheduler_.tokens(it.id).size()) >= ctx ? FinishReason::kContext : FinishReason::kLength;
     }
-    if (e.finished) live_.erase(it.id);
+    if (e.finished) {
+      // Whatever the decoder and the stop matcher still hold is final now (none after a stop).
+      if (e.reason != FinishReason::kStop && L.decoder) e.text += L.stops.push(L.decoder->flush()) + L.stops.flush();
+      live_.erase(it.id);
+    }
     events.push_back(e);
   }
   return events;
+}
+
+std::string BatchEngine::text_of(Live& L, int32_t token) {
+  if (!L.decoder) return {};
+  return L.stops.push(L.decoder->push(token));
 }
 
 std::vector<int32_t> BatchEngine::generated(RequestId id) const {

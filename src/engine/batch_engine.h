@@ -2,12 +2,15 @@
 // one forward pass per step. engine::Scheduler plans each step over a cache::BlockPool (token
 // budget, decodes first, chunked prefill, prefix-cache hits, preemption); this class runs the plan
 // through model::Runner::forward_batch, samples each request with its own settings, and ends
-// requests at EOS, their token limit or the context length. Works on any backend (tests use the
-// CPU). Stop strings, streaming text and the HTTP server sit above it.
+// requests at EOS, a stop string (also split across tokens: engine::StopMatcher), their token
+// limit or the context length, streaming each request's final text as it becomes safe to show.
+// Works on any backend (tests use the CPU). The HTTP server sits above it.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -15,7 +18,9 @@
 #include "engine/generator.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "engine/stop_matcher.h"
 #include "model/model.h"
+#include "tokenizer/tokenizer.h"
 
 namespace lathe::engine {
 
@@ -25,13 +30,15 @@ struct BatchRequest {
   SamplerConfig sampler;
   std::vector<int32_t> eos_ids;  // empty: the model's
   bool ignore_eos = false;
-  uint64_t adapter = 0;  // keys prefix-cache blocks apart (LoRA adapters)
+  std::vector<std::string> stop;  // stop strings (need the engine's tokenizer; not in the text)
+  uint64_t adapter = 0;           // keys prefix-cache blocks apart (LoRA adapters)
 };
 
 // What one step produced for a request: its new token (if it sampled one) and whether it ended.
 struct BatchEvent {
   RequestId id = 0;
   int32_t token = -1;  // -1: none this step (a prefill chunk, or cancelled)
+  std::string text;    // text that became final with this token (with a tokenizer)
   bool finished = false;
   FinishReason reason = FinishReason::kLength;
 };
@@ -43,7 +50,8 @@ struct BatchEngineOptions {
 
 class BatchEngine {
  public:
-  BatchEngine(const model::Runner& runner, const BatchEngineOptions& options);
+  // `tokenizer` may be null: then events carry no text and stop strings are refused.
+  BatchEngine(const model::Runner& runner, const BatchEngineOptions& options, const tok::Tokenizer* tokenizer = nullptr);
 
   // Throws kInvalidArgument / kOutOfRange for a request that can never run (empty prompt, too long
   // for the model's context or the cache).
@@ -65,8 +73,12 @@ class BatchEngine {
   struct Live {
     Sampler sampler;
     std::vector<int32_t> eos;
+    StopMatcher stops;
+    std::optional<tok::StreamDecoder> decoder;
   };
+  std::string text_of(Live& L, int32_t token);  // the token's final text through the stop matcher
   const model::Runner& runner_;
+  const tok::Tokenizer* tokenizer_;
   cache::BlockPool pool_;
   model::KvPool kv_;
   model::Workspace ws_;

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "core/error.h"
@@ -19,7 +20,7 @@ using nlohmann::json;
 
 struct Fixture {
   explicit Fixture(const std::filesystem::path& dir)
-      : model(model::Model::load(dir)), ops(ops::make_cpu_ops()), runner(*model, *ops) {
+      : model(model::Model::load(dir)), ops(ops::make_cpu_ops()), runner(*model, *ops), tokenizer(tok::Tokenizer::load(dir)) {
     std::ifstream in(dir / "golden.json");
     const json golden = json::parse(in);  // (kept: a range-for over a temporary's member dangles)
     for (const auto& cs : golden["cases"])
@@ -28,6 +29,7 @@ struct Fixture {
   std::unique_ptr<model::Model> model;
   std::unique_ptr<ops::Ops> ops;
   model::Runner runner;
+  tok::Tokenizer tokenizer;
   std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> cases;  // prompt, HF greedy ids
 };
 
@@ -145,6 +147,52 @@ TEST(BatchEngine, EosEndsARequest) {
   EXPECT_EQ(events.back().reason, FinishReason::kEos);
   EXPECT_EQ(e.generated(id), (std::vector<int32_t>{want[0], want[1]}));
   EXPECT_EQ(e.blocks().num_free(), e.blocks().num_blocks());
+}
+
+// Each request's text streams with its tokens (all of it, once), and a stop string, even one that
+// spans tokens, ends the request before it (the stop string itself never appears).
+TEST(BatchEngine, StreamsTextAndStopsAtStopStrings) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  BatchEngine e(f.runner, {.num_blocks = 512, .scheduler = {.block_size = 4, .token_budget = 32}}, &f.tokenizer);
+  std::map<RequestId, std::string> text;
+  std::map<RequestId, FinishReason> reason;
+  const auto run = [&] {
+    while (!e.idle())
+      for (const auto& ev : e.step()) {
+        text[ev.id] += ev.text;
+        if (ev.finished) reason[ev.id] = ev.reason;
+      }
+  };
+  std::vector<RequestId> ids;
+  for (const auto& [p, w] : f.cases) ids.push_back(e.add(greedy(p, int64_t(w.size()))));
+  run();
+  for (size_t i = 0; i < ids.size(); ++i) {
+    EXPECT_EQ(text[ids[i]], f.tokenizer.decode(f.cases[i].second, /*skip_special=*/true)) << i;
+    EXPECT_EQ(reason[ids[i]], FinishReason::kLength);
+  }
+  // A stop string from the middle of the longest text.
+  size_t longest = 0;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (text[ids[i]].size() > text[ids[longest]].size()) longest = i;
+  const std::string full = text[ids[longest]];
+  ASSERT_GE(full.size(), 12u);
+  const std::string stop = full.substr(full.size() / 2, 4);
+  BatchRequest r = greedy(f.cases[longest].first, int64_t(f.cases[longest].second.size()));
+  r.stop = {"never appears \x01", stop};
+  const RequestId id = e.add(r);
+  run();
+  EXPECT_EQ(text[id], full.substr(0, full.find(stop)));
+  EXPECT_EQ(reason[id], FinishReason::kStop);
+  EXPECT_LT(e.generated(id).size(), f.cases[longest].second.size());
+  EXPECT_EQ(e.blocks().num_free(), e.blocks().num_blocks());
+
+  BatchEngine no_tok(f.runner, {.num_blocks = 64, .scheduler = {.block_size = 4}});
+  r.stop = {"x"};
+  EXPECT_THROW(no_tok.add(r), Error);
+  r.stop = {""};
+  EXPECT_THROW(e.add(r), Error);
 }
 
 TEST(BatchEngine, BadRequestsAreRefused) {
