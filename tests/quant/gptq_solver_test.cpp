@@ -100,7 +100,9 @@ TEST(GptqSolver, GroupsForBpwMeetTheTarget) {
       int64_t rows = 0;
       for (size_t i = 0; i < groups.size(); ++i) {
         rows += groups[i].rows;
-        if (i) EXPECT_LE(groups[i].bits, groups[i - 1].bits);
+        if (i) {
+          EXPECT_LE(groups[i].bits, groups[i - 1].bits);
+        }
       }
       EXPECT_EQ(rows, K);
       EXPECT_NEAR(exl2_bits_per_weight(K, 256, groups, false), bpw, 0.1) << bpw << " bpw, K " << K;
