@@ -1,11 +1,32 @@
 #include "engine/batch_engine.h"
 
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 
 #include "core/error.h"
 #include "core/tensor.h"
 
 namespace lathe::engine {
+
+namespace {
+// log p of `token` and of the k likeliest tokens (ties: lower id first) under softmax(logits).
+void log_probs(std::span<const float> logits, int32_t token, int64_t k, BatchEvent* e) {
+  const float mx = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float v : logits) sum += std::exp(double(v) - double(mx));
+  const double lse = double(mx) + std::log(sum);
+  e->logprob = float(double(logits[size_t(token)]) - lse);
+  if (k <= 0) return;
+  std::vector<int32_t> idx(logits.size());
+  std::iota(idx.begin(), idx.end(), 0);
+  k = std::min<int64_t>(k, int64_t(idx.size()));
+  std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
+    return logits[size_t(a)] != logits[size_t(b)] ? logits[size_t(a)] > logits[size_t(b)] : a < b;
+  });
+  for (int64_t j = 0; j < k; ++j) e->top.emplace_back(idx[size_t(j)], float(double(logits[size_t(idx[size_t(j)])]) - lse));
+}
+}  // namespace
 
 BatchEngine::BatchEngine(const model::Runner& runner, const BatchEngineOptions& options, const tok::Tokenizer* tokenizer)
     : runner_(runner),
@@ -15,7 +36,25 @@ BatchEngine::BatchEngine(const model::Runner& runner, const BatchEngineOptions& 
       ws_(runner.ops()),
       scheduler_(pool_, options.scheduler) {}
 
-RequestId BatchEngine::add(BatchRequest r) {
+RequestId BatchEngine::add(BatchRequest r) { return add_after(std::move(r), 0); }
+
+std::vector<RequestId> BatchEngine::add(const BatchRequest& request, int64_t n) {
+  if (n < 1 || n > 128) fail(ErrorKind::kInvalidArgument, "n = {} completions; choose 1 to 128", n);
+  std::vector<RequestId> ids{add(request)};
+  for (int64_t i = 1; i < n; ++i) {
+    BatchRequest r = request;
+    r.sampler.seed = request.sampler.seed + uint64_t(i);
+    try {
+      ids.push_back(add_after(std::move(r), ids.front()));
+    } catch (...) {
+      for (RequestId id : ids) cancel(id);
+      throw;
+    }
+  }
+  return ids;
+}
+
+RequestId BatchEngine::add_after(BatchRequest r, RequestId after) {
   const model::ModelConfig& c = runner_.config();
   if (r.prompt.empty()) fail(ErrorKind::kInvalidArgument, "the prompt is empty");
   for (int32_t id : r.prompt)
@@ -31,9 +70,10 @@ RequestId BatchEngine::add(BatchRequest r) {
     fail(ErrorKind::kInvalidArgument, "stop strings need the model's tokenizer (tokenizer.json)");
   for (const std::string& s : r.stop)
     if (s.empty()) fail(ErrorKind::kInvalidArgument, "a stop string is empty");
-  const RequestId id = scheduler_.add(std::move(r.prompt), r.max_new_tokens, r.adapter);
+  if (r.logprobs < -1 || r.logprobs > 20) fail(ErrorKind::kInvalidArgument, "top logprobs {} is outside 0..20", r.logprobs);
+  const RequestId id = scheduler_.add(std::move(r.prompt), r.max_new_tokens, r.adapter, after);
   Live L{Sampler(r.sampler), r.ignore_eos ? std::vector<int32_t>{} : r.eos_ids.empty() ? c.eos_token_ids : r.eos_ids,
-         StopMatcher(r.stop), std::nullopt};
+         StopMatcher(r.stop), std::nullopt, r.logprobs};
   if (tokenizer_) L.decoder.emplace(*tokenizer_, /*skip_special=*/true);
   live_.emplace(id, std::move(L));
   return id;
@@ -61,41 +101,41 @@ std::vector<BatchEvent> BatchEngine::step() {
   runner_.forward_batch(seqs, kv_, ws_, &logits);
   const int64_t vocab = runner_.config().vocab_size;
   std::vector<int32_t> sampled(plan.items.size(), -1);
+  std::vector<BatchEvent> events;
   int64_t row = 0;
   for (size_t i = 0; i < plan.items.size(); ++i) {
     if (!plan.items[i].samples) continue;
     const std::span<const float> l(logits.as<float>() + row++ * vocab, size_t(vocab));
-    sampled[i] = live_.at(plan.items[i].id).sampler.sample(l, scheduler_.tokens(plan.items[i].id));
+    Live& L = live_.at(plan.items[i].id);
+    sampled[i] = L.sampler.sample(l, scheduler_.tokens(plan.items[i].id));
+    BatchEvent e{plan.items[i].id, sampled[i], {}, false, FinishReason::kLength};
+    if (L.logprobs >= 0) log_probs(l, sampled[i], L.logprobs, &e);
+    events.push_back(std::move(e));
   }
   scheduler_.complete(plan, sampled);
 
-  std::vector<BatchEvent> events;
-  for (size_t i = 0; i < plan.items.size(); ++i) {
-    const StepItem& it = plan.items[i];
-    if (!it.samples) continue;
-    BatchEvent e{it.id, sampled[i], {}, false, FinishReason::kLength};
-    Live& L = live_.at(it.id);
+  for (BatchEvent& e : events) {
+    Live& L = live_.at(e.id);
     const bool eos = std::find(L.eos.begin(), L.eos.end(), e.token) != L.eos.end();
     if (!eos) e.text = text_of(L, e.token);
     if (eos) {
-      scheduler_.finish(it.id);
+      scheduler_.finish(e.id);
       e.finished = true;
       e.reason = FinishReason::kEos;
     } else if (L.stops.stopped()) {
-      scheduler_.finish(it.id);
+      scheduler_.finish(e.id);
       e.finished = true;
       e.reason = FinishReason::kStop;
-    } else if (scheduler_.state(it.id) == RequestState::kFinished) {
+    } else if (scheduler_.state(e.id) == RequestState::kFinished) {
       e.finished = true;
       const int64_t ctx = runner_.config().max_position_embeddings;
-      e.reason = ctx > 0 && int64_t(scheduler_.tokens(it.id).size()) >= ctx ? FinishReason::kContext : FinishReason::kLength;
+      e.reason = ctx > 0 && int64_t(scheduler_.tokens(e.id).size()) >= ctx ? FinishReason::kContext : FinishReason::kLength;
     }
     if (e.finished) {
       // Whatever the decoder and the stop matcher still hold is final now (none after a stop).
       if (e.reason != FinishReason::kStop && L.decoder) e.text += L.stops.push(L.decoder->flush()) + L.stops.flush();
-      live_.erase(it.id);
+      live_.erase(e.id);
     }
-    events.push_back(e);
   }
   return events;
 }

@@ -31,6 +31,7 @@ struct BatchRequest {
   std::vector<int32_t> eos_ids;  // empty: the model's
   bool ignore_eos = false;
   std::vector<std::string> stop;  // stop strings (need the engine's tokenizer; not in the text)
+  int64_t logprobs = -1;          // -1: none; 0: the chosen token's; k: also the k likeliest (<= 20)
   uint64_t adapter = 0;           // keys prefix-cache blocks apart (LoRA adapters)
 };
 
@@ -41,6 +42,8 @@ struct BatchEvent {
   std::string text;    // text that became final with this token (with a tokenizer)
   bool finished = false;
   FinishReason reason = FinishReason::kLength;
+  float logprob = 0;   // log p(token) under the model's distribution (the raw logits), if asked
+  std::vector<std::pair<int32_t, float>> top;  // the likeliest tokens and their log p, best first
 };
 
 struct BatchEngineOptions {
@@ -56,6 +59,9 @@ class BatchEngine {
   // Throws kInvalidArgument / kOutOfRange for a request that can never run (empty prompt, too long
   // for the model's context or the cache).
   RequestId add(BatchRequest request);
+  // n completions of one prompt (OpenAI's n): the first computes the prompt, the others follow it
+  // and share its blocks; each samples with seed + i.
+  std::vector<RequestId> add(const BatchRequest& request, int64_t n);
   // Ends a request at once; its blocks are free when this returns. False when unknown or finished.
   bool cancel(RequestId id);
   // One forward pass over the scheduler's plan; events in plan order.
@@ -75,7 +81,9 @@ class BatchEngine {
     std::vector<int32_t> eos;
     StopMatcher stops;
     std::optional<tok::StreamDecoder> decoder;
+    int64_t logprobs = -1;
   };
+  RequestId add_after(BatchRequest request, RequestId after);
   std::string text_of(Live& L, int32_t token);  // the token's final text through the stop matcher
   const model::Runner& runner_;
   const tok::Tokenizer* tokenizer_;

@@ -25,7 +25,7 @@ Scheduler::Request& Scheduler::get(RequestId id) {
 }
 const Scheduler::Request& Scheduler::get(RequestId id) const { return const_cast<Scheduler*>(this)->get(id); }
 
-RequestId Scheduler::add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter) {
+RequestId Scheduler::add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter, RequestId after) {
   if (prompt.empty()) fail(ErrorKind::kInvalidArgument, "a request needs at least one prompt token");
   if (max_new_tokens < 1) fail(ErrorKind::kInvalidArgument, "max_new_tokens {} must be at least 1", max_new_tokens);
   // The last generated token is never computed (nothing is sampled from it).
@@ -42,6 +42,7 @@ RequestId Scheduler::add(std::vector<int32_t> prompt, int64_t max_new_tokens, ui
   r.tokens = std::move(prompt);
   r.max_new = max_new_tokens;
   r.adapter = adapter;
+  r.after = after;
   const RequestId id = r.id;
   requests_.emplace(id, std::move(r));
   waiting_.push_back(id);
@@ -85,6 +86,14 @@ void Scheduler::record_keys(Request& r) {
   }
 }
 
+bool Scheduler::held(const Request& r) const {
+  if (!r.after) return false;
+  const auto it = requests_.find(r.after);
+  if (it == requests_.end()) return false;
+  const Request& lead = it->second;
+  return lead.state != RequestState::kFinished && lead.computed < lead.prompt;
+}
+
 void Scheduler::preempt(RequestId id) {
   Request& r = get(id);
   drop_blocks(r);
@@ -115,9 +124,15 @@ StepPlan Scheduler::plan() {
     budget -= want;
     ++i;
   }
-  // 2. Waiting requests in order, while budget, blocks and room last (none after a preemption).
-  while (!waiting_.empty() && budget > 0 && int64_t(running_.size()) < config_.max_running && p.preempted.empty()) {
-    Request& r = get(waiting_.front());
+  // 2. Waiting requests in order, while budget, blocks and room last (none after a preemption);
+  // a request that follows another (n > 1) waits until that one's prompt is in the cache.
+  for (size_t w = 0; w < waiting_.size() && budget > 0 && int64_t(running_.size()) < config_.max_running &&
+                     p.preempted.empty();) {
+    Request& r = get(waiting_[w]);
+    if (held(r)) {
+      ++w;
+      continue;
+    }
     admit_prefix(r);
     const int64_t want = std::min<int64_t>(int64_t(r.tokens.size()) - r.computed, budget);
     if (!reserve(r, r.computed + want)) {
@@ -125,7 +140,7 @@ StepPlan Scheduler::plan() {
       r.cached = 0;
       break;
     }
-    waiting_.pop_front();
+    waiting_.erase(waiting_.begin() + long(w));
     r.state = RequestState::kRunning;
     running_.push_back(r.id);
     p.items.push_back({r.id, r.computed, want, r.computed + want == int64_t(r.tokens.size())});

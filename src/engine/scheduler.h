@@ -57,9 +57,11 @@ class Scheduler {
   Scheduler(cache::BlockPool& pool, const SchedulerConfig& config);
 
   // A new request (prompt of at least one token) that may generate up to max_new_tokens more;
-  // `adapter` keys its prefix blocks apart from other adapters'. Throws kOutOfRange when prompt
-  // and output could never fit the pool at once.
-  RequestId add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter = 0);
+  // `adapter` keys its prefix blocks apart from other adapters'. With `after` (another request with
+  // the same prompt: n > 1 completions), it is admitted only once that one's prompt is in the cache,
+  // so it shares those blocks instead of computing them again. Throws kOutOfRange when prompt and
+  // output could never fit the pool at once.
+  RequestId add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter = 0, RequestId after = 0);
   StepPlan plan();
   // After the step ran: sampled[i] is the token drawn for plan.items[i] when it samples (others are
   // ignored). A request that reaches its token limit finishes. Items of requests cancelled or
@@ -87,6 +89,7 @@ class Scheduler {
     std::vector<int32_t> tokens;
     int64_t prompt = 0, max_new = 0, computed = 0, cached = 0;
     uint64_t adapter = 0;
+    RequestId after = 0;  // admitted once this request's prompt is computed (0: none)
     std::vector<cache::BlockId> blocks;
     int64_t keyed = 0;                           // leading blocks whose prefix keys are recorded
     cache::BlockHash last_key = cache::kRootHash;  // the key of block keyed - 1
@@ -99,6 +102,7 @@ class Scheduler {
   void admit_prefix(Request& r);                // prefix-cache hits of a request holding no blocks
   void record_keys(Request& r);                 // keys of the blocks filled up to r.computed
   void preempt(RequestId id);
+  bool held(const Request& r) const;  // waits for its `after` request's prompt
 
   cache::BlockPool& pool_;
   SchedulerConfig config_;

@@ -6,6 +6,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -192,6 +193,74 @@ TEST(BatchEngine, StreamsTextAndStopsAtStopStrings) {
   r.stop = {"x"};
   EXPECT_THROW(no_tok.add(r), Error);
   r.stop = {""};
+  EXPECT_THROW(e.add(r), Error);
+}
+
+// n completions of one prompt: the followers wait for the first one's prompt and share its blocks;
+// greedy, all n equal the reference; sampled with a seed, the run repeats exactly.
+TEST(BatchEngine, NCompletionsShareThePrompt) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  const auto& [prompt, want] = f.cases.back();
+  BatchEngine e(f.runner, {.num_blocks = 512, .scheduler = {.block_size = 4, .token_budget = 64}});
+  const auto ids = e.add(greedy(prompt, int64_t(want.size())), 3);
+  ASSERT_EQ(ids.size(), 3u);
+  while (!e.idle()) e.step();
+  for (RequestId id : ids) EXPECT_EQ(e.generated(id), want) << id;
+  EXPECT_EQ(e.cached_tokens(ids[0]), 0);
+  for (size_t i = 1; i < ids.size(); ++i) EXPECT_EQ(e.cached_tokens(ids[i]), int64_t((prompt.size() - 1) / 4 * 4));
+  EXPECT_EQ(e.blocks().num_free(), e.blocks().num_blocks());
+
+  BatchRequest r = greedy(prompt, 12);
+  r.sampler.temperature = 1.0f;
+  r.sampler.seed = 42;
+  std::vector<std::vector<int32_t>> runs[2];
+  for (auto& out : runs) {
+    for (RequestId id : e.add(r, 4)) {
+      while (!e.idle()) e.step();
+      out.push_back(e.generated(id));
+    }
+  }
+  EXPECT_EQ(runs[0], runs[1]);
+  EXPECT_THROW(e.add(r, 0), Error);
+  EXPECT_THROW(e.add(r, 129), Error);
+}
+
+// Log-probabilities of the chosen token and the likeliest ones, from the model's distribution.
+TEST(BatchEngine, Logprobs) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  BatchEngine e(f.runner, {.num_blocks = 256, .scheduler = {.block_size = 4}});
+  BatchRequest r = greedy(f.cases[1].first, 6);
+  r.logprobs = 5;
+  e.add(r);
+  r.logprobs = 0;
+  const RequestId plain = e.add(r);
+  int events = 0;
+  while (!e.idle())
+    for (const auto& ev : e.step()) {
+      ++events;
+      EXPECT_LE(ev.logprob, 0.f);
+      if (ev.id == plain) {
+        EXPECT_TRUE(ev.top.empty());
+        continue;
+      }
+      ASSERT_EQ(ev.top.size(), 5u);
+      EXPECT_EQ(ev.top[0].first, ev.token);  // greedy: the likeliest
+      EXPECT_FLOAT_EQ(ev.top[0].second, ev.logprob);
+      double mass = 0;
+      for (size_t j = 0; j < ev.top.size(); ++j) {
+        mass += std::exp(double(ev.top[j].second));
+        if (j) {
+          EXPECT_LE(ev.top[j].second, ev.top[j - 1].second);
+        }
+      }
+      EXPECT_LE(mass, 1.0 + 1e-5);
+    }
+  EXPECT_EQ(events, 12);
+  r.logprobs = 21;
   EXPECT_THROW(e.add(r), Error);
 }
 
