@@ -97,20 +97,63 @@ std::vector<BatchEvent> BatchEngine::step() {
     seqs.push_back({scheduler_.tokens(it.id).subspan(size_t(it.start), size_t(it.count)), &kvs[i],
                     it.samples ? model::LogitsFor::kLast : model::LogitsFor::kNone});
   }
-  Tensor logits;
-  runner_.forward_batch(seqs, kv_, ws_, &logits);
   const int64_t vocab = runner_.config().vocab_size;
   std::vector<int32_t> sampled(plan.items.size(), -1);
   std::vector<BatchEvent> events;
-  int64_t row = 0;
-  for (size_t i = 0; i < plan.items.size(); ++i) {
-    if (!plan.items[i].samples) continue;
-    const std::span<const float> l(logits.as<float>() + row++ * vocab, size_t(vocab));
-    Live& L = live_.at(plan.items[i].id);
-    sampled[i] = L.sampler.sample(l, scheduler_.tokens(plan.items[i].id));
-    BatchEvent e{plan.items[i].id, sampled[i], {}, false, FinishReason::kLength};
-    if (L.logprobs >= 0) log_probs(l, sampled[i], L.logprobs, &e);
-    events.push_back(std::move(e));
+  bool want_logprobs = false;
+  for (const StepItem& it : plan.items) want_logprobs |= it.samples && live_.at(it.id).logprobs >= 0;
+  if (want_logprobs) {
+    // The whole logits rows come to the host (log-probabilities need every entry).
+    Tensor logits;
+    runner_.forward_batch(seqs, kv_, ws_, &logits);
+    int64_t row = 0;
+    for (size_t i = 0; i < plan.items.size(); ++i) {
+      if (!plan.items[i].samples) continue;
+      const std::span<const float> l(logits.as<float>() + row++ * vocab, size_t(vocab));
+      Live& L = live_.at(plan.items[i].id);
+      sampled[i] = L.sampler.sample(l, scheduler_.tokens(plan.items[i].id));
+      BatchEvent e{plan.items[i].id, sampled[i], {}, false, FinishReason::kLength};
+      if (L.logprobs >= 0) log_probs(l, sampled[i], L.logprobs, &e);
+      events.push_back(std::move(e));
+    }
+  } else {
+    // Penalties and the best candidates where the logits are (model::Runner::forward_select): only
+    // k values a row come back, the whole row only when a sampler's draw reaches past them.
+    std::vector<model::SelectRow> rows;
+    int64_t k = 1;
+    for (const StepItem& it : plan.items) {
+      if (!it.samples) continue;
+      Live& L = live_.at(it.id);
+      const SamplerConfig& sc = L.sampler.config();
+      model::SelectRow r;
+      r.temperature = sc.temperature;
+      r.repetition = sc.repetition_penalty;
+      r.presence = sc.presence_penalty;
+      r.frequency = sc.frequency_penalty;
+      for (auto [id, count] : L.sampler.penalty_counts(scheduler_.tokens(it.id)))
+        if (id < vocab) r.penalized.push_back({id, count});
+      rows.push_back(std::move(r));
+      k = std::max(k, L.sampler.candidates_wanted(vocab));
+    }
+    model::Selection sel;
+    runner_.forward_select(seqs, kv_, ws_, rows, k, &sel);
+    std::vector<float> full;
+    int64_t row = 0;
+    for (size_t i = 0; i < plan.items.size(); ++i) {
+      if (!plan.items[i].samples) continue;
+      Live& L = live_.at(plan.items[i].id);
+      const size_t at = size_t(row * sel.k);
+      int32_t t = L.sampler.choose(std::span(sel.ids).subspan(at, size_t(sel.k)), std::span(sel.values).subspan(at, size_t(sel.k)),
+                                   sel.sums[size_t(row)], vocab);
+      if (t < 0) {
+        full.resize(size_t(vocab));
+        runner_.selected_logits_row(ws_, row, full);
+        t = L.sampler.choose_full(full);
+      }
+      ++row;
+      sampled[i] = t;
+      events.push_back(BatchEvent{plan.items[i].id, t, {}, false, FinishReason::kLength});
+    }
   }
   scheduler_.complete(plan, sampled);
 

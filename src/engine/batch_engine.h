@@ -4,7 +4,10 @@
 // through model::Runner::forward_batch, samples each request with its own settings, and ends
 // requests at EOS, a stop string (also split across tokens: engine::StopMatcher), their token
 // limit or the context length, streaming each request's final text as it becomes safe to show.
-// Works on any backend (tests use the CPU). The HTTP server sits above it.
+// Sampling takes the backend's k best candidates (Runner::forward_select: penalties applied on the
+// device, the whole row only when a draw reaches past them); a step with a request that asks for
+// logprobs brings every row to the host instead. Works on any backend (tests use the CPU). The
+// HTTP server sits above it.
 #pragma once
 
 #include <cstdint>

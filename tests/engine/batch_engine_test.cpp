@@ -264,6 +264,32 @@ TEST(BatchEngine, Logprobs) {
   EXPECT_THROW(e.add(r), Error);
 }
 
+// Sampling from the backend's candidates (forward_select, the default) draws exactly what sampling
+// the whole logits row does (the path a request asking for logprobs takes), with penalties too.
+TEST(BatchEngine, CandidateSamplingEqualsFullRowSampling) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  for (const SamplerConfig& sc : {SamplerConfig{.temperature = 0.8f, .seed = 3},
+                                  SamplerConfig{.temperature = 1.0f, .top_k = 5, .seed = 4},
+                                  SamplerConfig{.temperature = 0.7f, .top_p = 0.9f, .repetition_penalty = 1.3f, .seed = 5},
+                                  SamplerConfig{.temperature = 1.2f, .min_p = 0.05f, .presence_penalty = 0.5f,
+                                                .frequency_penalty = 0.3f, .seed = 6}}) {
+    std::vector<int32_t> out[2];
+    for (int full = 0; full < 2; ++full) {
+      BatchEngine e(f.runner, {.num_blocks = 256, .scheduler = {.block_size = 4}});
+      BatchRequest r = greedy(f.cases[1].first, 16);
+      r.sampler = sc;
+      r.logprobs = full ? 0 : -1;
+      const RequestId id = e.add(r);
+      while (!e.idle()) e.step();
+      out[full] = e.generated(id);
+    }
+    EXPECT_EQ(out[0], out[1]) << "temperature " << sc.temperature << " seed " << sc.seed;
+    EXPECT_EQ(out[0].size(), 16u);
+  }
+}
+
 TEST(BatchEngine, BadRequestsAreRefused) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto fp = load(dir);
