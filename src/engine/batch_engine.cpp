@@ -26,6 +26,11 @@ void log_probs(std::span<const float> logits, int32_t token, int64_t k, BatchEve
   });
   for (int64_t j = 0; j < k; ++j) e->top.emplace_back(idx[size_t(j)], float(double(logits[size_t(idx[size_t(j)])]) - lse));
 }
+// The model's sliding window (every layer windowed) lets passed blocks go back to the pool.
+SchedulerConfig with_window(SchedulerConfig c, const model::Runner& runner) {
+  if (c.release_window == 0) c.release_window = runner.release_window();
+  return c;
+}
 }  // namespace
 
 BatchEngine::BatchEngine(const model::Runner& runner, const BatchEngineOptions& options, const tok::Tokenizer* tokenizer)
@@ -34,7 +39,7 @@ BatchEngine::BatchEngine(const model::Runner& runner, const BatchEngineOptions& 
       pool_(options.num_blocks),
       kv_(runner.config(), options.num_blocks, options.scheduler.block_size, runner.ops()),
       ws_(runner.ops()),
-      scheduler_(pool_, options.scheduler) {}
+      scheduler_(pool_, with_window(options.scheduler, runner)) {}
 
 RequestId BatchEngine::add(BatchRequest r) { return add_after(std::move(r), 0); }
 

@@ -30,7 +30,9 @@ RequestId Scheduler::add(std::vector<int32_t> prompt, int64_t max_new_tokens, ui
   if (max_new_tokens < 1) fail(ErrorKind::kInvalidArgument, "max_new_tokens {} must be at least 1", max_new_tokens);
   // The last generated token is never computed (nothing is sampled from it).
   const int64_t positions = int64_t(prompt.size()) + max_new_tokens - 1;
-  const int64_t need = (positions + config_.block_size - 1) / config_.block_size;
+  int64_t need = (positions + config_.block_size - 1) / config_.block_size;
+  if (config_.release_window > 0)  // passed blocks go back: the window and one step's chunk at a time
+    need = std::min(need, (config_.release_window + config_.token_budget) / config_.block_size + 2);
   if (need > pool_.num_blocks())
     fail(ErrorKind::kOutOfRange,
          "the request needs {} tokens of KV cache ({} prompt + {} to generate) and the cache holds {}; shorten the "
@@ -59,8 +61,10 @@ bool Scheduler::reserve(Request& r, int64_t positions) {
 }
 
 void Scheduler::drop_blocks(Request& r) {
-  pool_.release(r.blocks);
+  for (size_t i = r.blocks.size(); i-- > 0;)  // deepest first
+    if (r.blocks[i] >= 0) pool_.release(r.blocks[i]);
   r.blocks.clear();
+  r.released = 0;
   r.computed = 0;
   r.keyed = 0;
   r.last_key = cache::kRootHash;
@@ -92,6 +96,16 @@ bool Scheduler::held(const Request& r) const {
   if (it == requests_.end()) return false;
   const Request& lead = it->second;
   return lead.state != RequestState::kFinished && lead.computed < lead.prompt;
+}
+
+void Scheduler::release_passed(Request& r) {
+  const int64_t w = config_.release_window, bs = config_.block_size;
+  if (w <= 0) return;
+  // Block i is passed when its last position precedes the window of the next position computed.
+  for (; r.released < int64_t(r.blocks.size()) && (r.released + 1) * bs <= r.computed - w + 1; ++r.released) {
+    pool_.release(r.blocks[size_t(r.released)]);
+    r.blocks[size_t(r.released)] = -1;
+  }
 }
 
 void Scheduler::preempt(RequestId id) {
@@ -161,6 +175,7 @@ void Scheduler::complete(const StepPlan& plan, std::span<const int32_t> sampled)
       fail(ErrorKind::kInternal, "scheduler: request {} computed {} but the plan started at {}", r.id, r.computed, it.start);
     r.computed = it.start + it.count;
     record_keys(r);
+    release_passed(r);
     if (!it.samples) continue;
     r.tokens.push_back(sampled[i]);
     if (int64_t(r.tokens.size()) - r.prompt >= r.max_new) finish(r.id);

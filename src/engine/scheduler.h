@@ -31,6 +31,10 @@ struct SchedulerConfig {
   int64_t token_budget = 2048; // tokens computed per step, decodes and prefill chunks together
   int64_t max_running = 256;   // requests in one step
   bool prefix_caching = true;
+  // Sliding-window models (model::Runner::release_window, 0: none): blocks every layer's window has
+  // passed go back to the pool as the request advances (their table entries become
+  // model::kReleasedBlock, -1).
+  int64_t release_window = 0;
 };
 
 enum class RequestState { kWaiting, kRunning, kFinished };
@@ -92,6 +96,7 @@ class Scheduler {
     RequestId after = 0;  // admitted once this request's prompt is computed (0: none)
     std::vector<cache::BlockId> blocks;
     int64_t keyed = 0;                           // leading blocks whose prefix keys are recorded
+    int64_t released = 0;                        // leading blocks given back (sliding window)
     cache::BlockHash last_key = cache::kRootHash;  // the key of block keyed - 1
     RequestState state = RequestState::kWaiting;
   };
@@ -101,6 +106,7 @@ class Scheduler {
   void drop_blocks(Request& r);                 // back to the pool, deepest first
   void admit_prefix(Request& r);                // prefix-cache hits of a request holding no blocks
   void record_keys(Request& r);                 // keys of the blocks filled up to r.computed
+  void release_passed(Request& r);              // blocks the sliding window has passed
   void preempt(RequestId id);
   bool held(const Request& r) const;  // waits for its `after` request's prompt
 

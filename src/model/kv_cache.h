@@ -44,6 +44,10 @@ class KvPool {
   std::vector<ops::Buffer> k_, v_;
 };
 
+// A block table entry whose block went back to the pool because every layer's sliding window has
+// moved past it (Runner::release_window); the forward never reads it.
+inline constexpr int32_t kReleasedBlock = -1;
+
 // One sequence's positions in a pool: position p is slot p % block_size of block blocks[p / block_size].
 struct SeqKv {
   std::vector<int32_t> blocks;

@@ -79,6 +79,9 @@ Runner::Runner(const Model& model, ops::Ops& ops)
     w_ = &device_weights_;
   }
   const ModelConfig& c = model.config();
+  if (c.num_layers > 0 && int64_t(c.layer_window.size()) == c.num_layers &&
+      std::all_of(c.layer_window.begin(), c.layer_window.end(), [](int64_t w) { return w > 0; }))
+    release_window_ = *std::max_element(c.layer_window.begin(), c.layer_window.end());
   if (!model.arch().moe && c.num_layers > 0) {
     const DType d = w_->layers[0].q.w.dtype;
     bool same = d == DType::kBF16 || d == DType::kF16;
@@ -811,9 +814,14 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
     if (kv.length + n > kv.capacity(bs))
       fail(ErrorKind::kOutOfRange, "{} tokens do not fit the context: {} already cached, capacity {} (raise --ctx)", n,
            kv.length, kv.capacity(bs));
-    for (int32_t b : kv.blocks)
+    for (size_t i = 0; i < kv.blocks.size(); ++i) {
+      const int32_t b = kv.blocks[i];
+      // kReleasedBlock: given back because every layer's window has passed it (see SeqKv).
+      if (b == kReleasedBlock && int64_t(i + 1) * bs <= kv.length - release_window_ + 1) continue;
       if (b < 0 || b >= pool.num_blocks())
-        fail(ErrorKind::kInternal, "forward: block {} is outside the pool of {} blocks", b, pool.num_blocks());
+        fail(ErrorKind::kInternal, "forward: block {} (entry {}) is outside the pool of {} blocks or still inside the window", b,
+             i, pool.num_blocks());
+    }
     for (int32_t id : in.ids)
       if (id < 0 || id >= c.vocab_size)
         fail(ErrorKind::kInvalidArgument, "token id {} is out of range: the vocabulary has {} tokens (0..{})", id,
@@ -918,7 +926,8 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
       si[o_cu + size_t(s)] = int32_t(t);
       si[o_kv + size_t(s)] = int32_t(kv.length + cnt);
       for (int64_t b = 0; b < st.stride; ++b)
-        si[o_table + size_t(s * st.stride + b)] = b < int64_t(kv.blocks.size()) ? kv.blocks[size_t(b)] : 0;
+        // (a released block reads as block 0: the kernels never look that far back)
+        si[o_table + size_t(s * st.stride + b)] = b < int64_t(kv.blocks.size()) ? std::max(kv.blocks[size_t(b)], 0) : 0;
       for (int64_t i = 0; i < cnt; ++i) {
         const int64_t p = kv.length + i;
         si[o_ids + size_t(t + i)] = in.ids[size_t(i)];

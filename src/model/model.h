@@ -130,6 +130,10 @@ class Runner {
   const Model& model() const { return model_; }
   const ModelConfig& config() const { return model_.config(); }
   ops::Ops& ops() const { return ops_; }
+  // Positions a query looks back when every layer has a sliding window (the largest window): blocks
+  // whose positions all lie more than this before a sequence's next token may be released
+  // (SeqKv kReleasedBlock). 0 when some layer attends to the whole context.
+  int64_t release_window() const { return release_window_ == kNoRelease ? 0 : release_window_; }
 
   // Runs `ids` at positions [cache.length(), cache.length() + n), appends their K/V to the cache,
   // and writes logits to the host tensor `logits` ([1, vocab] for kLast, [n, vocab] for kAll).
@@ -215,6 +219,8 @@ class Runner {
   mutable int64_t rope_rows_ = 0;
   bool graphs_ = true;
   bool packed_ = false;  // see set_packed_quantized
+  static constexpr int64_t kNoRelease = int64_t(1) << 60;
+  int64_t release_window_ = kNoRelease;  // see release_window()
   Tap tap_;
   // The dtype shared by every projection weight of a dense model (bf16/f16; else F32). Where the
   // backend rounds GEMM inputs to it (ops::Ops::lowp_activations), the norms and attention hand

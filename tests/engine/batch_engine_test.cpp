@@ -290,6 +290,29 @@ TEST(BatchEngine, CandidateSamplingEqualsFullRowSampling) {
   }
 }
 
+// Mistral's fixture attends through a window of 16 in every layer: its passed blocks go back to the
+// pool, a pool far smaller than the prompt runs it, and the tokens still equal transformers'.
+TEST(BatchEngine, SlidingWindowRunsInASmallPool) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/mistral");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  ASSERT_EQ(f.runner.release_window(), 16);
+  BatchEngine e(f.runner, {.num_blocks = 16, .scheduler = {.block_size = 4, .token_budget = 24}});  // 64 positions
+  std::vector<std::pair<RequestId, size_t>> ids;
+  for (size_t i = 0; i < f.cases.size(); ++i)
+    ids.emplace_back(e.add(greedy(f.cases[i].first, int64_t(f.cases[i].second.size()))), i);
+  int64_t most = 0;
+  while (!e.idle()) {
+    e.step();
+    most = std::max(most, e.blocks().num_used());
+  }
+  for (const auto& [id, i] : ids) EXPECT_EQ(e.generated(id), f.cases[i].second) << "case " << i;
+  EXPECT_LE(most, 16);
+  EXPECT_GT(f.cases.back().first.size(), 64u);  // the long prompt alone would need more than the pool
+  EXPECT_EQ(e.blocks().num_free(), e.blocks().num_blocks());
+  e.blocks().audit();
+}
+
 TEST(BatchEngine, BadRequestsAreRefused) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto fp = load(dir);

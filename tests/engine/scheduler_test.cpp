@@ -156,6 +156,32 @@ TEST(Scheduler, FinishFreesBlocksAtOnce) {
   pool.audit();
 }
 
+// A sliding-window model: blocks every layer's window has passed go back to the pool as the request
+// advances (entries -1), so a long request runs in a small pool; the rest of its life is unchanged.
+TEST(Scheduler, SlidingWindowReleasesPassedBlocks) {
+  BlockPool pool(8);  // 32 positions; the request below has 70
+  Scheduler s(pool, {.block_size = 4, .token_budget = 8, .release_window = 6});
+  const RequestId id = s.add(run_of(50, 0), 20);
+  int64_t most = 0;
+  while (s.state(id) != RequestState::kFinished) {
+    step(s, pool, 8, 4);
+    most = std::max(most, pool.num_used());
+    const auto& b = s.blocks(id);
+    for (size_t i = 0; i < b.size(); ++i) {
+      const bool passed = int64_t(i + 1) * 4 <= s.computed(id) - 6 + 1;
+      if (s.state(id) == RequestState::kRunning) {
+        EXPECT_EQ(b[i] < 0, passed) << "block " << i << " at " << s.computed(id);
+      }
+    }
+  }
+  EXPECT_LE(most, (6 + 8) / 4 + 2);
+  const auto t = s.tokens(id);
+  ASSERT_EQ(t.size(), 70u);
+  for (int64_t pos = 50; pos < 70; ++pos) EXPECT_EQ(t[size_t(pos)], token_for(id, pos));
+  EXPECT_EQ(pool.num_free(), 8);
+  pool.audit();
+}
+
 TEST(Scheduler, BadRequests) {
   BlockPool pool(4);
   Scheduler s(pool, {.block_size = 4});
