@@ -71,12 +71,7 @@ template <int BITS, int NT, bool SPLIT>
 __device__ __forceinline__ void group_products(const uint32_t* strip, int units, const __nv_bfloat16* xs, int xstride,
                                                int lo_off, int n_valid, float (&c)[NT][2][4]) {
   const int lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
-#pragma unroll
-  for (int t = 0; t < NT; ++t)
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) c[t][m][e] = 0.f;
+  tiled::zero(c);
 #pragma unroll 2
   for (int u = 0; u < units; ++u) {
 #pragma unroll
@@ -159,7 +154,6 @@ __global__ void __launch_bounds__(kThreads)
   int32_t* gtab = reinterpret_cast<int32_t*>(smem);                                   // [table_groups][8]
   uint32_t* ring = smem + table_groups * 8;                                           // [kWarps][slots][slot_words]
   auto* xs = reinterpret_cast<__nv_bfloat16*>(ring + kWarps * slots * slot_words);  // [planes * n_valid][xstride]
-  __shared__ int last;
   const int N = int(w.out_features), Np = (N + 31) / 32 * 32, G = int(w.tiled_num_groups);
   const int S = Np / kStripCols, V = int(w.tiled_rows), s = blockIdx.y;
   const int g0 = int(int64_t(s) * G / splits), g1 = int(int64_t(s + 1) * G / splits);
@@ -202,12 +196,7 @@ __global__ void __launch_bounds__(kThreads)
     tiled::cp_async_commit();
   }
   float acc[NT][2][4];
-#pragma unroll
-  for (int t = 0; t < NT; ++t)
-#pragma unroll
-    for (int m = 0; m < 2; ++m)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) acc[t][m][e] = 0.f;
+  tiled::zero(acc);
   tiled::cp_async_wait<0>();  // the activations (and the first groups, long in flight) are in
   __syncthreads();             // and every thread's share of them visible
 
@@ -253,32 +242,9 @@ __global__ void __launch_bounds__(kThreads)
           const int tok = token_of(t, e);
           if (tok < n_valid) partial[(int64_t(s) * n_valid + tok) * Np + col_of(m, e)] = acc[t][m][e];
         }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const int done = atomicAdd(counters + blockIdx.x, 1);
-    last = done == splits - 1;
-    if (last) counters[blockIdx.x] = 0;  // ready for the next launch (or graph replay)
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  // The last block adds every split's rows of its columns, in split order (results do not depend on
-  // timing), a thread per (token, column), eight splits' loads in flight at a time.
-  const int cols = min(kWarps * kStripCols, N - bx * kWarps * kStripCols);
-  for (int i = threadIdx.x; i < n_valid * cols; i += kThreads) {
-    const int tok = i / cols, col = bx * kWarps * kStripCols + i % cols;
-    float sum = 0.f;
-    for (int z0 = 0; z0 < splits; z0 += 8) {
-      float v[8];
-#pragma unroll
-      for (int k = 0; k < 8; ++k)
-        v[k] = z0 + k < splits ? __ldcg(partial + (int64_t(z0 + k) * n_valid + tok) * Np + col) : 0.f;
-#pragma unroll
-      for (int k = 0; k < 8; ++k) sum += v[k];
-    }
-    y[int64_t(tok) * N + col] = sum + bias_of(col);
-  }
+  if (!tiled::last_split(counters, splits)) return;
+  const int cols0 = bx * kWarps * kStripCols;
+  tiled::merge_splits(partial, splits, n_valid, Np, cols0, min(kWarps * kStripCols, N - cols0), N, w.bias, y);
 }
 
 template <int NT, bool SPLIT>

@@ -126,15 +126,6 @@ __device__ __forceinline__ void group_tc(const uint32_t* strip, int units, int h
   }
 }
 
-template <int MT>
-__device__ __forceinline__ void zero(float (&a)[MT][4][4]) {
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) a[m][j][e] = 0.f;
-}
 
 // xg[plane][t][v] = x[t, perm[v]] (0 on padding rows) as bf16, for layer blockIdx.y of the batch;
 // SPLIT: plane 1 holds x - hi rounded again.
@@ -175,7 +166,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
   float* red = reinterpret_cast<float*>(gtab + lut_groups * 8);         // [kStrips][32][MT * 16]: the second halves' sums
   // [n_valid][xstride] bf16 activations, act-order padded rows.
   auto* xs = reinterpret_cast<__nv_bfloat16*>(red + kStrips * 32 * MT * 16);
-  __shared__ int last;
   const int N = int(w.out_features), Np = (N + 31) / 32 * 32, G = int(w.tiled_num_groups);
   const int S = Np / kStripCols, V = int(w.tiled_rows);
   const int s = blockIdx.y;
@@ -241,7 +231,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     xa[m] = xs + (t < n_valid ? t : 0) * xstride + 8 * (lane >> 4) + 16 * half;
   }
   float acc[MT][4][4];
-  zero(acc);
+  tiled::zero(acc);
 
   __syncthreads();  // gtab, lut (and xs when gathered here) are written; the barriers are initialised
   for (int gi = g0; gi < g1; ++gi) {
@@ -262,7 +252,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
       for (int m = 0; m < MT; ++m) xg_[m] = xa[m] + (gr.vrow - vbegin);
       const int units = gr.padded / kUnitRows;
       float c[MT][4][4];
-      zero(c);
+      tiled::zero(c);
       switch (gr.bits) {
         case 2: group_tc<2, MT>(sp, units, half, xg_, c); break;
         case 3: group_tc<3, MT>(sp, units, half, xg_, c); break;
@@ -339,37 +329,8 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
           if (t < n_valid)
             *reinterpret_cast<float2*>(partial + (int64_t(s) * n_valid + t) * Np + col) = make_float2(acc[m][j][e], acc[m][j][e + 1]);
         }
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    const int done = atomicAdd(counters + blockIdx.x, 1);
-    last = done == splits - 1;
-    if (last) counters[blockIdx.x] = 0;  // ready for the next launch (or graph replay)
-  }
-  __syncthreads();
-  if (!last || !mine) return;
-  __threadfence();
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; e += 2) {
-        const int t = token_of(m, e), col = col_of(j, e);
-        if (t >= n_valid || col >= N) continue;
-        float s0 = 0.f, s1 = 0.f;  // eight splits' loads in flight at a time, added in split order
-        for (int z0 = 0; z0 < splits; z0 += 8) {
-          float2 v[8];
-#pragma unroll
-          for (int k = 0; k < 8; ++k)
-            if (z0 + k < splits) v[k] = __ldcg(reinterpret_cast<const float2*>(partial + (int64_t(z0 + k) * n_valid + t) * Np + col));
-#pragma unroll
-          for (int k = 0; k < 8; ++k)
-            if (z0 + k < splits) s0 += v[k].x, s1 += v[k].y;
-        }
-        y[int64_t(t) * N + col] = s0 + bias_of(col);
-        if (col + 1 < N) y[int64_t(t) * N + col + 1] = s1 + bias_of(col + 1);
-      }
+  if (!tiled::last_split(counters, splits)) return;
+  tiled::merge_splits(partial, splits, n_valid, Np, strip0 * kStripCols, min(kBlockCols, N - strip0 * kStripCols), N, w.bias, y);
 }
 
 template <int MT>

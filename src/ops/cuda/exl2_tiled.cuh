@@ -162,6 +162,53 @@ __device__ __forceinline__ void grid_launch_dependents() {
 #endif
 }
 
+template <int A, int B, int C>
+__device__ __forceinline__ void zero(float (&a)[A][B][C]) {
+#pragma unroll
+  for (int i = 0; i < A; ++i)
+#pragma unroll
+    for (int j = 0; j < B; ++j)
+#pragma unroll
+      for (int k = 0; k < C; ++k) a[i][j][k] = 0.f;
+}
+
+// k-splits of the EXL2 kernels: every block of a column block (blockIdx.x) writes its partial rows,
+// then calls this (all threads); true in the block that arrives last, which resets the counter for
+// the next launch (or graph replay) and then adds the partials (merge_splits).
+__device__ __forceinline__ bool last_split(int* counters, int splits) {
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int done = atomicAdd(counters + blockIdx.x, 1);
+    last = done == splits - 1;
+    if (last) counters[blockIdx.x] = 0;
+  }
+  __syncthreads();
+  const bool mine = last != 0;
+  if (mine) __threadfence();
+  return mine;
+}
+
+// y[t, col] = the splits' partial rows ([splits][n_valid][Np]) added in split order (results do not
+// depend on timing) + bias, for columns [col0, col0 + cols) and tokens [0, n_valid): a thread per
+// element, eight splits' loads in flight at a time.
+__device__ __forceinline__ void merge_splits(const float* partial, int splits, int n_valid, int Np, int col0, int cols,
+                                             int N, const uint16_t* bias, float* y) {
+  for (int i = threadIdx.x; i < n_valid * cols; i += blockDim.x) {
+    const int tok = i / cols, col = col0 + i % cols;
+    float sum = 0.f;
+    for (int z0 = 0; z0 < splits; z0 += 8) {
+      float v[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = z0 + k < splits ? __ldcg(partial + (int64_t(z0 + k) * n_valid + tok) * Np + col) : 0.f;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum += v[k];
+    }
+    y[int64_t(tok) * N + col] = sum + (bias ? __half2float(__ushort_as_half(bias[col])) : 0.f);
+  }
+}
+
 // d += a * b on the tensor cores: m16n8k16, bf16 inputs, fp32 accumulators.
 __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm volatile(
