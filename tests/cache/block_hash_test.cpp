@@ -6,13 +6,13 @@
 #include <unordered_set>
 #include <vector>
 
-#include "cache/token_run.h"
+#include "support/token_run.h"
 #include "core/error.h"
 
 namespace lathe::cache {
 namespace {
 
-using testing::token_run;
+using lathe::testing::token_run;
 
 // Only full blocks get keys, and a block's key depends on everything before it.
 TEST(BlockHash, FullBlocksChained) {

@@ -8,13 +8,13 @@
 #include <set>
 #include <vector>
 
-#include "cache/token_run.h"
+#include "support/token_run.h"
 #include "core/error.h"
 
 namespace lathe::cache {
 namespace {
 
-using testing::token_run;
+using lathe::testing::token_run;
 
 TEST(BlockPool, AllocatesEveryBlockOnceThenNone) {
   BlockPool pool(5);

@@ -7,31 +7,22 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
 #include <map>
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "engine/fixture_model.h"
 #include "test_paths.h"
 
 namespace lathe::engine {
 namespace {
 
-using nlohmann::json;
-
-struct Fixture {
-  explicit Fixture(const std::filesystem::path& dir)
-      : model(model::Model::load(dir)), ops(ops::make_cpu_ops()), runner(*model, *ops), tokenizer(tok::Tokenizer::load(dir)) {
-    std::ifstream in(dir / "golden.json");
-    const json golden = json::parse(in);  // (kept: a range-for over a temporary's member dangles)
+// The fixture model and its golden cases as (prompt, Hugging Face greedy ids).
+struct Fixture : testing::FixtureModel {
+  explicit Fixture(const std::filesystem::path& dir) : FixtureModel(dir) {
     for (const auto& cs : golden["cases"])
       cases.emplace_back(cs["ids"].get<std::vector<int32_t>>(), cs["greedy_ids"].get<std::vector<int32_t>>());
   }
-  std::unique_ptr<model::Model> model;
-  std::unique_ptr<ops::Ops> ops;
-  model::Runner runner;
-  tok::Tokenizer tokenizer;
-  std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> cases;  // prompt, HF greedy ids
+  std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> cases;
 };
 
 // Every test below needs the golden cases; an empty list would make them pass vacuously.

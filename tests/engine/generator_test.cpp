@@ -4,29 +4,15 @@
 
 #include <gtest/gtest.h>
 
-#include <fstream>
-#include <nlohmann/json.hpp>
 
 #include "core/error.h"
+#include "engine/fixture_model.h"
 #include "test_paths.h"
 
 namespace lathe::engine {
 namespace {
 
-using nlohmann::json;
-
-struct Fixture {
-  explicit Fixture(const std::filesystem::path& dir)
-      : model(model::Model::load(dir)), ops(ops::make_cpu_ops()), runner(*model, *ops), tokenizer(tok::Tokenizer::load(dir)) {
-    std::ifstream in(dir / "golden.json");
-    golden = json::parse(in);
-  }
-  std::unique_ptr<model::Model> model;
-  std::unique_ptr<ops::Ops> ops;
-  model::Runner runner;
-  tok::Tokenizer tokenizer;
-  json golden;
-};
+using Fixture = testing::FixtureModel;
 
 std::unique_ptr<Fixture> load(const std::filesystem::path& dir) { return std::make_unique<Fixture>(dir); }
 

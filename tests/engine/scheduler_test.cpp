@@ -3,23 +3,19 @@
 #include <gtest/gtest.h>
 
 #include <map>
-#include <numeric>
 #include <random>
 #include <set>
 #include <vector>
 
 #include "core/error.h"
+#include "support/token_run.h"
 
 namespace lathe::engine {
 namespace {
 
 using cache::BlockPool;
 
-std::vector<int32_t> run_of(int n, int start) {
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  std::iota(t.begin(), t.end(), start);
-  return t;
-}
+using lathe::testing::token_run;
 
 // What a deterministic "model" samples for request `id` at sequence position `pos`: the same
 // whenever and however the position is computed (so recomputation after preemption must agree).
@@ -46,7 +42,7 @@ StepPlan step(Scheduler& s, const BlockPool& pool, int64_t budget, int64_t block
 TEST(Scheduler, ChunkedPrefillThenDecode) {
   BlockPool pool(16);
   Scheduler s(pool, {.block_size = 4, .token_budget = 8});
-  const RequestId id = s.add(run_of(20, 0), 3);
+  const RequestId id = s.add(token_run(20, 0), 3);
   std::vector<int64_t> counts;
   for (int i = 0; i < 6 && s.state(id) != RequestState::kFinished; ++i) counts.push_back(step(s, pool, 8, 4).tokens());
   EXPECT_EQ(counts, (std::vector<int64_t>{8, 8, 4, 1, 1}));  // 20 prompt tokens in chunks, then 2 decodes
@@ -61,9 +57,9 @@ TEST(Scheduler, ChunkedPrefillThenDecode) {
 TEST(Scheduler, DecodesFirstThenNewPrompts) {
   BlockPool pool(32);
   Scheduler s(pool, {.block_size = 4, .token_budget = 10});
-  const RequestId a = s.add(run_of(6, 0), 10);
+  const RequestId a = s.add(token_run(6, 0), 10);
   step(s, pool, 10, 4);  // a's prompt
-  const RequestId b = s.add(run_of(30, 100), 2);
+  const RequestId b = s.add(token_run(30, 100), 2);
   const StepPlan p = step(s, pool, 10, 4);
   ASSERT_EQ(p.items.size(), 2u);
   EXPECT_EQ(p.items[0].id, a);
@@ -78,11 +74,11 @@ TEST(Scheduler, DecodesFirstThenNewPrompts) {
 TEST(Scheduler, PrefixCacheSkipsCachedBlocks) {
   BlockPool pool(32);
   Scheduler s(pool, {.block_size = 4, .token_budget = 64});
-  const RequestId a = s.add(run_of(18, 0), 1);
+  const RequestId a = s.add(token_run(18, 0), 1);
   EXPECT_EQ(step(s, pool, 64, 4).tokens(), 18);
   EXPECT_EQ(s.state(a), RequestState::kFinished);
 
-  auto prompt = run_of(18, 0);
+  auto prompt = token_run(18, 0);
   prompt.push_back(5);
   prompt.push_back(6);  // 20 tokens: the first 16 are a's 4 full blocks
   const RequestId b = s.add(prompt, 1);
@@ -91,7 +87,7 @@ TEST(Scheduler, PrefixCacheSkipsCachedBlocks) {
   EXPECT_EQ(p.items[0].start, 16);
   EXPECT_EQ(s.cached_tokens(b), 16);
 
-  const RequestId c = s.add(run_of(16, 0), 1);  // exactly a's 4 blocks: the last token is recomputed
+  const RequestId c = s.add(token_run(16, 0), 1);  // exactly a's 4 blocks: the last token is recomputed
   const StepPlan q = step(s, pool, 64, 4);
   ASSERT_EQ(q.items.size(), 1u);
   EXPECT_EQ(q.items[0].start, 12);
@@ -100,7 +96,7 @@ TEST(Scheduler, PrefixCacheSkipsCachedBlocks) {
   EXPECT_GT(pool.stats().hits, 0);
 
   Scheduler off(pool, {.block_size = 4, .token_budget = 64, .prefix_caching = false});
-  off.add(run_of(18, 0), 1);
+  off.add(token_run(18, 0), 1);
   EXPECT_EQ(off.plan().items[0].start, 0);
 }
 
@@ -108,9 +104,9 @@ TEST(Scheduler, PrefixCacheSkipsCachedBlocks) {
 TEST(Scheduler, RunningRequestsShareFullBlocks) {
   BlockPool pool(32);
   Scheduler s(pool, {.block_size = 4, .token_budget = 64});
-  const RequestId a = s.add(run_of(12, 0), 5);
+  const RequestId a = s.add(token_run(12, 0), 5);
   step(s, pool, 64, 4);
-  const RequestId b = s.add(run_of(12, 0), 5);
+  const RequestId b = s.add(token_run(12, 0), 5);
   step(s, pool, 64, 4);
   EXPECT_EQ(s.cached_tokens(b), 8);
   EXPECT_EQ(s.blocks(a)[0], s.blocks(b)[0]);
@@ -122,7 +118,7 @@ TEST(Scheduler, RunningRequestsShareFullBlocks) {
 TEST(Scheduler, PreemptionRecomputesAndKeepsTokens) {
   BlockPool pool(6);  // 24 tokens of cache
   Scheduler s(pool, {.block_size = 4, .token_budget = 32});
-  const RequestId a = s.add(run_of(8, 0), 12), b = s.add(run_of(8, 500), 12);
+  const RequestId a = s.add(token_run(8, 0), 12), b = s.add(token_run(8, 500), 12);
   bool preempted = false;
   for (int i = 0; i < 200 && (s.state(a) != RequestState::kFinished || s.state(b) != RequestState::kFinished); ++i)
     preempted |= !step(s, pool, 32, 4).preempted.empty();
@@ -141,7 +137,7 @@ TEST(Scheduler, PreemptionRecomputesAndKeepsTokens) {
 TEST(Scheduler, FinishFreesBlocksAtOnce) {
   BlockPool pool(16);
   Scheduler s(pool, {.block_size = 4, .token_budget = 6});
-  const RequestId a = s.add(run_of(20, 0), 4), b = s.add(run_of(5, 0), 4);
+  const RequestId a = s.add(token_run(20, 0), 4), b = s.add(token_run(5, 0), 4);
   step(s, pool, 6, 4);  // a is mid-prefill, b waits
   EXPECT_GT(pool.num_used(), 0);
   EXPECT_TRUE(s.finish(a));
@@ -161,7 +157,7 @@ TEST(Scheduler, FinishFreesBlocksAtOnce) {
 TEST(Scheduler, SlidingWindowReleasesPassedBlocks) {
   BlockPool pool(8);  // 32 positions; the request below has 70
   Scheduler s(pool, {.block_size = 4, .token_budget = 8, .release_window = 6});
-  const RequestId id = s.add(run_of(50, 0), 20);
+  const RequestId id = s.add(token_run(50, 0), 20);
   int64_t most = 0;
   while (s.state(id) != RequestState::kFinished) {
     step(s, pool, 8, 4);
@@ -186,15 +182,15 @@ TEST(Scheduler, BadRequests) {
   BlockPool pool(4);
   Scheduler s(pool, {.block_size = 4});
   EXPECT_THROW(s.add({}, 1), Error);
-  EXPECT_THROW(s.add(run_of(3, 0), 0), Error);
+  EXPECT_THROW(s.add(token_run(3, 0), 0), Error);
   try {
-    s.add(run_of(10, 0), 8);  // 17 positions > 16
+    s.add(token_run(10, 0), 8);  // 17 positions > 16
     FAIL() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::kOutOfRange);
     EXPECT_NE(std::string(e.what()).find("16"), std::string::npos) << e.what();
   }
-  EXPECT_NO_THROW(s.add(run_of(10, 0), 7));  // 16 positions fit exactly
+  EXPECT_NO_THROW(s.add(token_run(10, 0), 7));  // 16 positions fit exactly
   EXPECT_THROW(Scheduler(pool, {.block_size = 0}), Error);
 }
 
@@ -212,7 +208,7 @@ TEST(Scheduler, RandomWorkload) {
     std::set<RequestId> cancelled;
     for (int i = 0; i < 400; ++i) {
       if (rng() % 3 == 0 && prompts.size() < 60) {
-        auto p = run_of(10 + int(rng() % 30), int(rng() % 3) * 1000);
+        auto p = token_run(10 + int(rng() % 30), int(rng() % 3) * 1000);
         for (size_t k = 8; k < p.size(); ++k) p[k] = int32_t(rng() % 100);
         const int64_t max_new = 1 + int64_t(rng() % 20);
         if ((int64_t(p.size()) + max_new + bs - 1) / bs > pool.num_blocks()) continue;

@@ -5,7 +5,7 @@
 #include <numeric>
 #include <vector>
 
-namespace lathe::cache::testing {
+namespace lathe::testing {
 
 inline std::vector<int32_t> token_run(int n, int start = 0) {
   std::vector<int32_t> t(static_cast<size_t>(n));
@@ -13,4 +13,4 @@ inline std::vector<int32_t> token_run(int n, int start = 0) {
   return t;
 }
 
-}  // namespace lathe::cache::testing
+}  // namespace lathe::testing
