@@ -38,7 +38,7 @@ if [ "${1:-}" = "--pack" ]; then
     cp "$BUILD/$b" "$stage/build/$b"
     # Shared libraries except the C/C++ runtime (the GPU machine's are as new or newer) and CUDA's own.
     ldd "$BUILD/$b" | awk '$3 ~ /^\// {print $3}' |
-      grep -v -E '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|libcu(blas|blasLt|dart)' |
+      grep -v -E '/(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux[^/]*)\.so|libcu(blas|blasLt|dart|solver|sparse)|libnvJitLink' |
       while read -r lib; do cp -L -n "$lib" "$stage/lib/"; done
   done
   mkdir -p carry

@@ -4,15 +4,17 @@
 #include <chrono>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "engine/quantize_gptq.h"
 #include "engine/quantize_measure.h"
 #include "io/json_file.h"
 #include "io/safetensors.h"
 #include "quant/bitpack.h"
-#include "quant/gptq_solver.h"
+#include "quant/exl2_groups.h"
 
 namespace lathe::engine {
 
@@ -91,7 +93,7 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
   };
   const std::vector<int32_t> tokens = windows(rows);
   const std::string dataset = opt.calib.empty() ? std::string("(built-in)") : opt.calib.filename().string();
-  quant::GptqOptions gptq;
+  qz::GptqOptions gptq;
   gptq.damp = opt.damp;
   std::unique_ptr<ops::Ops> own_ops = opt.backend ? nullptr : ops::make_cpu_ops();
   ops::Ops* ops = opt.backend ? opt.backend : own_ops.get();
@@ -110,9 +112,11 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
     // any --calib-rows.
     const int64_t mrows = opt.measure_rows > 0 ? std::min(opt.measure_rows, rows) : rows;
     const std::vector<int32_t> mtokens = windows(mrows);
+    const auto tm = clock::now();
     const auto meas = qz::measure(model, *ops, mtokens, mrows, length,
                                   qz::measurement_identity(model, mtokens, mrows, length, dataset, gptq), file, gptq,
                                   opt.progress, &report.measured);
+    report.measure_seconds = std::chrono::duration<double>(clock::now() - tm).count();
     for (const qz::Choice& ch : qz::optimize(meas, model, opt.bpw, objective)) {
       layouts.push_back(ch.layouts);
       report.predicted_err += ch.err;
@@ -135,18 +139,25 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
   std::map<std::string, bool> replaced;  // original tensor names now stored quantized
   double bits_sum = 0, weights_sum = 0;
   const int64_t steps = 2 * c.num_layers + 1;
-  auto quantize_one = [&](const std::string& name, const ops::Weight& w, const float* bias, const double* h,
-                          const std::vector<quant::Exl2Group>& groups, QuantizedLayer q) -> const quant::Exl2Matrix& {
-    const std::vector<float> wf = qz::weight_f32(w);
+  // One projection: GPTQ on the backend against its input's factor, packed for the file; its
+  // dequantized weight (float16, backend memory) is written to wq for the stand-in when asked.
+  auto quantize_one = [&](const std::string& name, const ops::Weight& host_w, const ops::Weight& w, const float* bias,
+                          const qz::GptqFactor& f, const std::vector<quant::Exl2Group>& groups, QuantizedLayer q,
+                          uint16_t* wq) {
     q.name = name;
-    layers.push_back(std::make_unique<quant::Exl2Matrix>(
-        quant::gptq_quantize_exl2(wf.data(), w.rows, w.cols, h, groups, bias, gptq, &q.rel_err)));
+    ops::Buffer own;
+    if (!wq) {
+      own = ops::Buffer(*ops, size_t(w.rows * w.cols) * sizeof(uint16_t));
+      wq = static_cast<uint16_t*>(own.data());
+    }
+    const qz::GptqResult r = qz::gptq_solve(*ops, f, w, groups, wq);
+    layers.push_back(std::make_unique<quant::Exl2Matrix>(qz::gptq_pack(*ops, f, r, bias)));
+    q.rel_err = qz::relative_error(*ops, host_w, wq, w.rows, w.cols);
     q.bpw = quant::exl2_bits_per_weight(*layers.back());
     report.layers.push_back(q);
     for (auto& t : quant::exl2_tensors(*layers.back(), name)) tensors.push_back(t);
     // The layer's stored tensors, whatever form they had (a GPTQ input's packed parts included).
     for (const char* part : {".weight", ".bias", ".qweight", ".qzeros", ".scales", ".g_idx"}) replaced[name + part] = true;
-    return *layers.back();
   };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const model::LayerWeights& base = W.layers[size_t(l)];
@@ -154,6 +165,7 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
       const std::span<const qz::Proj> projs = qz::projections(part);
       const std::vector<qz::Layout>& lay = layouts[size_t(2 * l + (part == Sublayer::kFeedForward))];
       qz::LayerStandIn standin(base, *ops);
+      std::vector<ops::Buffer> quantized;  // the stand-in's dequantized projections
       // Projections reading the same input together (q/k/v, gate/up), then the one reading their
       // quantized outputs (o, down): each Hessian comes from the inputs it will really see.
       for (model::TapPoint tap : {projs.front().tap, projs.back().tap}) {
@@ -162,17 +174,24 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
           std::vector<float> discard;
           cal->run(l, part, &standin.weights(), discard, &h, std::span<const model::TapPoint>(&tap, 1));
         }
+        std::optional<qz::GptqFactor> f;
         for (size_t i = 0; i < projs.size(); ++i) {
           if (projs[i].tap != tap) continue;
           const model::Linear& lin = base.*projs[i].member;
+          if (!f) {
+            if (cal) f.emplace(*ops, static_cast<const double*>(h.at(tap).data()), lin.w.cols, gptq.damp);
+            else f.emplace(*ops, lin.w.cols);
+          }
           QuantizedLayer q;
           q.target = lay[i].bpw;
           q.group = lay[i].group;
-          const quant::Exl2Matrix& m = quantize_one(qz::sublayer_name(l, part) + "." + projs[i].name, lin.w, lin.bias,
-                                                    cal ? h.at(tap).data() : nullptr, qz::layout_groups(lay[i], lin.w), q);
+          quantized.emplace_back(*ops, size_t(lin.w.rows * lin.w.cols) * sizeof(uint16_t));
+          auto* wq = static_cast<uint16_t*>(quantized.back().data());
+          quantize_one(qz::sublayer_name(l, part) + "." + projs[i].name, lin.w, standin.original(projs[i]), lin.bias, *f,
+                       qz::layout_groups(lay[i], lin.w), q, wq);
           bits_sum += report.layers.back().bpw * double(lin.w.rows * lin.w.cols);
           weights_sum += double(lin.w.rows * lin.w.cols);
-          if (cal) standin.set(projs[i], m);
+          standin.set(projs[i], wq);
         }
       }
       if (cal) cal->run(l, part, &standin.weights(), cal->states());  // the next sublayer's input
@@ -184,11 +203,21 @@ QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& to
     const ops::Weight& head = W.lm_head;
     const std::vector<quant::Exl2Group> groups(size_t(head.cols / 128 ? head.cols / 128 : 1),
                                                quant::Exl2Group{opt.head_bits, head.cols / 128 ? 128 : head.cols});
-    const std::vector<double> h = cal ? cal->head_hessian() : std::vector<double>();
+    ops::Buffer hh = cal ? cal->head_hessian() : ops::Buffer();
+    const qz::GptqFactor f = cal ? qz::GptqFactor(*ops, static_cast<const double*>(hh.data()), head.cols, gptq.damp)
+                                 : qz::GptqFactor(*ops, head.cols);
+    ops::Weight wb = head;
+    ops::Buffer copy;
+    if (!ops->host_memory()) {
+      const size_t bytes = size_t(head.rows * head.cols) * dtype_size(head.dtype);
+      copy = ops::Buffer(*ops, bytes);
+      ops->copy_to_backend(copy.data(), head.data, bytes);
+      wb.data = copy.data();
+    }
     QuantizedLayer q;
     q.target = opt.head_bits;
     q.group = groups.front().rows;
-    quantize_one("lm_head", head, nullptr, cal ? h.data() : nullptr, groups, q);
+    quantize_one("lm_head", head, wb, nullptr, f, groups, q, nullptr);
     if (opt.progress) opt.progress("quantize", steps, steps);
   }
 

@@ -63,6 +63,7 @@ struct QuantizeReport {
   double predicted_err = 0;     // the optimizer's summed error of the chosen configuration
   size_t bytes = 0;             // of the written safetensors
   double seconds = 0;
+  double measure_seconds = 0;  // of which the measurement pass (0 when reused or not run)
 };
 
 // `lathe quantize --advise`: the largest target bpw (2.5 to 8.0, steps of 0.05) whose EXL2 footprint

@@ -7,7 +7,8 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
-#include "quant/gptq_solver.h"
+#include "core/parallel.h"
+#include "quant/exl2_groups.h"
 
 namespace lathe::engine::qz {
 
@@ -42,20 +43,6 @@ double layout_bits(const Layout& l, const model::Linear& lin) {
          double(lin.w.rows * lin.w.cols);
 }
 
-std::vector<float> weight_f32(const ops::Weight& w) {
-  std::vector<float> out(size_t(w.rows * w.cols));
-  convert_to_f32(w.data, w.dtype, out.data(), out.size());
-  return out;
-}
-
-Tensor dequantize_f16(const quant::Exl2Matrix& m) {
-  std::vector<float> w(size_t(m.out_features * m.in_features));
-  quant::exl2_dequantize(m, w.data());
-  Tensor t(DType::kF16, {m.out_features, m.in_features});
-  convert_from_f32(w.data(), t.data(), DType::kF16, w.size());
-  return t;
-}
-
 Calibration::Calibration(const model::Model& model, ops::Ops& ops, std::span<const int32_t> tokens, int64_t rows,
                          int64_t length)
     : runner_(model, ops),
@@ -80,13 +67,14 @@ Calibration::Calibration(const model::Model& model, ops::Ops& ops, std::span<con
 void Calibration::run(int64_t layer, Sublayer part, const LayerWeights* weights, std::vector<float>& out,
                       Hessians* h, std::span<const TapPoint> taps) {
   ops::Ops& ops = runner_.ops();
-  // Hessians accumulate where the activations are (the backend), and join *h at the end.
-  std::map<TapPoint, ops::Buffer> acc;
+  // Hessians accumulate where the activations are (the backend).
   if (h && !taps.empty()) {
     runner_.set_tap([&](int64_t, TapPoint point, const float* x, int64_t n, int64_t d) {
       if (std::find(taps.begin(), taps.end(), point) == taps.end()) return;
-      auto [it, fresh] = acc.try_emplace(point);
+      auto [it, fresh] = h->try_emplace(point);
       if (fresh) it->second = ops::Buffer(ops, size_t(d * d) * sizeof(double));  // zero-filled
+      if (it->second.bytes() != size_t(d * d) * sizeof(double))
+        fail(ErrorKind::kInternal, "calibration: Hessian sizes differ at one tap");
       ops.accumulate_gram({static_cast<double*>(it->second.data()), x, n, d});
     });
   }
@@ -104,23 +92,9 @@ void Calibration::run(int64_t layer, Sublayer part, const LayerWeights* weights,
     throw;
   }
   runner_.set_tap(nullptr);
-  for (auto& [point, buf] : acc) add_to_host(buf, (*h)[point]);
 }
 
-void Calibration::add_to_host(const ops::Buffer& b, std::vector<double>& h) {
-  const size_t n = b.bytes() / sizeof(double);
-  if (h.empty()) {
-    h.resize(n);
-    runner_.ops().copy_to_host(h.data(), b.data(), b.bytes());
-    return;
-  }
-  if (h.size() != n) fail(ErrorKind::kInternal, "calibration: Hessian sizes differ ({} vs {})", h.size(), n);
-  std::vector<double> part(n);
-  runner_.ops().copy_to_host(part.data(), b.data(), b.bytes());
-  for (size_t i = 0; i < n; ++i) h[i] += part[i];
-}
-
-std::vector<double> Calibration::head_hessian() {
+ops::Buffer Calibration::head_hessian() {
   ops::Ops& ops = runner_.ops();
   ops::Buffer acc(ops, size_t(hidden_ * hidden_) * sizeof(double));
   const size_t bytes = size_t(length_ * hidden_) * sizeof(float);
@@ -129,9 +103,7 @@ std::vector<double> Calibration::head_hessian() {
     runner_.final_norm(xb_.f32(), xb_.f32(), length_);
     ops.accumulate_gram({static_cast<double*>(acc.data()), xb_.f32(), length_, hidden_});
   }
-  std::vector<double> h;
-  add_to_host(acc, h);
-  return h;
+  return acc;
 }
 
 OutputProbe::OutputProbe(const model::Model& model, ops::Ops& ops, std::span<const int32_t> tokens, int64_t rows,
@@ -159,22 +131,28 @@ void OutputProbe::logprobs(const float* stream_row, std::vector<float>& out) {
   runner_.lm_head(xb_.f32(), logits_.f32(), length_);
   out.resize(size_t(length_ * V));
   ops.copy_to_host(out.data(), logits_.data(), out.size() * sizeof(float));
-  for (int64_t t = 0; t < length_; ++t) {
-    float* row = out.data() + t * V;
-    const float mx = *std::max_element(row, row + V);
-    double sum = 0;
-    for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v] - mx));
-    const float lse = mx + float(std::log(sum));
-    for (int64_t v = 0; v < V; ++v) row[v] -= lse;
-  }
+  parallel_for(length_, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* row = out.data() + t * V;
+      const float mx = *std::max_element(row, row + V);
+      double sum = 0;
+      for (int64_t v = 0; v < V; ++v) sum += std::exp(double(row[v] - mx));
+      const float lse = mx + float(std::log(sum));
+      for (int64_t v = 0; v < V; ++v) row[v] -= lse;
+    }
+  });
 }
 
 double OutputProbe::kl(int64_t layer, Sublayer part, std::span<const float> stream) {
   const model::ModelConfig& c = model_.config();
-  const int64_t row = length_ * c.hidden_size;
+  const int64_t row = length_ * c.hidden_size, V = c.vocab_size;
   if (int64_t(stream.size()) != rows_ * row) fail(ErrorKind::kInternal, "output probe: wrong stream size");
   ops::Ops& ops = runner_.ops();
-  std::vector<float> x(static_cast<size_t>(row)), ref, got;
+  std::vector<float> x(static_cast<size_t>(row)), got;
+  if (ref_.empty()) {  // the unquantized model's log-probabilities, once
+    ref_.resize(size_t(rows_));
+    for (int64_t r = 0; r < rows_; ++r) logprobs(final_.data() + r * row, ref_[size_t(r)]);
+  }
   double kl = 0;
   for (int64_t r = 0; r < rows_; ++r) {
     // The rest of the model, unquantized, from the perturbed stream.
@@ -185,19 +163,28 @@ double OutputProbe::kl(int64_t layer, Sublayer part, std::span<const float> stre
           runner_.run_sublayer(l, p, xb_.f32(), length_, scratch_, ws_);
     ops.copy_to_host(x.data(), xb_.data(), size_t(row) * sizeof(float));
     logprobs(x.data(), got);
-    logprobs(final_.data() + r * row, ref);
-    for (size_t i = 0; i < ref.size(); ++i) kl += std::exp(double(ref[i])) * (double(ref[i]) - got[i]);
+    const std::vector<float>& ref = ref_[size_t(r)];
+    std::vector<double> per(static_cast<size_t>(length_));
+    parallel_for(length_, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        double s = 0;
+        for (int64_t v = t * V; v < (t + 1) * V; ++v) s += std::exp(double(ref[size_t(v)])) * (double(ref[size_t(v)]) - got[size_t(v)]);
+        per[size_t(t)] = s;
+      }
+    });
+    for (double s : per) kl += s;
   }
   return kl / double(rows_ * length_);
 }
 
-LayerStandIn::LayerStandIn(const LayerWeights& base, ops::Ops& ops) : ops_(ops), w_(base) {
+LayerStandIn::LayerStandIn(const LayerWeights& base, ops::Ops& ops) : ops_(ops), base_(base) {
   if (!ops.host_memory()) {  // the host layer's tensors, copied once to the backend
-    for (ops::Weight* w : {&w_.attn_norm, &w_.attn_post_norm, &w_.ffn_norm, &w_.ffn_post_norm, &w_.q_norm, &w_.k_norm})
+    for (ops::Weight* w : {&base_.attn_norm, &base_.attn_post_norm, &base_.ffn_norm, &base_.ffn_post_norm,
+                           &base_.q_norm, &base_.k_norm})
       *w = put(*w);
     for (Sublayer part : {Sublayer::kAttention, Sublayer::kFeedForward})
       for (const Proj& p : projections(part)) {
-        model::Linear& l = w_.*p.member;
+        model::Linear& l = base_.*p.member;
         l.w = put(l.w);
         if (l.bias) {
           owned_.emplace_back(ops_, size_t(l.w.rows) * sizeof(float));
@@ -207,7 +194,8 @@ LayerStandIn::LayerStandIn(const LayerWeights& base, ops::Ops& ops) : ops_(ops),
       }
   }
   for (Sublayer part : {Sublayer::kAttention, Sublayer::kFeedForward})
-    for (const Proj& p : projections(part)) (w_.*p.member).exl2 = nullptr;  // run the float path
+    for (const Proj& p : projections(part)) (base_.*p.member).exl2 = nullptr;  // run the float path
+  w_ = base_;
 }
 
 ops::Weight LayerStandIn::put(const ops::Weight& w) {
@@ -220,16 +208,9 @@ ops::Weight LayerStandIn::put(const ops::Weight& w) {
   return d;
 }
 
-void LayerStandIn::set(const Proj& p, const quant::Exl2Matrix& m) { set(p, dequantize_f16(m)); }
-
-void LayerStandIn::set(const Proj& p, const Tensor& f16) {
+void LayerStandIn::set(const Proj& p, const uint16_t* f16) {
   model::Linear& l = w_.*p.member;
-  if (f16.dtype() != DType::kF16 || f16.numel() != l.w.rows * l.w.cols)
-    fail(ErrorKind::kInternal, "stand-in for {}: wrong shape or dtype", p.name);
-  ops::Buffer& b = replaced_[p.name];
-  if (b.bytes() != f16.nbytes()) b = ops::Buffer(ops_, f16.nbytes());
-  ops_.copy_to_backend(b.data(), f16.data(), f16.nbytes());
-  l.w.data = b.data();
+  l.w.data = f16;
   l.w.dtype = DType::kF16;
   // The bias stays the model's: GPTQ leaves it alone (the file stores it as float16).
 }

@@ -40,8 +40,8 @@ std::vector<quant::Exl2Group> layout_groups(const Layout& l, const ops::Weight& 
 // Bits the layer stores at this layout (payload and overhead, bias included).
 double layout_bits(const Layout& l, const model::Linear& lin);
 
-// Input Hessians (sum of x^T x in double) by tap point.
-using Hessians = std::map<model::TapPoint, std::vector<double>>;
+// Input Hessians (sum of x^T x, double, [dim, dim] in the backend's memory) by tap point.
+using Hessians = std::map<model::TapPoint, ops::Buffer>;
 
 // Calibration windows' residual stream ([rows, length, hidden] floats on the host) and the model
 // run one sublayer at a time over all of them.
@@ -60,11 +60,10 @@ class Calibration {
   // `out` may be states(). Hessians of the inputs at `taps` (if given) are accumulated into *h.
   void run(int64_t layer, model::Sublayer part, const model::LayerWeights* weights, std::vector<float>& out,
            Hessians* h = nullptr, std::span<const model::TapPoint> taps = {});
-  // The LM head's input Hessian: the final norm of the states.
-  std::vector<double> head_hessian();
+  // The LM head's input Hessian (backend memory): the final norm of the states.
+  ops::Buffer head_hessian();
 
  private:
-  void add_to_host(const ops::Buffer& b, std::vector<double>& h);  // h += b (h empty: h = b)
   model::Runner runner_;
   model::Workspace ws_;
   model::KvCache scratch_;
@@ -95,6 +94,7 @@ class OutputProbe {
   ops::Buffer xb_, logits_;
   int64_t rows_, length_;
   std::vector<float> final_;  // the unquantized model's last stream of each window
+  std::vector<std::vector<float>> ref_;  // its log-probabilities per window (made on first use)
 };
 
 // A decoder layer with some linears replaced by dequantized EXL2 layers (float16, as lathe loads
@@ -105,21 +105,18 @@ class LayerStandIn {
   LayerStandIn(const LayerStandIn&) = delete;
   LayerStandIn& operator=(const LayerStandIn&) = delete;
 
-  void set(const Proj& p, const quant::Exl2Matrix& m);
-  // Several candidates of one projection are tried in turn: set from a float16 copy made once.
-  void set(const Proj& p, const Tensor& f16);
+  // The projection becomes the float16 weight [out, in] at `f16` (backend memory, owned by the
+  // caller and alive while the stand-in runs).
+  void set(const Proj& p, const uint16_t* f16);
   const model::LayerWeights& weights() const { return w_; }
+  // The projection's unquantized weight in the backend's memory (what GPTQ reads).
+  const ops::Weight& original(const Proj& p) const { return (base_.*p.member).w; }
 
  private:
   ops::Weight put(const ops::Weight& w);
   ops::Ops& ops_;
-  model::LayerWeights w_;
-  std::map<const char*, ops::Buffer> replaced_;  // by projection name
-  std::vector<ops::Buffer> owned_;               // the base layer's copy on a device backend
+  model::LayerWeights base_, w_;
+  std::vector<ops::Buffer> owned_;  // the base layer's copy on a device backend
 };
-
-// The layer dequantized to float16 [out, in] (host).
-Tensor dequantize_f16(const quant::Exl2Matrix& m);
-std::vector<float> weight_f32(const ops::Weight& w);
 
 }  // namespace lathe::engine::qz

@@ -5,9 +5,11 @@
 #include <cmath>
 #include <fstream>
 #include <limits>
+#include <algorithm>
 #include <map>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "io/json_file.h"
 
 namespace lathe::engine::qz {
@@ -102,22 +104,86 @@ struct Metrics {
 
 // y_q against y (the unquantized sublayer's stream) with x the stream before it, window by window.
 Metrics compare(const std::vector<float>& yq, const std::vector<float>& y, const std::vector<float>& x, int64_t rows) {
-  Metrics m;
   const size_t row = y.size() / size_t(rows);
-  for (int64_t r = 0; r < rows; ++r) {
-    double sse = 0, ref = 0, delta = 0;
-    for (size_t i = size_t(r) * row; i < size_t(r + 1) * row; ++i) {
-      const double e = double(yq[i]) - y[i], d = double(y[i]) - x[i];
-      sse += e * e;
-      ref += double(y[i]) * y[i];
-      delta += d * d;
+  std::vector<Metrics> per(static_cast<size_t>(rows));  // per window, summed in order below
+  parallel_for(rows, 1, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      double sse = 0, ref = 0, delta = 0;
+      for (size_t i = size_t(r) * row; i < size_t(r + 1) * row; ++i) {
+        const double e = double(yq[i]) - y[i], d = double(y[i]) - x[i];
+        sse += e * e;
+        ref += double(y[i]) * y[i];
+        delta += d * d;
+      }
+      per[size_t(r)] = {sse, ref, delta, std::sqrt(sse / std::max(ref, 1e-30)) / double(rows)};
     }
-    m.sse += sse;
-    m.ref += ref;
-    m.delta += delta;
-    m.rfn += std::sqrt(sse / std::max(ref, 1e-30)) / double(rows);
+  });
+  Metrics m;
+  for (const Metrics& p : per) {
+    m.sse += p.sse;
+    m.ref += p.ref;
+    m.delta += p.delta;
+    m.rfn += p.rfn;
   }
   return m;
+}
+
+// Dequantized candidates of one sublayer's projections (float16 in backend memory), keyed by
+// (projection, layout), least recently used evicted first beyond a byte budget; the current
+// candidate's are never evicted while it is being assembled.
+class DequantCache {
+ public:
+  using Key = std::pair<size_t, Layout>;
+  DequantCache(ops::Ops& ops, size_t budget) : ops_(ops), budget_(budget) {}
+  void begin_candidate() {
+    pinned_.clear();
+  }
+  template <typename Make>
+  const uint16_t* get(const Key& key, size_t bytes, const Make& make) {
+    pinned_.push_back(key);
+    auto it = entries_.find(key);
+    if (it == entries_.end()) {
+      evict(bytes);
+      it = entries_.emplace(key, Entry{ops::Buffer(ops_, bytes), 0}).first;
+      used_ += bytes;
+      make(static_cast<uint16_t*>(it->second.buf.data()));
+    }
+    it->second.last = ++clock_;
+    return static_cast<const uint16_t*>(it->second.buf.data());
+  }
+
+ private:
+  struct Entry {
+    ops::Buffer buf;
+    uint64_t last;
+  };
+  void evict(size_t incoming) {
+    while (used_ + incoming > budget_) {
+      auto victim = entries_.end();
+      for (auto it = entries_.begin(); it != entries_.end(); ++it)
+        if (std::find(pinned_.begin(), pinned_.end(), it->first) == pinned_.end() &&
+            (victim == entries_.end() || it->second.last < victim->second.last))
+          victim = it;
+      if (victim == entries_.end()) return;  // only the current candidate's: go over the budget
+      used_ -= victim->second.buf.bytes();
+      entries_.erase(victim);
+    }
+  }
+  ops::Ops& ops_;
+  size_t budget_, used_ = 0;
+  uint64_t clock_ = 0;
+  std::map<Key, Entry> entries_;
+  std::vector<Key> pinned_;
+};
+
+// The candidates' cache budget: half of the device's free memory (at least one candidate's
+// projections), or 4 GiB of host memory.
+size_t cache_budget(ops::Ops& ops, const model::LayerWeights& base, std::span<const Proj> projs) {
+  size_t one = 0;
+  for (const Proj& p : projs) one += size_t((base.*p.member).w.rows * (base.*p.member).w.cols) * 2;
+  const ops::MemoryStats m = ops.memory_stats();
+  const size_t budget = m.device_total > m.device_used ? (m.device_total - m.device_used) / 2 : size_t(4) << 30;
+  return std::max(budget, one);
 }
 
 }  // namespace
@@ -152,7 +218,7 @@ std::vector<Candidate> candidates(Sublayer part) {
 }
 
 json measurement_identity(const model::Model& model, std::span<const int32_t> tokens, int64_t rows, int64_t length,
-                          const std::string& dataset, const quant::GptqOptions& gptq) {
+                          const std::string& dataset, const GptqOptions& gptq) {
   const model::ModelConfig& c = model.config();
   const model::ModelWeights& W = model.loader().weights();
   uint64_t h = weight_fingerprint(W.embed, 1469598103934665603ull);
@@ -180,7 +246,7 @@ json measurement_identity(const model::Model& model, std::span<const int32_t> to
 }
 
 json measure(const model::Model& model, ops::Ops& ops, std::span<const int32_t> tokens, int64_t rows, int64_t length,
-             const json& identity, const fs::path& file, const quant::GptqOptions& gptq, const Progress& progress,
+             const json& identity, const fs::path& file, const GptqOptions& gptq, const Progress& progress,
              int64_t* measured) {
   const model::ModelConfig& c = model.config();
   json meas = load_or_start(file, identity);
@@ -221,26 +287,28 @@ json measure(const model::Model& model, ops::Ops& ops, std::span<const int32_t> 
       for (const Proj& p : projs) taps.push_back(p.tap);
       Hessians h;
       cal.run(l, part, nullptr, y, &h, taps);
-      // Each projection at each layout it appears in, quantized once.
-      const std::vector<Candidate> cands = candidates(part);
-      std::map<std::pair<size_t, Layout>, Tensor> dq;
-      for (const Candidate& cand : cands)
-        for (size_t i = 0; i < projs.size(); ++i) {
-          auto key = std::make_pair(i, cand.layouts[i]);
-          if (dq.count(key)) continue;
-          const model::Linear& lin = base.*projs[i].member;
-          const std::vector<float> w = weight_f32(lin.w);
-          dq[key] = dequantize_f16(quant::gptq_quantize_exl2(w.data(), lin.w.rows, lin.w.cols,
-                                                             h.at(projs[i].tap).data(),
-                                                             layout_groups(cand.layouts[i], lin.w), lin.bias, gptq));
-        }
+      // One act-order and inverse factor per input, shared by its projections and layouts.
+      std::map<model::TapPoint, GptqFactor> factors;
+      for (const Proj& p : projs)
+        if (!factors.count(p.tap))
+          factors.try_emplace(p.tap, ops, static_cast<const double*>(h.at(p.tap).data()), (base.*p.member).w.cols,
+                              gptq.damp);
       LayerStandIn standin(base, ops);
+      // Each projection at each layout it appears in, quantized when first needed and kept (float16,
+      // backend memory) while the cache's budget allows; candidates needing an evicted one redo it.
+      const std::vector<Candidate> cands = candidates(part);
+      DequantCache dq(ops, cache_budget(ops, base, projs));
       json entries = json::array(), probed;
       for (const Candidate& cand : cands) {
         double bits = 0;
+        dq.begin_candidate();
         for (size_t i = 0; i < projs.size(); ++i) {
-          standin.set(projs[i], dq.at({i, cand.layouts[i]}));
-          bits += layout_bits(cand.layouts[i], base.*projs[i].member);
+          const model::Linear& lin = base.*projs[i].member;
+          const ops::Weight& w = standin.original(projs[i]);
+          standin.set(projs[i], dq.get({i, cand.layouts[i]}, size_t(w.rows * w.cols) * 2, [&](uint16_t* out) {
+            gptq_solve(ops, factors.at(projs[i].tap), w, layout_groups(cand.layouts[i], lin.w), out);
+          }));
+          bits += layout_bits(cand.layouts[i], lin);
         }
         cal.run(l, part, &standin.weights(), yq);
         const Metrics m = compare(yq, y, cal.states(), rows);

@@ -16,7 +16,7 @@
 #include <vector>
 
 #include "engine/quantize_layers.h"
-#include "quant/gptq_solver.h"
+#include "engine/quantize_gptq.h"
 
 namespace lathe::engine::qz {
 
@@ -30,7 +30,7 @@ std::vector<Candidate> candidates(model::Sublayer part);
 // shape and a fingerprint of sampled weight bytes), the calibration (dataset name, windows and a
 // hash of the token ids) and the settings (damping, the candidate set).
 nlohmann::json measurement_identity(const model::Model& model, std::span<const int32_t> tokens, int64_t rows,
-                                    int64_t length, const std::string& dataset, const quant::GptqOptions& gptq);
+                                    int64_t length, const std::string& dataset, const GptqOptions& gptq);
 
 using Progress = std::function<void(const std::string&, int64_t, int64_t)>;
 
@@ -40,7 +40,7 @@ using Progress = std::function<void(const std::string&, int64_t, int64_t)>;
 // *measured gets the number of sublayers measured by this call.
 nlohmann::json measure(const model::Model& model, ops::Ops& ops, std::span<const int32_t> tokens, int64_t rows,
                        int64_t length, const nlohmann::json& identity, const std::filesystem::path& file,
-                       const quant::GptqOptions& gptq, const Progress& progress, int64_t* measured);
+                       const GptqOptions& gptq, const Progress& progress, int64_t* measured);
 
 // How a candidate's measured error counts in the optimizer's sum.
 enum class Objective {

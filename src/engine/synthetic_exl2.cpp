@@ -19,7 +19,7 @@
 #include "model/config.h"
 #include "quant/exl2.h"
 #include "quant/bitpack.h"
-#include "quant/gptq_solver.h"
+#include "quant/exl2_groups.h"
 
 namespace lathe::engine {
 

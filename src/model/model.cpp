@@ -379,11 +379,7 @@ struct Runner::Step {
   float* logits = nullptr;         // [rows, vocab]
 };
 
-void Runner::set_tap(Tap tap) {
-  if (tap && !ops_.host_memory())
-    fail(ErrorKind::kUnsupported, "activation taps need a host backend (--device cpu), not {}", ops_.name());
-  tap_ = std::move(tap);
-}
+void Runner::set_tap(Tap tap) { tap_ = std::move(tap); }
 
 void Runner::attention_block(int64_t layer, const LayerWeights& L, const Step& st, KvPool& pool,
                              Workspace& ws) const {

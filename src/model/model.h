@@ -152,8 +152,10 @@ class Runner {
   // Row `row` of the penalized logits of the last forward_select (a sampler's fallback).
   void selected_logits_row(Workspace& ws, int64_t row, std::span<float> out) const;
 
-  // Calls `tap` with the activations at every TapPoint during forwards (host backends only; the
-  // feed-forward then runs unfused so its intermediate exists). Null turns it off.
+  // Calls `tap` with the activations at every TapPoint during forwards, as pointers in the
+  // backend's memory (device memory on CUDA: the tap runs backend ops on them, e.g.
+  // Ops::accumulate_gram). The feed-forward then runs unfused so its intermediate exists, and
+  // activations stay fp32. Null turns it off.
   void set_tap(Tap tap);
 
   // The forward one piece at a time, for work that goes layer by layer (sequential quantization:

@@ -244,6 +244,54 @@ struct GramParams {
   int64_t dim = 0;
 };
 
+// GPTQ for EXL2 layers (Frantar et al.; ExLlamaV2's converter), as two backend ops so the heavy
+// linear algebra runs where the Hessian and the weights are. Input channels are taken in act-order
+// `perm` (descending Hessian diagonal; the caller sorts); a channel that never fired (diagonal <= 0)
+// carries no information and is quantized as zero.
+//
+// gptq_factor: u [k, k] fp32 (row-major, lower triangle zero) = the upper Cholesky factor of the
+// inverse of Hp + damp I, Hp = h[perm][perm] with dead channels' diagonal set to 1. h [k, k] double.
+// Returns false (u undefined) when that matrix is not positive definite: retry with more damping.
+struct GptqFactorParams {
+  const double* h = nullptr;
+  const int32_t* perm = nullptr;
+  int64_t k = 0;
+  double damp = 0;  // absolute, added to the diagonal
+  float* u = nullptr;
+};
+
+struct GptqGroup {
+  int bits = 4;      // 2, 3, 4, 5, 6 or 8
+  int64_t rows = 0;  // consecutive act-order rows
+};
+
+// gptq_exl2: quantizes w [n, k] (rows = output features; f32, bf16 or f16) in act-order, group by
+// group: per group the EXL2 scales (a 4-bit code per column under the group's fp16 maximum: see
+// gptq_find_scales), then row by row the nearest level, its error divided by u's diagonal spread
+// over the later rows through u (error feedback). u null: round to nearest (no feedback; then h and
+// dead-channel handling are off too). Outputs (all backend memory): q [k, n] the stored values
+// 0..2^bits-1 in act-order rows; codes [groups, n] 1..16; maxes [groups] (fp16-representable); and,
+// if wq is set, the dequantized weight [n, k] as float16 bits in the original channel order.
+struct GptqExl2Params {
+  Weight w;
+  const int32_t* perm = nullptr;  // [k]
+  const double* h = nullptr;      // [k, k] (its diagonal marks dead channels), or null
+  const float* u = nullptr;       // [k, k] from gptq_factor, or null
+  const GptqGroup* groups = nullptr;  // host memory
+  int64_t num_groups = 0;
+  uint8_t* q = nullptr;
+  uint8_t* codes = nullptr;
+  float* maxes = nullptr;
+  uint16_t* wq = nullptr;  // optional
+};
+
+// The EXL2 scale search for `rows` rows of w (row-major, n columns, host memory) at `bits`: each
+// column's code is its max |w| relative to the group's, in the sqrt domain; the group maximum is the
+// largest column maximum times the best of 97 multipliers in [0.70, 1.20] (least sum |err|^3.5),
+// rounded to fp16. The reference every backend's gptq_exl2 follows.
+void gptq_find_scales(const float* w, int64_t rows, int64_t n, int bits, uint8_t* codes, float* scale_max);
+inline float exl2_scale(int code, float scale_max) { return float(code * code) * scale_max / 256.f; }
+
 // Several EXL2 layers on one input (q, k, v; gate, up): y[i] [n, w[i].out_features] = x w[i]^T.
 // Backends may run them in one launch (the CUDA one does: a small layer alone is mostly fixed cost).
 struct Exl2MultiParams {
@@ -403,6 +451,8 @@ class Ops {
   virtual void matmul_exl2_multi(const Exl2MultiParams& p);  // default: matmul_exl2 per layer
   // Default: Eigen on host memory (threaded when Eigen is); device backends override.
   virtual void accumulate_gram(const GramParams& p);
+  virtual bool gptq_factor(const GptqFactorParams& p);
+  virtual void gptq_exl2(const GptqExl2Params& p);
   // Whether matmul_exl2 reads Exl2View::tiled (the loader then uploads that layout instead).
   virtual bool wants_exl2_tiled() const { return false; }
   // Returns false (nothing done) where the backend has no such path for these sizes/dtypes; the

@@ -259,7 +259,7 @@ TEST_F(CudaParity, MatmulUnalignedOperandsTakeScalarPath) {
     const int64_t n = 3, m = 40, k = 64;
     const HostWeight w = random_weight(rng, m, k, dt);
     const std::vector<float> x = random_floats(rng, size_t(n * k));
-    std::vector<float> y_ref(size_t(n * m));
+    std::vector<float> y_ref(static_cast<size_t>(n * m));
     MatmulParams p;
     p.x = x.data();
     p.w = w.w;
@@ -873,7 +873,7 @@ TEST_F(CudaParity, FfnFusedAndDefault) {
         const HostWeight g = random_weight(rng, inter, hidden, DType::kBF16, -0.1f, 0.1f);
         const HostWeight u = random_weight(rng, inter, hidden, DType::kBF16, -0.1f, 0.1f);
         const HostWeight d = random_weight(rng, hidden, inter, DType::kBF16, -0.1f, 0.1f);
-        std::vector<float> gbuf(size_t(n * inter)), ubuf(gbuf.size()), want(size_t(n * hidden), NAN);
+        std::vector<float> gbuf(static_cast<size_t>(n * inter)), ubuf(gbuf.size()), want(size_t(n * hidden), NAN);
         FfnParams p;
         p.x = x.data();
         p.gate = g.w;
@@ -983,7 +983,7 @@ TEST_F(CudaParity, RopeStoreKvStridedIntoBf16Cache) {
         const auto qkv = random_floats(rng, size_t(n * width));
         const auto cos = random_floats(rng, size_t(n * half)), sin = random_floats(rng, size_t(n * half));
         const std::vector<int32_t> slots = distinct_slots(rng, rows, n);
-        std::vector<float> in = qkv, q_ref(size_t(n * qrow)), kc(size_t(rows * row), 0.f), vc(kc.size(), 0.f);
+        std::vector<float> in = qkv, q_ref(static_cast<size_t>(n * qrow)), kc(size_t(rows * row), 0.f), vc(kc.size(), 0.f);
         RopeStoreParams p = rope_store_shape(n, nh, nkv, hd, rot);
         p.q = in.data();
         p.k = in.data() + qrow;
@@ -1162,7 +1162,7 @@ TEST_F(CudaParity, AccumulateGramMatchesHost) {
   Worst worst("accumulate_gram");
   for (const auto& [rows, dim] : {std::pair<int64_t, int64_t>{1, 1}, {3, 17}, {600, 257}, {300, 2048}}) {
     const std::vector<float> x = random_floats(rng, size_t(rows * dim));
-    std::vector<double> h0(size_t(dim * dim));
+    std::vector<double> h0(static_cast<size_t>(dim * dim));
     for (size_t i = 0; i < h0.size(); ++i) h0[i] = double(i % 97) * 0.5;
     std::vector<double> want = h0;
     ref->accumulate_gram({want.data(), x.data(), rows, dim});
@@ -1178,6 +1178,183 @@ TEST_F(CudaParity, AccumulateGramMatchesHost) {
       norm = std::max(norm, std::fabs(want[i]));
     }
     worst.check(err / norm, 1e-12, std::to_string(rows) + "x" + std::to_string(dim));
+  }
+}
+
+// ---- GPTQ (the quantizer's solves) ------------------------------------------------------------
+
+namespace gptq_case {
+
+// A Hessian of correlated, unevenly scaled inputs (some channels dead when asked) and its act-order.
+struct Hessian {
+  std::vector<double> h;
+  std::vector<int32_t> perm;
+  double mean_diag = 0;
+};
+
+Hessian make_hessian(std::mt19937& rng, int64_t K, bool dead) {
+  const int64_t rows = 3 * K;
+  std::vector<float> z = random_floats(rng, size_t(rows * K)), x(static_cast<size_t>(rows * K));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < K; ++k) {
+      const float mixed = z[size_t(r * K + k)] + 0.5f * z[size_t(r * K + (k + 1) % K)];
+      x[size_t(r * K + k)] = (dead && k % 11 == 3) ? 0.f : mixed * (k % 7 == 0 ? 4.f : 1.f);
+    }
+  Hessian H;
+  H.h.assign(size_t(K * K), 0.0);
+  auto ref = lathe::ops::make_ref_ops();
+  ref->accumulate_gram({H.h.data(), x.data(), rows, K});
+  H.perm.resize(size_t(K));
+  std::iota(H.perm.begin(), H.perm.end(), 0);
+  std::stable_sort(H.perm.begin(), H.perm.end(),
+                   [&](int32_t a, int32_t b) { return H.h[size_t(a * K + a)] > H.h[size_t(b * K + b)]; });
+  for (int64_t k = 0; k < K; ++k) H.mean_diag += std::max(H.h[size_t(k * K + k)], 1.0) / double(K);
+  return H;
+}
+
+// trace((W - Wq) H (W - Wq)^T) / trace(W H W^T): the layer's output error on the calibration inputs.
+double output_error(const std::vector<float>& w, const std::vector<uint16_t>& wq, const std::vector<double>& h,
+                    int64_t N, int64_t K) {
+  double num = 0, den = 0;
+  std::vector<double> d(static_cast<size_t>(K)), o(static_cast<size_t>(K));
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t k = 0; k < K; ++k) {
+      o[size_t(k)] = w[size_t(n * K + k)];
+      d[size_t(k)] = o[size_t(k)] - double(f16_to_f32(wq[size_t(n * K + k)]));
+    }
+    for (int64_t i = 0; i < K; ++i)
+      for (int64_t j = 0; j < K; ++j) {
+        num += d[size_t(i)] * h[size_t(i * K + j)] * d[size_t(j)];
+        den += o[size_t(i)] * h[size_t(i * K + j)] * o[size_t(j)];
+      }
+  }
+  return num / den;
+}
+
+}  // namespace gptq_case
+
+// The inverse factor (cuSOLVER, double) against Eigen's; a matrix that is not positive definite is
+// reported by both.
+TEST_F(CudaParity, GptqFactorMatchesHost) {
+  Worst worst("gptq_factor");
+  for (int64_t K : {1, 64, 200, 1000}) {
+    const auto H = gptq_case::make_hessian(rng, K, K > 1);
+    const double damp = 0.01 * H.mean_diag;
+    std::vector<float> want(static_cast<size_t>(K * K)), got(static_cast<size_t>(K * K));
+    ASSERT_TRUE(ref->gptq_factor({H.h.data(), H.perm.data(), K, damp, want.data()}));
+    const Buffer dh = upload(*cuda, H.h), dp = upload(*cuda, H.perm);
+    Buffer du(*cuda, want.size() * sizeof(float));
+    ASSERT_TRUE(cuda->gptq_factor({static_cast<const double*>(dh.data()), static_cast<const int32_t*>(dp.data()), K,
+                                   damp, du.f32()}));
+    cuda->copy_to_host(got.data(), du.data(), got.size() * sizeof(float));
+    double err = 0, norm = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      err = std::max(err, double(std::fabs(got[i] - want[i])));
+      norm = std::max(norm, double(std::fabs(want[i])));
+    }
+    worst.check(err / norm, 1e-5, "K=" + std::to_string(K));
+  }
+  const std::vector<double> indefinite{1, 2, 2, 1};
+  const std::vector<int32_t> perm{0, 1};
+  std::vector<float> u(4);
+  EXPECT_FALSE(ref->gptq_factor({indefinite.data(), perm.data(), 2, 0.0, u.data()}));
+  const Buffer dh = upload(*cuda, indefinite), dp = upload(*cuda, perm);
+  Buffer du(*cuda, 4 * sizeof(float));
+  EXPECT_FALSE(cuda->gptq_factor({static_cast<const double*>(dh.data()), static_cast<const int32_t*>(dp.data()), 2, 0.0,
+                                  du.f32()}));
+}
+
+// GPTQ for EXL2 on the GPU against the host reference on the same factor: blocks of whole groups,
+// groups larger than a block, groups straddling 128-row boundaries, dead channels, every width and
+// weight dtype, and round to nearest (no factor). Sums run in other orders, so a value at a rounding
+// boundary may land on the other level: most values agree exactly, the output error matches, and the
+// float16 weight written is exactly the one the stored values, codes and maxima give.
+TEST_F(CudaParity, GptqExl2MatchesHost) {
+  Worst agree("gptq_exl2 values differing"), quality("gptq_exl2 output error vs host");
+  struct Case {
+    int64_t N, K;
+    std::vector<GptqGroup> groups;
+    DType dtype;
+    bool rtn;
+  };
+  const std::vector<Case> cases = {
+      {300, 256, {{6, 32}, {4, 64}, {3, 128}, {2, 32}}, DType::kBF16, true},
+      {200, 384, {{8, 32}, {5, 32}, {4, 32}, {4, 32}, {4, 128}, {3, 128}}, DType::kF32, false},
+      {96, 300, {{4, 200}, {3, 100}}, DType::kF16, false},
+      {130, 320, {{5, 96}, {4, 64}, {4, 64}, {2, 96}}, DType::kBF16, false},
+      {64, 1000, {{4, 300}, {3, 700}}, DType::kF32, false},
+  };
+  for (const Case& c : cases) {
+    const int64_t N = c.N, K = c.K, G = int64_t(c.groups.size());
+    const auto H = gptq_case::make_hessian(rng, K, true);
+    std::vector<float> u(static_cast<size_t>(K * K));
+    ASSERT_TRUE(ref->gptq_factor({H.h.data(), H.perm.data(), K, 0.05 * H.mean_diag, u.data()}));
+    std::vector<float> w32 = random_floats(rng, size_t(N * K));
+    std::vector<uint16_t> w16(w32.size());
+    for (size_t i = 0; i < w32.size(); ++i) {
+      w16[i] = c.dtype == DType::kBF16 ? f32_to_bf16(w32[i]) : f32_to_f16(w32[i]);
+      if (c.dtype != DType::kF32) w32[i] = c.dtype == DType::kBF16 ? bf16_to_f32(w16[i]) : f16_to_f32(w16[i]);
+    }
+    const void* host_w = c.dtype == DType::kF32 ? static_cast<const void*>(w32.data()) : w16.data();
+    struct Out {
+      std::vector<uint8_t> q, codes;
+      std::vector<float> maxes;
+      std::vector<uint16_t> wq;
+    };
+    auto params = [&](const void* w, const int32_t* perm, const double* h, const float* uu, Out& o) {
+      GptqExl2Params p;
+      p.w = Weight{w, c.dtype, N, K};
+      p.perm = perm;
+      p.h = h;
+      p.u = c.rtn ? nullptr : uu;
+      p.groups = c.groups.data();
+      p.num_groups = G;
+      return p;
+    };
+    Out want{std::vector<uint8_t>(size_t(K * N)), std::vector<uint8_t>(size_t(G * N)), std::vector<float>(size_t(G)),
+             std::vector<uint16_t>(size_t(N * K))};
+    GptqExl2Params hp = params(host_w, H.perm.data(), H.h.data(), u.data(), want);
+    hp.q = want.q.data(), hp.codes = want.codes.data(), hp.maxes = want.maxes.data(), hp.wq = want.wq.data();
+    ref->gptq_exl2(hp);
+
+    const Buffer dw = c.dtype == DType::kF32 ? upload(*cuda, w32) : upload(*cuda, w16);
+    const Buffer dp = upload(*cuda, H.perm), dh = upload(*cuda, H.h), du = upload(*cuda, u);
+    Buffer dq(*cuda, size_t(K * N)), dc(*cuda, size_t(G * N)), dm(*cuda, size_t(G) * 4), dwq(*cuda, size_t(N * K) * 2);
+    Out got = want;
+    GptqExl2Params cp = params(dw.data(), static_cast<const int32_t*>(dp.data()), static_cast<const double*>(dh.data()),
+                               du.f32(), got);
+    cp.q = static_cast<uint8_t*>(dq.data()), cp.codes = static_cast<uint8_t*>(dc.data()), cp.maxes = dm.f32();
+    cp.wq = static_cast<uint16_t*>(dwq.data());
+    cuda->gptq_exl2(cp);
+    cuda->copy_to_host(got.q.data(), dq.data(), got.q.size());
+    cuda->copy_to_host(got.codes.data(), dc.data(), got.codes.size());
+    cuda->copy_to_host(got.maxes.data(), dm.data(), got.maxes.size() * 4);
+    cuda->copy_to_host(got.wq.data(), dwq.data(), got.wq.size() * 2);
+
+    const std::string label = "N=" + std::to_string(N) + " K=" + std::to_string(K) + (c.rtn ? " rtn" : "");
+    int64_t differ = 0;
+    for (size_t i = 0; i < got.q.size(); ++i) differ += got.q[i] != want.q[i];
+    agree.check(double(differ) / double(got.q.size()), c.rtn ? 1e-3 : 0.05, label);
+    if (c.rtn) {
+      EXPECT_EQ(got.codes, want.codes) << label;
+      EXPECT_EQ(got.maxes, want.maxes) << label;
+    }
+    // The float16 weight from the device's own values, codes and maxima.
+    int64_t row = 0;
+    for (int64_t g = 0; g < G; ++g) {
+      const int zero = 1 << (c.groups[size_t(g)].bits - 1);
+      for (int64_t r = row; r < row + c.groups[size_t(g)].rows; ++r)
+        for (int64_t n = 0; n < N; ++n) {
+          const float v = float(int(got.q[size_t(r * N + n)]) - zero) *
+                          exl2_scale(got.codes[size_t(g * N + n)], got.maxes[size_t(g)]);
+          ASSERT_EQ(got.wq[size_t(n * K + H.perm[size_t(r)])], f32_to_f16(v)) << label << " row " << r << " col " << n;
+        }
+      row += c.groups[size_t(g)].rows;
+    }
+    const double e_want = gptq_case::output_error(w32, want.wq, H.h, N, K);
+    const double e_got = gptq_case::output_error(w32, got.wq, H.h, N, K);
+    std::printf("[ gptq ] %s: output error host %.5f, cuda %.5f\n", label.c_str(), e_want, e_got);
+    quality.check(std::fabs(e_got - e_want) / e_want, 0.02, label);
   }
 }
 
@@ -1298,7 +1475,7 @@ TEST_F(CudaParity, PenaltiesAndTopK) {
         pp.presence = pres.data();
         pp.frequency = freq.data();
         ref->apply_penalties(pp);
-        std::vector<int32_t> want_ids(size_t(rows * k));
+        std::vector<int32_t> want_ids(static_cast<size_t>(rows * k));
         std::vector<float> want_vals(want_ids.size()), want_sums(static_cast<size_t>(rows));
         TopKParams tk;
         tk.logits = host.data();

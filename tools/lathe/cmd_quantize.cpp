@@ -143,6 +143,7 @@ void add_quantize_command(CLI::App& app) {
       j["calib_tokens"] = r.calib_tokens;
       j["measured_sublayers"] = r.measured;
       j["seconds"] = r.seconds;
+      j["measure_seconds"] = r.measure_seconds;
       for (const auto& l : r.layers)
         j["layers"].push_back(
             {{"name", l.name}, {"target", l.target}, {"group", l.group}, {"bpw", l.bpw}, {"rel_err", l.rel_err}});

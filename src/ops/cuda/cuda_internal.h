@@ -77,6 +77,8 @@ void top_k(Context& ctx, const TopKParams& p);
 bool moe_small_batch(Context& ctx, const MoeParams& p);
 void matmul_exl2(Context& ctx, const Exl2MatmulParams& p);
 void accumulate_gram(Context& ctx, const GramParams& p);
+bool gptq_factor(Context& ctx, const GptqFactorParams& p);  // gptq.cu (cuSOLVER)
+void gptq_exl2(Context& ctx, const GptqExl2Params& p);
 void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p);
 // Up to three EXL2 layers on one input, one launch (exl2_tc.cu, exl2_stream.cu): a grid's column
 // blocks are the layers' in turn.

@@ -424,6 +424,16 @@ class CudaOps final : public Ops {
     if (t.skipped) return;
     cuda::accumulate_gram(ctx_, p);
   }
+  bool gptq_factor(const GptqFactorParams& p) override {
+    Timed t(*this, "gptq_factor");
+    if (t.skipped) return true;
+    return cuda::gptq_factor(ctx_, p);
+  }
+  void gptq_exl2(const GptqExl2Params& p) override {
+    Timed t(*this, "gptq_exl2");
+    if (t.skipped) return;
+    cuda::gptq_exl2(ctx_, p);
+  }
   bool wants_exl2_tiled() const override { return true; }
   bool moe_small_batch(const MoeParams& p) override {
     Timed t(*this, "moe_small_batch");
