@@ -399,6 +399,7 @@ bool JsonMatcher::terminated() const {
 
 void JsonMatcher::allowed_tokens(const TokenVocab& vocab, std::span<uint8_t> mask) {
   std::fill(mask.begin(), mask.end(), uint8_t(0));
+  if (state_.size() == 1 && state_.stack(0).back().phase == kStrBody) return allowed_in_string(vocab, mask);
   if (levels_.size() < vocab.max_length() + 1) levels_.resize(vocab.max_length() + 1);
   levels_[0] = state_;
   // Tokens in byte order: token i shares lcp(i) leading bytes with token i - 1, so the states
@@ -417,6 +418,38 @@ void JsonMatcher::allowed_tokens(const TokenVocab& vocab, std::span<uint8_t> mas
       continue;
     }
     while (i + 1 < count && vocab.sorted_lcp(i + 1) > d) ++i;
+  }
+}
+
+// Inside a string (one stack, at a character boundary) almost every token is allowed, and walking
+// all their bytes is the expensive case. The vocabulary's StringScan says what each token does from
+// here without the automaton: plain string content is allowed while it fits maxLength; only tokens
+// that leave the plain part ('"' or '\\' after some content) run their rest through the automaton,
+// from the state the content leads to.
+void JsonMatcher::allowed_in_string(const TokenVocab& vocab, std::span<uint8_t> mask) {
+  const Frame top = state_.stack(0).back();
+  const GrammarNode& n = grammar_->node(top.node);
+  const uint32_t room = n.max == kUnbounded ? kUnbounded : n.max - top.a;
+  const int32_t limit = std::min<int32_t>(vocab.size(), int32_t(mask.size()));
+  for (int32_t id = 0; id < limit; ++id) {
+    const StringScan& scan = vocab.string_scan(id);
+    if (scan.kind == StringScan::kInvalid || scan.cps > room) continue;
+    if (scan.kind == StringScan::kInside) {
+      mask[size_t(id)] = !vocab.bytes(id).empty();
+      continue;
+    }
+    levels_.resize(std::max<size_t>(levels_.size(), 2));
+    StackSet* cur = &levels_[0];
+    StackSet* nxt = &levels_[1];
+    *cur = state_;
+    cur->set_top_count(top.a + scan.cps);
+    const std::string_view rest = vocab.bytes(id).substr(scan.exit);
+    bool ok = true;
+    for (size_t i = 0; ok && i < rest.size(); ++i) {
+      ok = advance(*cur, uint8_t(rest[i]), *nxt);
+      std::swap(cur, nxt);
+    }
+    mask[size_t(id)] = ok;
   }
 }
 

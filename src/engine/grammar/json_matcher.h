@@ -45,6 +45,8 @@ class StackSet {
     ends_.clear();
   }
   void add(std::span<const Frame> s);
+  // The string fast path: the one stack's top frame has read `count` code points.
+  void set_top_count(uint32_t count) { frames_.back().a = count; }
 
  private:
   std::vector<Frame> frames_;
@@ -71,6 +73,7 @@ class JsonMatcher {
  private:
   // out = every successor of `in` on byte c; false when there is none.
   bool advance(const StackSet& in, uint8_t c, StackSet& out);
+  void allowed_in_string(const TokenVocab& vocab, std::span<uint8_t> mask);
 
   std::shared_ptr<const JsonGrammar> grammar_;
   StackSet state_;

@@ -6,6 +6,43 @@
 
 namespace lathe::engine {
 
+namespace {
+// The string-body rules of JsonMatcher (RFC 8259 string characters, RFC 3629 UTF-8) from a
+// character boundary.
+StringScan scan_string(std::string_view b) {
+  StringScan s;
+  uint8_t left = 0, lo = 0, hi = 0;  // continuation bytes still due, and the next one's range
+  for (size_t i = 0; i < b.size(); ++i) {
+    const uint8_t c = uint8_t(b[i]);
+    if (left > 0) {
+      if (c < lo || c > hi) return s;
+      --left;
+      lo = 0x80, hi = 0xBF;
+      continue;
+    }
+    if (c == '"' || c == '\\') {
+      s.kind = StringScan::kExits;
+      s.exit = uint32_t(i);
+      return s;
+    }
+    if (c < 0x20) return s;
+    ++s.cps;
+    if (c < 0x80) continue;
+    lo = 0x80, hi = 0xBF;
+    if (c >= 0xC2 && c <= 0xDF) left = 1;
+    else if (c == 0xE0) left = 2, lo = 0xA0;
+    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) left = 2;
+    else if (c == 0xED) left = 2, hi = 0x9F;
+    else if (c == 0xF0) left = 3, lo = 0x90;
+    else if (c >= 0xF1 && c <= 0xF3) left = 3;
+    else if (c == 0xF4) left = 3, hi = 0x8F;
+    else return s;
+  }
+  s.kind = StringScan::kInside;
+  return s;
+}
+}  // namespace
+
 TokenVocab::TokenVocab(const tok::Tokenizer& tokenizer) : tokenizer_(tokenizer) {
   const int32_t n = tokenizer.vocab_size();
   by_id_.assign(size_t(n), {0, 0});
@@ -22,6 +59,8 @@ TokenVocab::TokenVocab(const tok::Tokenizer& tokenizer) : tokenizer_(tokenizer) 
     const std::string_view x = bytes(a), y = bytes(b);
     return x != y ? x < y : a < b;
   });
+  scans_.resize(by_id_.size());
+  for (int32_t id : sorted_) scans_[size_t(id)] = scan_string(bytes(id));
   lcp_.assign(sorted_.size(), 0);
   for (size_t i = 1; i < sorted_.size(); ++i) {
     const std::string_view x = bytes(sorted_[i - 1]), y = bytes(sorted_[i]);

@@ -15,6 +15,18 @@
 
 namespace lathe::engine {
 
+// What a token does when it starts inside a JSON string at a character boundary (grammar-free, so
+// computed once per vocabulary): stays inside (code points `cps`, possibly ending mid-character),
+// leaves the plain string part at byte `exit` (a '"' or '\\' after `cps` code points), or cannot be
+// string content (a control byte, invalid UTF-8). JsonMatcher's string fast path reads these
+// instead of walking the bytes of the ~all tokens a string allows.
+struct StringScan {
+  enum Kind : uint8_t { kInside, kExits, kInvalid };
+  Kind kind = kInvalid;
+  uint32_t cps = 0;
+  uint32_t exit = 0;
+};
+
 class TokenVocab {
  public:
   explicit TokenVocab(const tok::Tokenizer& tokenizer);
@@ -31,6 +43,7 @@ class TokenVocab {
   int32_t sorted_id(size_t i) const { return sorted_[i]; }
   uint32_t sorted_lcp(size_t i) const { return lcp_[i]; }  // common prefix with entry i - 1 (0 for i = 0)
   size_t max_length() const { return max_length_; }
+  const StringScan& string_scan(int32_t id) const { return scans_[size_t(id)]; }
 
  private:
   tok::Tokenizer tokenizer_;  // keeps the tokenizer's state (the of() cache's key) alive
@@ -38,6 +51,7 @@ class TokenVocab {
   std::vector<std::pair<uint32_t, uint32_t>> by_id_;  // (offset, length) into blob_
   std::vector<int32_t> sorted_;
   std::vector<uint32_t> lcp_;
+  std::vector<StringScan> scans_;  // by id
   size_t max_length_ = 0;
 };
 
