@@ -4,6 +4,7 @@
 
 #include "core/error.h"
 #include "engine/grammar/token_vocab.h"
+#include "engine/grammar/utf8_lead.h"
 
 namespace lathe::engine {
 
@@ -250,20 +251,11 @@ class Step {
     if (c == '\\') {
       f.phase = kStrEsc;
     } else if (c >= 0x80) {
-      // UTF-8 (RFC 3629): the lead byte fixes the length and the next byte's range (no overlong
-      // forms, no surrogates, nothing past U+10FFFF).
-      uint8_t left = 0, lo = 0x80, hi = 0xBF;
-      if (c >= 0xC2 && c <= 0xDF) left = 1;
-      else if (c == 0xE0) left = 2, lo = 0xA0;
-      else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) left = 2;
-      else if (c == 0xED) left = 2, hi = 0x9F;
-      else if (c == 0xF0) left = 3, lo = 0x90;
-      else if (c >= 0xF1 && c <= 0xF3) left = 3;
-      else if (c == 0xF4) left = 3, hi = 0x8F;
-      else return;
+      const Utf8Lead lead = utf8_lead(c);
+      if (lead.left == 0) return;
       f.phase = kStrUtf8;
-      f.c1 = left;
-      f.b = uint32_t(lo) | uint32_t(hi) << 8;
+      f.c1 = lead.left;
+      f.b = uint32_t(lead.lo) | uint32_t(lead.hi) << 8;
     }
     ++f.a;  // one code point per character or escape (a surrogate pair's second half is not counted)
     out_.add(s);

@@ -4,6 +4,8 @@
 #include <map>
 #include <mutex>
 
+#include "engine/grammar/utf8_lead.h"
+
 namespace lathe::engine {
 
 namespace {
@@ -28,15 +30,9 @@ StringScan scan_string(std::string_view b) {
     if (c < 0x20) return s;
     ++s.cps;
     if (c < 0x80) continue;
-    lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF) left = 1;
-    else if (c == 0xE0) left = 2, lo = 0xA0;
-    else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) left = 2;
-    else if (c == 0xED) left = 2, hi = 0x9F;
-    else if (c == 0xF0) left = 3, lo = 0x90;
-    else if (c >= 0xF1 && c <= 0xF3) left = 3;
-    else if (c == 0xF4) left = 3, hi = 0x8F;
-    else return s;
+    const Utf8Lead lead = utf8_lead(c);
+    if (lead.left == 0) return s;
+    left = lead.left, lo = lead.lo, hi = lead.hi;
   }
   s.kind = StringScan::kInside;
   return s;
