@@ -250,8 +250,8 @@ std::optional<std::string> Tokenizer::token_bytes(int32_t id) const {
     return out;
   };
   const std::string one = chain(1), two = chain(2);
-  if (two.size() >= one.size() && two.compare(0, one.size(), one) == 0) return two.substr(one.size());
-  return one;  // a decoder whose output is not prefix-stable (CTC's repeat collapse): the lone token
+  if (two.size() > one.size() && two.compare(0, one.size(), one) == 0) return two.substr(one.size());
+  return one;  // the second copy vanished (CTC collapses repeats) or the output is not prefix-stable
 }
 
 int32_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
