@@ -4,8 +4,10 @@
 // build. Usage: grammar_bench TOKENIZER_DIR [REPEATS]   (a folder with tokenizer.json)
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -81,6 +83,38 @@ int main(int argc, char** argv) try {
   }
   report("json_object", a);
   report("json_schema", b);
+  // A whole constrained step as the engine runs it (TokenConstraint::sample: mask, -inf, the
+  // sampler chain over the full row, feed) under json_object, two kinds of random logits: flat
+  // (normal, sigma 2: a draw at temperature 1 almost always reaches past the 256 candidates, so
+  // the whole row is sorted: the worst case) and Zipf-shaped like a model's (logit = -1.5 ln rank
+  // over a random order: ~5% of the mass past rank 256).
+  for (const char* shape : {"flat", "zipf"}) {
+    for (float temperature : {0.f, 1.f}) {
+      std::mt19937 rng(1);
+      std::normal_distribution<float> normal(0.f, 2.f);
+      std::vector<float> logits(size_t(t.vocab_size()));
+      std::vector<int32_t> order(logits.size());
+      std::vector<double> steps;
+      for (int doc = 0; doc < repeats; ++doc) {
+        engine::TokenConstraint c(object);
+        engine::Sampler sampler({.temperature = temperature, .seed = uint64_t(doc)});
+        std::vector<int32_t> history;
+        for (int n = 0; n < 64 && !c.done(); ++n) {
+          if (shape[0] == 'f') {
+            for (float& x : logits) x = normal(rng);
+          } else {
+            for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+            std::shuffle(order.begin(), order.end(), rng);
+            for (size_t r = 0; r < order.size(); ++r) logits[size_t(order[r])] = -1.5f * std::log(float(r + 1));
+          }
+          const auto t0 = Clock::now();
+          history.push_back(c.sample(sampler, logits, history, {}));
+          steps.push_back(ms_since(t0));
+        }
+      }
+      report((std::string("step ") + shape + (temperature == 0.f ? " T=0" : " T=1")).c_str(), steps);
+    }
+  }
   return 0;
 } catch (const std::exception& e) {
   std::fprintf(stderr, "grammar_bench: %s\n", e.what());

@@ -4,6 +4,7 @@
 // tokenizer (vocab 512) and, when fetched, Llama 3.1's (128k).
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <random>
 
 #include "engine/grammar/response_format.h"
@@ -128,6 +129,44 @@ TEST(JsonMask, Llama31VocabularyMasks) {
               R"({"age": 31, "kind": "x", "name": "Ad\u00e9 \"A\"", "tags": ["cc"]})", 7);
   const json schema = json::parse(kSchema);
   sample_many(*v, JsonGrammar::from_schema(schema), schema, 20);
+}
+
+// TokenConstraint draws from the k best candidates (Sampler::choose) instead of sorting the row:
+// the same tokens as Sampler::sample on the masked row, under every sampler setting.
+TEST(JsonMask, ConstrainedDrawEqualsFullRowSampling) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  const tok::Tokenizer t = tok::Tokenizer::load(dir);
+  const auto f = make_response_format(json{{"type", "json_object"}}, t);
+  const std::vector<SamplerConfig> configs = {
+      {.temperature = 0.f}, {.temperature = 1.f}, {.temperature = 0.7f, .top_k = 40}, {.temperature = 1.3f, .top_p = 0.8f},
+      {.temperature = 1.f, .min_p = 0.1f}, {.temperature = 0.9f, .top_k = 1000, .top_p = 0.95f, .repetition_penalty = 1.3f,
+                                            .presence_penalty = 0.5f, .frequency_penalty = 0.2f}};
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.f, 3.f);
+  std::vector<float> logits(size_t(t.vocab_size()) + 7);  // the model's row may be wider than the tokenizer
+  for (size_t ci = 0; ci < configs.size(); ++ci) {
+    for (uint64_t seed = 0; seed < 5; ++seed) {
+      SamplerConfig sc = configs[ci];
+      sc.seed = seed;
+      Sampler fast(sc), slow(sc);
+      TokenConstraint c(f);
+      JsonMatcher m(f->grammar);
+      std::vector<uint8_t> mask(logits.size());
+      std::vector<int32_t> history = {1, 2, 3};
+      for (int step = 0; step < 60 && !c.done(); ++step) {
+        for (float& x : logits) x = normal(rng);
+        m.allowed_tokens(*f->vocab, mask);
+        std::vector<float> masked = logits;
+        for (size_t i = 0; i < masked.size(); ++i)
+          if (!mask[i]) masked[i] = -std::numeric_limits<float>::infinity();
+        const int32_t want = slow.sample(masked, history);
+        const int32_t got = c.sample(fast, logits, history, {});
+        ASSERT_EQ(got, want) << "config " << ci << " seed " << seed << " step " << step;
+        ASSERT_TRUE(m.feed(f->vocab->bytes(got)));
+        history.push_back(got);
+      }
+    }
+  }
 }
 
 TEST(JsonMask, ResponseFormatEntryPoint) {

@@ -53,10 +53,14 @@ class TokenConstraint {
   const JsonMatcher& matcher() const { return matcher_; }
 
  private:
+  int32_t draw(Sampler& sampler, std::span<const int32_t> history);  // from masked_
+
   std::shared_ptr<const ResponseFormat> format_;
   JsonMatcher matcher_;
   std::vector<uint8_t> mask_;
   std::vector<float> masked_;
+  std::vector<int32_t> order_;  // draw()'s candidates
+  std::vector<float> values_;
   bool stuck_ = false;
 };
 
