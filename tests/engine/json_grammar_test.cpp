@@ -168,6 +168,21 @@ TEST(JsonSchema, EnumsConstAndTypes) {
          {R"("a")", R"("abcd")", R"(1)"}});
 }
 
+// Complete and nothing can follow: the engine stops there (no EOS needed).
+TEST(JsonSchema, TerminatesWhenNothingMayFollow) {
+  auto after = [](const char* schema, const std::string& text) {
+    JsonMatcher m(JsonGrammar::from_schema(json::parse(schema)));
+    EXPECT_TRUE(m.feed(text)) << text;
+    return std::pair(m.accepting(), m.terminated());
+  };
+  EXPECT_EQ(after(R"({"enum":[1,12]})", "1"), std::pair(true, false));  // "12" may still come
+  EXPECT_EQ(after(R"({"enum":[1,12]})", "12"), std::pair(true, true));
+  EXPECT_EQ(after(R"({"type":"integer"})", "123"), std::pair(true, false));
+  EXPECT_EQ(after(R"({"type":"integer"})", "1234567890123456"), std::pair(true, true));  // the digit bound
+  EXPECT_EQ(after(R"({"type":"object"})", "{}"), std::pair(true, true));
+  EXPECT_EQ(after(R"({"type":"string"})", "\"ab"), std::pair(false, false));
+}
+
 TEST(JsonSchema, NestedArraysAndItemsBounds) {
   check({json::parse(R"({"type":"array","items":{"type":"array","items":{"type":"integer"},"maxItems":2},
                         "minItems":1,"maxItems":3})"),

@@ -386,7 +386,21 @@ bool JsonMatcher::accepting() const {
 }
 
 bool JsonMatcher::terminated() const {
-  return state_.size() == 1 && state_.stack(0).size() == 1 && state_.stack(0)[0].phase == kDocDone;
+  if (state_.size() == 1 && state_.stack(0).size() == 1 && state_.stack(0)[0].phase == kDocDone) return true;
+  if (!accepting()) return false;
+  // Complete with a number that might go on (a root integer at its digit bound, say): done only if
+  // no byte at all continues it. Rare (only complete documents get here), so plain probing.
+  StackSet out;
+  std::vector<Frame> work;
+  Step step(*grammar_, out);
+  for (int c = 0; c < 256; ++c)
+    for (size_t k = 0; k < state_.size(); ++k) {
+      const auto s = state_.stack(k);
+      work.assign(s.begin(), s.end());
+      step.feed(work, uint8_t(c));
+      if (!out.empty()) return false;
+    }
+  return true;
 }
 
 void JsonMatcher::allowed_tokens(const TokenVocab& vocab, std::span<uint8_t> mask) {
