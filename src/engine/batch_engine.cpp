@@ -80,6 +80,7 @@ RequestId BatchEngine::add_after(BatchRequest r, RequestId after) {
   Live L{Sampler(r.sampler), r.ignore_eos ? std::vector<int32_t>{} : r.eos_ids.empty() ? c.eos_token_ids : r.eos_ids,
          StopMatcher(r.stop), std::nullopt, r.logprobs};
   if (tokenizer_) L.decoder.emplace(*tokenizer_, /*skip_special=*/true);
+  if (r.response_format) L.grammar.emplace(r.response_format);
   live_.emplace(id, std::move(L));
   return id;
 }
@@ -106,9 +107,10 @@ std::vector<BatchEvent> BatchEngine::step() {
   std::vector<int32_t> sampled(plan.items.size(), -1);
   std::vector<BatchEvent> events;
   bool want_logprobs = false;
-  for (const StepItem& it : plan.items) want_logprobs |= it.samples && live_.at(it.id).logprobs >= 0;
+  for (const StepItem& it : plan.items)
+    want_logprobs |= it.samples && (live_.at(it.id).logprobs >= 0 || live_.at(it.id).grammar);
   if (want_logprobs) {
-    // The whole logits rows come to the host (log-probabilities need every entry).
+    // The whole logits rows come to the host (log-probabilities and grammar masks need every entry).
     Tensor logits;
     runner_.forward_batch(seqs, kv_, ws_, &logits);
     int64_t row = 0;
@@ -116,7 +118,8 @@ std::vector<BatchEvent> BatchEngine::step() {
       if (!plan.items[i].samples) continue;
       const std::span<const float> l(logits.as<float>() + row++ * vocab, size_t(vocab));
       Live& L = live_.at(plan.items[i].id);
-      sampled[i] = L.sampler.sample(l, scheduler_.tokens(plan.items[i].id));
+      const auto history = scheduler_.tokens(plan.items[i].id);
+      sampled[i] = L.grammar ? L.grammar->sample(L.sampler, l, history, L.eos) : L.sampler.sample(l, history);
       BatchEvent e{plan.items[i].id, sampled[i], {}, false, FinishReason::kLength};
       if (L.logprobs >= 0) log_probs(l, sampled[i], L.logprobs, &e);
       events.push_back(std::move(e));
@@ -170,7 +173,7 @@ std::vector<BatchEvent> BatchEngine::step() {
       scheduler_.finish(e.id);
       e.finished = true;
       e.reason = FinishReason::kEos;
-    } else if (L.stops.stopped()) {
+    } else if (L.stops.stopped() || (L.grammar && L.grammar->done())) {  // a stop string, or the document is complete
       scheduler_.finish(e.id);
       e.finished = true;
       e.reason = FinishReason::kStop;
@@ -180,8 +183,8 @@ std::vector<BatchEvent> BatchEngine::step() {
       e.reason = ctx > 0 && int64_t(scheduler_.tokens(e.id).size()) >= ctx ? FinishReason::kContext : FinishReason::kLength;
     }
     if (e.finished) {
-      // Whatever the decoder and the stop matcher still hold is final now (none after a stop).
-      if (e.reason != FinishReason::kStop && L.decoder) e.text += L.stops.push(L.decoder->flush()) + L.stops.flush();
+      // Whatever the decoder and the stop matcher still hold is final now (none after a stop string).
+      if (!L.stops.stopped() && L.decoder) e.text += L.stops.push(L.decoder->flush()) + L.stops.flush();
       live_.erase(e.id);
     }
   }

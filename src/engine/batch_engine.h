@@ -19,6 +19,7 @@
 
 #include "cache/block_pool.h"
 #include "engine/generator.h"
+#include "engine/grammar/response_format.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "engine/stop_matcher.h"
@@ -36,6 +37,9 @@ struct BatchRequest {
   std::vector<std::string> stop;  // stop strings (need the engine's tokenizer; not in the text)
   int64_t logprobs = -1;          // -1: none; 0: the chosen token's; k: also the k likeliest (<= 20)
   uint64_t adapter = 0;           // keys prefix-cache blocks apart (LoRA adapters)
+  // Grammar-constrained output (make_response_format): null for free text. The request's steps
+  // sample from full logits rows; it ends with kStop once the document is complete.
+  std::shared_ptr<const ResponseFormat> response_format;
 };
 
 // What one step produced for a request: its new token (if it sampled one) and whether it ended.
@@ -85,6 +89,7 @@ class BatchEngine {
     StopMatcher stops;
     std::optional<tok::StreamDecoder> decoder;
     int64_t logprobs = -1;
+    std::optional<TokenConstraint> grammar;
   };
   RequestId add_after(BatchRequest request, RequestId after);
   std::string text_of(Live& L, int32_t token);  // the token's final text through the stop matcher

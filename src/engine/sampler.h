@@ -41,10 +41,11 @@ class Sampler {
   // this call's random draw, so the result equals sample() on the same logits.
   int32_t choose(std::span<const int32_t> ids, std::span<const float> values, double sum, int64_t vocab);
   int32_t choose_full(std::span<const float> penalized_logits);
+  // Applies the penalties to a full row in place (what sample() does first).
+  void penalize(std::vector<float>& logits, std::span<const int32_t> history) const;
 
  private:
   double uniform();  // [0, 1), 53 random bits: identical on every platform for a seed
-  void penalize(std::vector<float>& logits, std::span<const int32_t> history) const;
   int32_t pick(std::vector<float>& work, double u);  // temperature > 0, penalties applied
   double pending_u_ = -1;  // the draw of a choose() that returned -1
 

@@ -85,6 +85,9 @@ class Decoder {
   virtual ~Decoder() = default;
   // HF decode_chain: tokens in, tokens out; the caller concatenates the result.
   virtual void decode_chain(std::vector<std::string>& tokens) const = 0;
+  // The same chain without the lossy UTF-8 steps (byte-level chars and <0xAB> runs stay raw bytes,
+  // even an incomplete sequence): what Tokenizer::token_bytes needs to know each token's bytes.
+  virtual void decode_chain_raw(std::vector<std::string>& tokens) const { decode_chain(tokens); }
   // True if this decoder joins <0xXX> byte tokens across token boundaries (ByteFallback).
   virtual bool joins_byte_tokens() const { return false; }
 };

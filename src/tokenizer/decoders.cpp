@@ -17,6 +17,10 @@ namespace {
 class ByteLevelDec : public Decoder {
  public:
   void decode_chain(std::vector<std::string>& tokens) const override {
+    decode_chain_raw(tokens);
+    tokens.front() = utf8_lossy(tokens.front());
+  }
+  void decode_chain_raw(std::vector<std::string>& tokens) const override {
     std::string bytes;
     for (const auto& t : tokens) {
       size_t mark = bytes.size();
@@ -31,7 +35,7 @@ class ByteLevelDec : public Decoder {
         bytes += t;
       }
     }
-    tokens.assign(1, utf8_lossy(bytes));
+    tokens.assign(1, std::move(bytes));
   }
 };
 
@@ -51,14 +55,19 @@ class MetaspaceDec : public Decoder {
 // Runs of <0xAB> tokens become their UTF-8 text; an invalid run becomes one U+FFFD per byte.
 class ByteFallbackDec : public Decoder {
  public:
-  void decode_chain(std::vector<std::string>& tokens) const override {
+  void decode_chain(std::vector<std::string>& tokens) const override { join_bytes(tokens, /*lossy=*/true); }
+  void decode_chain_raw(std::vector<std::string>& tokens) const override { join_bytes(tokens, /*lossy=*/false); }
+  bool joins_byte_tokens() const override { return true; }
+
+ private:
+  static void join_bytes(std::vector<std::string>& tokens, bool lossy) {
     std::vector<std::string> out;
     out.reserve(tokens.size());
     std::string run;
     size_t run_len = 0;
     auto flush = [&] {
       if (run_len == 0) return;
-      if (is_valid_utf8(run)) out.push_back(run);
+      if (!lossy || is_valid_utf8(run)) out.push_back(run);
       else
         for (size_t k = 0; k < run_len; ++k) out.emplace_back("\xEF\xBF\xBD");
       run.clear();
@@ -77,7 +86,6 @@ class ByteFallbackDec : public Decoder {
     flush();
     tokens = std::move(out);
   }
-  bool joins_byte_tokens() const override { return true; }
 };
 
 class FuseDec : public Decoder {
@@ -196,6 +204,9 @@ class SequenceDec : public Decoder {
   explicit SequenceDec(std::vector<std::unique_ptr<Decoder>> parts) : parts_(std::move(parts)) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
     for (const auto& p : parts_) p->decode_chain(tokens);
+  }
+  void decode_chain_raw(std::vector<std::string>& tokens) const override {
+    for (const auto& p : parts_) p->decode_chain_raw(tokens);
   }
   bool joins_byte_tokens() const override {
     for (const auto& p : parts_)

@@ -231,6 +231,29 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special) c
   return out;
 }
 
+std::optional<std::string> Tokenizer::token_bytes(int32_t id) const {
+  const auto& t = *impl_;
+  const std::string* s = t.token_of(id);
+  if (!s) return std::nullopt;
+  // The chain run on [token, token] minus the chain on [token]: what the second copy adds is the
+  // token in mid-sequence position, free of first-token effects (Metaspace / Strip drop a leading
+  // space, WordPiece's "##" only counts after a first word).
+  auto chain = [&](size_t copies) {
+    std::vector<std::string> tokens(copies, *s);
+    std::string out;
+    if (!t.decoder) {
+      for (size_t k = 0; k < copies; ++k) out += (k ? " " : "") + *s;
+      return out;
+    }
+    t.decoder->decode_chain_raw(tokens);
+    for (const auto& piece : tokens) out += piece;
+    return out;
+  };
+  const std::string one = chain(1), two = chain(2);
+  if (two.size() > one.size() && two.compare(0, one.size(), one) == 0) return two.substr(one.size());
+  return one;  // the second copy vanished (CTC collapses repeats) or the output is not prefix-stable
+}
+
 int32_t Tokenizer::vocab_size() const { return impl_->vocab_size; }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {

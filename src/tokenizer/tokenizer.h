@@ -39,6 +39,12 @@ class Tokenizer {
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::string id_to_token(int32_t id) const;  // raw vocab string; throws for an unknown id
   bool is_special(int32_t id) const;
+  // The exact bytes token `id` adds to decoded text after other tokens: a <0xAB> byte-fallback
+  // token is its byte, a byte-level BPE token its bytes (possibly part of a UTF-8 sequence), a
+  // SentencePiece "\u2581" a space (kept: only a sequence's first token loses it). Added and special
+  // tokens give their content. nullopt for an unknown id. (Grammar-constrained sampling matches
+  // these bytes against what may come next.)
+  std::optional<std::string> token_bytes(int32_t id) const;
   // From tokenizer_config.json bos_token/eos_token; without it, bos falls back to the first
   // special token the post-processor prepends.
   std::optional<int32_t> bos_id() const;
