@@ -35,7 +35,18 @@ struct BatchRequest {
   bool ignore_eos = false;
   std::vector<std::string> stop;  // stop strings (need the engine's tokenizer; not in the text)
   int64_t logprobs = -1;          // -1: none; 0: the chosen token's; k: also the k likeliest (<= 20)
+  // Log p of every prompt token after the first given the ones before it (OpenAI's echo with
+  // logprobs): -1 none; 0: each token's; k: also the k likeliest. Such a request computes its whole
+  // prompt (no prefix-cache hits: a cached position has no logits).
+  int64_t prompt_logprobs = -1;
   uint64_t adapter = 0;           // keys prefix-cache blocks apart (LoRA adapters)
+};
+
+// One position's log-probabilities: the token's and the likeliest tokens' (best first).
+struct TokenLogprob {
+  int32_t token = -1;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
 };
 
 // What one step produced for a request: its new token (if it sampled one) and whether it ended.
@@ -47,6 +58,8 @@ struct BatchEvent {
   FinishReason reason = FinishReason::kLength;
   float logprob = 0;   // log p(token) under the model's distribution (the raw logits), if asked
   std::vector<std::pair<int32_t, float>> top;  // the likeliest tokens and their log p, best first
+  // With the request's first token, when it asked for prompt_logprobs: prompt tokens 1..n-1.
+  std::vector<TokenLogprob> prompt_logprobs;
 };
 
 struct BatchEngineOptions {
@@ -85,7 +98,10 @@ class BatchEngine {
     StopMatcher stops;
     std::optional<tok::StreamDecoder> decoder;
     int64_t logprobs = -1;
+    int64_t prompt_logprobs = -1;  // -1 once they were handed out (or never asked)
+    std::vector<TokenLogprob> prompt_lp;  // collected as the prompt's chunks run
   };
+  void collect_prompt_logprobs(Live& L, const StepItem& item, const float* rows);
   RequestId add_after(BatchRequest request, RequestId after);
   std::string text_of(Live& L, int32_t token);  // the token's final text through the stop matcher
   const model::Runner& runner_;
