@@ -1,0 +1,128 @@
+// POST /v1/chat/completions and /v1/completions: parse and validate, submit to the engine thread,
+// then either wait for every choice to end (one JSON response) or stream SSE chunks as events
+// arrive. Both paths watch the client's socket while they wait: a client that goes away has its
+// request cancelled, which frees its KV blocks before the engine's next step.
+#include <memory>
+
+#include "server/connection_probe.h"
+#include "server/openai_protocol.h"
+#include "server/openai_response.h"
+#include "server/server_context.h"
+#include "server/sse.h"
+
+namespace lathe::server {
+
+namespace {
+
+// A submitted request and the handler's view of it; cancels the request if dropped unfinished.
+struct Generation {
+  Generation(ServerContext& ctx, GenerationJob job_in, const httplib::Request& req)
+      : ctx(ctx),
+        active(ctx),
+        job(std::move(job_in)),
+        builder(job, ctx.model),
+        probe(req.remote_addr, req.remote_port, req.local_port) {}
+  ~Generation() {
+    if (channel && !channel->done()) ctx.engine.cancel(channel);
+  }
+  ServerContext& ctx;
+  ActiveGeneration active;
+  GenerationJob job;
+  ResponseBuilder builder;
+  ConnectionProbe probe;
+  std::shared_ptr<RequestChannel> channel;
+  std::vector<SequenceUpdate> updates;
+
+  // Waits until the engine thread took the request in; false when the client left meanwhile.
+  bool wait_accepted() {
+    for (;;) {
+      const auto state = channel->wait_accepted(ctx.options.poll_interval);
+      if (state == RequestChannel::State::kFailed) throw *channel->error();
+      if (state == RequestChannel::State::kAccepted) return true;
+      if (probe.closed()) return false;
+    }
+  }
+  // The updates that arrived within one poll interval, applied; the chunks they make.
+  std::vector<nlohmann::json> pump() {
+    updates.clear();
+    channel->take(updates, ctx.options.poll_interval);
+    std::vector<nlohmann::json> chunks;
+    for (const SequenceUpdate& u : updates)
+      for (nlohmann::json& c : builder.apply(u)) chunks.push_back(std::move(c));
+    return chunks;
+  }
+};
+
+void answer_whole(Generation& g, httplib::Response& res) {
+  while (!g.channel->done()) {
+    g.pump();
+    if (auto e = g.channel->error()) throw *e;
+    if (g.updates.empty() && g.probe.closed()) return;  // nobody to answer; ~Generation cancels
+  }
+  send_json(res, 200, g.builder.whole());
+}
+
+// One call of httplib's chunked content provider: write what arrived. False ends the response
+// (the client is gone; the releaser's Generation destructor cancels the request).
+bool stream_step(Generation& g, bool& opened, httplib::DataSink& sink) {
+  if (g.probe.closed()) return false;
+  std::string out;
+  if (!opened) {
+    for (const auto& c : g.builder.opening_chunks()) out += sse_event(c);
+    opened = true;
+  }
+  for (const auto& c : g.pump()) out += sse_event(c);
+  bool end = false;
+  if (auto e = g.channel->error()) {  // the engine failed mid-stream: say so in the stream's own shape
+    nlohmann::json body = nlohmann::json::parse(e->body());
+    out += sse_event(body);
+    end = true;
+  } else if (g.channel->done()) {
+    for (const auto& c : g.builder.closing_chunks()) out += sse_event(c);
+    end = true;
+  }
+  if (end) out += kSseDone;
+  if (!out.empty() && !sink.write(out.data(), out.size())) return false;
+  if (end) sink.done();
+  return true;
+}
+
+void generate(ServerContext& ctx, const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
+  if (ctx.draining) throw ApiError(503, "the server is shutting down", "", "shutting_down");
+  const nlohmann::json body = parse_body(req, ctx.options.max_json_depth);
+  GenerationJob job = endpoint == Endpoint::kChat ? parse_chat_request(body, ctx.model, ctx.options.response_format)
+                                                  : parse_completion_request(body, ctx.model);
+  auto g = std::make_shared<Generation>(ctx, std::move(job), req);
+  g->channel = ctx.engine.submit(g->job.request, g->job.n);
+  if (!g->wait_accepted()) return;
+  if (!g->job.stream) {
+    answer_whole(*g, res);
+    return;
+  }
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");  // proxies: pass chunks through as they come
+  auto opened = std::make_shared<bool>(false);
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [g, opened](size_t, httplib::DataSink& sink) {
+        try {
+          return stream_step(*g, *opened, sink);
+        } catch (const std::exception&) {
+          return false;
+        }
+      },
+      [g](bool) mutable { g.reset(); });  // the last reference: cancels an unfinished request
+}
+
+}  // namespace
+
+void add_generation_routes(httplib::Server& http, ServerContext& ctx) {
+  http.Post("/v1/chat/completions", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, [&] { generate(ctx, req, res, Endpoint::kChat); });
+  });
+  http.Post("/v1/completions", [&ctx](const httplib::Request& req, httplib::Response& res) {
+    guarded(res, [&] { generate(ctx, req, res, Endpoint::kCompletion); });
+  });
+}
+
+}  // namespace lathe::server
