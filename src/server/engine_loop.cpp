@@ -12,7 +12,8 @@ constexpr auto kRateWindow = std::chrono::seconds(10);
 
 EngineLoop::EngineLoop(const model::Runner& runner, const tok::Tokenizer* tokenizer, const EngineLoopOptions& options)
     : engine_(runner, options.engine, tokenizer),
-      capacity_(options.engine.scheduler.max_running + std::max<int64_t>(0, options.max_queue)) {
+      capacity_(options.engine.scheduler.max_running + std::max<int64_t>(0, options.max_queue)),
+      min_step_time_(options.min_step_time) {
   stats_.kv_blocks_total = engine_.blocks().num_blocks();
   thread_ = std::thread([this] { run(); });
 }
@@ -201,10 +202,18 @@ void EngineLoop::run() {
       publish(0);
       return;
     }
+    // Clients that went away since the last step: their blocks go back before this one plans.
+    std::vector<std::shared_ptr<RequestChannel>> gone;
+    for (const auto& [id, route] : routes_)
+      if (std::find(gone.begin(), gone.end(), route.channel) == gone.end() && route.channel->client_gone())
+        gone.push_back(route.channel);
+    for (const auto& c : gone) drop(c, true);
     int64_t generated = 0;
     if (!engine_.idle()) {
       try {
+        const auto started = std::chrono::steady_clock::now();
         std::vector<engine::BatchEvent> events = engine_.step();
+        if (min_step_time_.count() > 0) std::this_thread::sleep_until(started + min_step_time_);
         for (engine::BatchEvent& e : events) {
           const auto it = routes_.find(e.id);
           if (it == routes_.end()) continue;

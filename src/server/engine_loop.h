@@ -1,8 +1,9 @@
 // The engine thread: the one thread that owns the BatchEngine. HTTP handler threads submit requests
 // and cancellations through a mutex-guarded queue; the thread takes them in between steps, steps the
 // engine while there is work (sleeping on a condition variable when idle) and routes each event to
-// its request's RequestChannel. So a cancellation (a client that went away) is applied before the
-// next step runs, and its KV blocks are free by then.
+// its request's RequestChannel. Before each step it also checks every running request's client
+// connection (RequestChannel::client_gone), so a client that went away is cancelled, and its KV
+// blocks are free, before the next step runs.
 //
 // Admission control: at most max_running + max_queue sequences are in flight; submit() refuses
 // more at once with 429 (never blocks), and with 503 once drain() began.
@@ -27,6 +28,9 @@ namespace lathe::server {
 struct EngineLoopOptions {
   engine::BatchEngineOptions engine;
   int64_t max_queue = 256;  // sequences that may wait beyond the scheduler's max_running
+  // Tests: each step lasts at least this long (a stand-in for a real model's step time, so a test
+  // can act between steps of the tiny fixture models).
+  std::chrono::microseconds min_step_time{0};
 };
 
 // A snapshot for /metrics, published by the engine thread after each step.
@@ -78,6 +82,7 @@ class EngineLoop {
 
   engine::BatchEngine engine_;
   const int64_t capacity_;
+  const std::chrono::microseconds min_step_time_;
 
   mutable std::mutex mu_;
   std::condition_variable wake_;     // the engine thread: work arrived

@@ -23,7 +23,9 @@ struct Generation {
         builder(job, ctx.model),
         probe(req.remote_addr, req.remote_port, req.local_port) {}
   ~Generation() {
-    if (channel && !channel->done()) ctx.engine.cancel(channel);
+    if (!channel) return;
+    channel->unwatch();  // the connection may close once this returns
+    if (!channel->done()) ctx.engine.cancel(channel);
   }
   ServerContext& ctx;
   ActiveGeneration active;
@@ -94,6 +96,7 @@ void generate(ServerContext& ctx, const httplib::Request& req, httplib::Response
                                                   : parse_completion_request(body, ctx.model);
   auto g = std::make_shared<Generation>(ctx, std::move(job), req);
   g->channel = ctx.engine.submit(g->job.request, g->job.n);
+  g->channel->watch(&g->probe);
   if (!g->wait_accepted()) return;
   if (!g->job.stream) {
     answer_whole(*g, res);

@@ -1,6 +1,8 @@
 #include "server/http_server.h"
 
+#include <chrono>
 #include <csignal>
+#include <thread>
 
 #include <httplib.h>
 
@@ -95,7 +97,11 @@ int HttpServer::bind() {
   return port_;
 }
 
-void HttpServer::serve() { http_->listen_after_bind(); }
+void HttpServer::serve() {
+  serving_ = true;
+  if (!stopping_) http_->listen_after_bind();
+  serving_ = false;
+}
 
 void HttpServer::shutdown() {
   ctx_.draining = true;
@@ -103,7 +109,10 @@ void HttpServer::shutdown() {
     std::unique_lock lk(ctx_.active_mu);
     ctx_.active_cv.wait(lk, [&] { return ctx_.active == 0; });
   }
-  // Only now: httplib cuts off streams still writing once its listener is stopped.
+  // Only now: httplib cuts off streams still writing once its listener is stopped. httplib's stop()
+  // does nothing before its listen loop runs, so a serve() that is starting is waited for.
+  stopping_ = true;
+  while (serving_ && !http_->is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   http_->stop();
 }
 

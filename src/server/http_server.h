@@ -6,6 +6,7 @@
 // then the listener closes and serve() returns.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -40,6 +41,7 @@ class HttpServer {
   ServerContext ctx_;
   std::unique_ptr<httplib::Server> http_;
   int port_ = 0;
+  std::atomic<bool> serving_{false}, stopping_{false};
 };
 
 // Compares a presented secret with the expected one in time that depends only on their lengths'

@@ -172,6 +172,7 @@ GenerationJob parse_completion_request(const nlohmann::json& body, const ServedM
   if (!prompt) bad_field("prompt", "'prompt' is required");
   if (prompt->is_string()) {
     job.prompt_text = prompt->get<std::string>();
+    if (job.prompt_text.empty()) bad_field("prompt", "the prompt is empty");
     job.request.prompt = m.tokenizer->encode(job.prompt_text, /*add_special=*/true, /*parse_special=*/true);
   } else if (prompt->is_array() && !prompt->empty() && prompt->front().is_number()) {
     job.request.prompt = f.token_ids("prompt", m.vocab_size);

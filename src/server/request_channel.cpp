@@ -25,6 +25,16 @@ std::optional<ApiError> RequestChannel::error() const {
   return error_;
 }
 
+void RequestChannel::watch(const ConnectionProbe* probe) {
+  std::lock_guard lk(mu_);
+  probe_ = probe;
+}
+
+bool RequestChannel::client_gone() const {
+  std::lock_guard lk(mu_);
+  return probe_ && probe_->closed();
+}
+
 void RequestChannel::accept() {
   {
     std::lock_guard lk(mu_);

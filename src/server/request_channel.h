@@ -13,6 +13,7 @@
 
 #include "engine/batch_engine.h"
 #include "server/api_error.h"
+#include "server/connection_probe.h"
 
 namespace lathe::server {
 
@@ -34,8 +35,13 @@ class RequestChannel {
   // True once the request failed or every sequence finished and its updates were taken.
   bool done() const;
   std::optional<ApiError> error() const;
+  // The client's connection, for the engine thread to check before each step; unwatch() before the
+  // connection may close (its descriptor could then be reused by another one).
+  void watch(const ConnectionProbe* probe);
+  void unwatch() { watch(nullptr); }
 
   // ---- engine thread ----
+  bool client_gone() const;
   void accept();
   void fail(const ApiError& error);
   void push(SequenceUpdate update);
@@ -48,6 +54,7 @@ class RequestChannel {
   std::optional<ApiError> error_;
   std::vector<SequenceUpdate> updates_;
   int64_t finished_ = 0;
+  const ConnectionProbe* probe_ = nullptr;
 };
 
 }  // namespace lathe::server

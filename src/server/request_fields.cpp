@@ -31,7 +31,7 @@ int64_t integer_value(const nlohmann::json& v, const std::string& name, int64_t 
   // Integral floats (3.0) pass, as Python's validators let them; anything else must fit in range.
   if (v.is_number_unsigned()) {
     const uint64_t u = v.get<uint64_t>();
-    if (u > uint64_t(max)) bad_field(name, "'{}' is {}; it must be within {}..{}", name, u, min, max);
+    if (u > uint64_t(max) || (min > 0 && u < uint64_t(min))) bad_field(name, "'{}' is {}; it must be within {}..{}", name, u, min, max);
     return int64_t(u);
   }
   if (v.is_number_integer()) {

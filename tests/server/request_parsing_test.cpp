@@ -1,0 +1,81 @@
+// OpenAI request bodies -> engine requests, without HTTP: typed field reads, defaults (the model's
+// generation_config, OpenAI's 16-token completions), limits against the context, response_format.
+#include <gtest/gtest.h>
+
+#include "server/openai_protocol.h"
+#include "server/request_fields.h"
+#include "test_paths.h"
+#include "test_server.h"
+
+namespace lathe::server {
+namespace {
+
+using nlohmann::json;
+
+int status_of(const std::function<void()>& f, std::string* param = nullptr) {
+  try {
+    f();
+  } catch (const ApiError& e) {
+    if (param) *param = e.param();
+    return e.status();
+  }
+  return 0;
+}
+
+TEST(RequestFields, TypesRangesAndNulls) {
+  const json body = {{"i", 5}, {"f", 2.0}, {"frac", 2.5}, {"neg", -3}, {"big", uint64_t(-1)}, {"s", "x"},
+                     {"b", true}, {"nul", nullptr}, {"arr", {"a", "b"}}};
+  const RequestFields f(body);
+  EXPECT_EQ(f.integer("i", 0, 10), 5);
+  EXPECT_EQ(f.integer("f", 0, 10), 2);  // an integral float passes
+  EXPECT_FALSE(f.integer("nul", 0, 10).has_value());
+  EXPECT_FALSE(f.integer("absent", 0, 10).has_value());
+  std::string param;
+  EXPECT_EQ(status_of([&] { f.integer("frac", 0, 10); }, &param), 400);
+  EXPECT_EQ(param, "frac");
+  EXPECT_EQ(status_of([&] { f.integer("neg", 0, 10); }), 400);
+  EXPECT_EQ(status_of([&] { f.integer("big", 0, INT64_MAX); }), 400);
+  EXPECT_EQ(status_of([&] { f.number("s", 0, 1); }), 400);
+  EXPECT_EQ(status_of([&] { f.boolean("i"); }), 400);
+  EXPECT_EQ(f.strings("arr", 4), (std::vector<std::string>{"a", "b"}));
+  EXPECT_EQ(f.strings("s", 4), (std::vector<std::string>{"x"}));
+  EXPECT_EQ(status_of([&] { f.strings("arr", 1); }), 400);
+  EXPECT_EQ(status_of([] { RequestFields g(json::array()); }), 400);
+}
+
+TEST(RequestParsing, CompletionDefaultsAndLimits) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  testing::TestServer s(dir);
+  const ServedModel& m = s.model();
+  const GenerationJob j = parse_completion_request({{"prompt", "Hello"}}, m);
+  EXPECT_EQ(j.request.max_new_tokens, 16);  // OpenAI's completions default
+  EXPECT_EQ(j.request.sampler.temperature, 1.f);
+  EXPECT_EQ(j.request.prompt, s.fixture().tokenizer.encode("Hello", true, true));
+  EXPECT_EQ(j.request.prompt_logprobs, -1);
+  const GenerationJob e = parse_completion_request({{"prompt", "Hello"}, {"echo", true}, {"logprobs", 2}}, m);
+  EXPECT_EQ(e.request.prompt_logprobs, 2);
+  EXPECT_EQ(e.request.logprobs, 2);
+  const GenerationJob c = parse_chat_request({{"messages", {{{"role", "user"}, {"content", "Hi"}}}}}, m, nullptr);
+  EXPECT_EQ(c.request.max_new_tokens, m.context - int64_t(c.request.prompt.size()));  // the room left
+  EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", "Hello"}, {"max_tokens", 2000}}, m); }), 400);
+  EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", "Hello"}, {"top_k", -1}}, m); }), 0);  // vLLM's "off"
+}
+
+TEST(RequestParsing, ResponseFormatHook) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  testing::TestServer s(dir);
+  const json body = {{"messages", {{{"role", "user"}, {"content", "Hi"}}}},
+                     {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "p"}, {"schema", {{"type", "object"}}}}}}}};
+  std::string param;
+  EXPECT_EQ(status_of([&] { parse_chat_request(body, s.model(), nullptr); }, &param), 400);
+  EXPECT_EQ(param, "response_format");
+  // With a hook the request reaches it, validated.
+  ResponseFormat seen;
+  parse_chat_request(body, s.model(), [&](const ResponseFormat& f, engine::BatchRequest&) { seen = f; });
+  EXPECT_EQ(seen.kind, ResponseFormat::Kind::kJsonSchema);
+  EXPECT_EQ(seen.name, "p");
+  EXPECT_EQ(seen.schema, json({{"type", "object"}}));
+}
+
+}  // namespace
+}  // namespace lathe::server
