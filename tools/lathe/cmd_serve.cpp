@@ -35,19 +35,18 @@ int64_t kv_blocks(int64_t num_blocks, double kv_memory_gib, int64_t block_size, 
 
 void add_serve_command(CLI::App& app) {
   struct Opts {
-    std::string model, name, template_file, host = "127.0.0.1", api_key;
-    int port = 8080, http_threads = 32;
+    std::string model, name, template_file;
     DeviceOptions device;
+    server::ServerOptions server;  // host, port, key, limits: flags write them directly
     int64_t max_queue = 256, max_running = 256, num_blocks = 0, block_size = 16, token_budget = 2048;
     double kv_memory = 0;
-    size_t max_body = 8u << 20;
   };
   auto o = std::make_shared<Opts>();
   auto* cmd = app.add_subcommand("serve", "OpenAI-compatible HTTP server (chat, completions, streaming)");
   cmd->add_option("-m,--model", o->model, "Hugging Face model folder")->required();
-  cmd->add_option("--host", o->host, "address to listen on (0.0.0.0: every interface)")->capture_default_str();
-  cmd->add_option("--port", o->port, "TCP port (0: any free port)")->capture_default_str();
-  cmd->add_option("--api-key", o->api_key,
+  cmd->add_option("--host", o->server.host, "address to listen on (0.0.0.0: every interface)")->capture_default_str();
+  cmd->add_option("--port", o->server.port, "TCP port (0: any free port)")->capture_default_str();
+  cmd->add_option("--api-key", o->server.api_key,
                   "require 'Authorization: Bearer KEY' on every route but /health and /metrics (default: "
                   "$LATHE_API_KEY, else none)");
   cmd->add_option("--served-model-name", o->name, "the model name clients send (default: the folder's name)");
@@ -61,8 +60,11 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--block-size", o->block_size, "tokens per KV block")->capture_default_str();
   cmd->add_option("--token-budget", o->token_budget, "tokens computed per step (decodes + prefill chunks)")
       ->capture_default_str();
-  cmd->add_option("--http-threads", o->http_threads, "connections served at once")->capture_default_str();
-  cmd->add_option("--max-body-bytes", o->max_body, "largest request body; bigger ones get 413")->capture_default_str();
+  o->server.http_threads = 0;
+  cmd->add_option("--http-threads", o->server.http_threads,
+                  "connections served at once (default: --max-running + --max-queue + 16, so every request "
+                  "admitted has a thread and the rest get their 429 at once)");
+  cmd->add_option("--max-body-bytes", o->server.max_body_bytes, "largest request body; bigger ones get 413")->capture_default_str();
   add_backend_option(cmd, o->device);
   cmd->callback([o] {
     // SIGINT/SIGTERM go to one thread that waits for them: blocked here, before any other thread
@@ -73,8 +75,10 @@ void add_serve_command(CLI::App& app) {
     sigaddset(&stop_signals, SIGTERM);
     pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
 
-    if (o->api_key.empty())
-      if (const char* env = std::getenv("LATHE_API_KEY")) o->api_key = env;
+    if (o->server.http_threads <= 0)
+      o->server.http_threads = int(std::min<int64_t>(o->max_running + o->max_queue + 16, 4096));
+    if (o->server.api_key.empty())
+      if (const char* env = std::getenv("LATHE_API_KEY")) o->server.api_key = env;
     auto backend = make_backend(o->device, /*exact_by_default=*/false);
     auto model = model::Model::load(o->model, model::load_options_for(*backend));
     const tok::Tokenizer tokenizer = require_tokenizer(o->model);
@@ -107,13 +111,7 @@ void add_serve_command(CLI::App& app) {
     served.kv_positions = eo.engine.num_blocks * o->block_size;
     server::EngineLoop engine(runner, &tokenizer, eo);
 
-    server::ServerOptions so;
-    so.host = o->host;
-    so.port = o->port;
-    so.api_key = o->api_key;
-    so.http_threads = o->http_threads;
-    so.max_body_bytes = o->max_body;
-    server::HttpServer http(served, engine, so);
+    server::HttpServer http(served, engine, o->server);
     http.bind();
 
     std::thread([&http, stop_signals] {
