@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <mutex>
 #include <thread>
 
 #include "cli_common.h"
@@ -114,11 +115,18 @@ void add_serve_command(CLI::App& app) {
     server::HttpServer http(served, engine, o->server);
     http.bind();
 
-    std::thread([&http, stop_signals] {
+    // The first signal starts the drain on `stopper` (joined below, before `http` goes away); the
+    // signal thread stays to honour a second one.
+    std::mutex stopper_mu;
+    std::thread stopper;
+    std::thread([&http, &stopper, &stopper_mu, stop_signals] {
       int sig = 0;
       sigwait(&stop_signals, &sig);
       fmt::print(stderr, "lathe serve: {}, finishing requests in flight (again to quit now)\n", strsignal(sig));
-      std::thread([&http] { http.shutdown(); }).detach();
+      {
+        std::lock_guard lk(stopper_mu);
+        stopper = std::thread([&http] { http.shutdown(); });
+      }
       sigwait(&stop_signals, &sig);
       std::_Exit(130);
     }).detach();
@@ -127,6 +135,10 @@ void add_serve_command(CLI::App& app) {
                eo.engine.num_blocks, o->block_size, http.url());
     std::fflush(stdout);
     http.serve();
+    {
+      std::lock_guard lk(stopper_mu);
+      if (stopper.joinable()) stopper.join();
+    }
     engine.drain();
     fmt::print(stderr, "lathe serve: stopped\n");
   });
