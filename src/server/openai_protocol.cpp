@@ -179,9 +179,16 @@ GenerationJob parse_completion_request(const nlohmann::json& body, const ServedM
     job.prompt_text = m.tokenizer->decode(job.request.prompt);
   } else if (prompt->is_array() && prompt->size() == 1 && prompt->front().is_string()) {
     job.prompt_text = prompt->front().get<std::string>();
+    if (job.prompt_text.empty()) bad_field("prompt", "the prompt is empty");
     job.request.prompt = m.tokenizer->encode(job.prompt_text, /*add_special=*/true, /*parse_special=*/true);
+  } else if (prompt->is_array() && prompt->size() == 1 && prompt->front().is_array()) {
+    // [[ids]]: one tokenized prompt in the batch form (what lm-evaluation-harness sends).
+    job.request.prompt = RequestFields(nlohmann::json{{"prompt", prompt->front()}}).token_ids("prompt", m.vocab_size);
+    job.prompt_text = m.tokenizer->decode(job.request.prompt);
   } else {
-    bad_field("prompt", "'prompt' must be a string or an array of token ids (one prompt per request)");
+    bad_field("prompt",
+              "'prompt' must be a string or an array of token ids; a batch of several prompts is not supported "
+              "(send one request per prompt)");
   }
   read_common(f, m, job);
   job.echo = f.boolean("echo").value_or(false);

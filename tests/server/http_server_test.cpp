@@ -81,6 +81,10 @@ TEST(Server, CompletionsGreedyEqualsTransformers) {
                                                     {"temperature", 0}, {"ignore_eos", true}}));
     ASSERT_EQ(r["object"], "text_completion") << r.dump();
     EXPECT_EQ(r["choices"][0]["text"], s.fixture().tokenizer.decode(greedy, /*skip_special=*/true));
+    // The batch form of one tokenized prompt ([[ids]], as evaluation harnesses send it) is the same.
+    const json b = parse(s.post("/v1/completions", {{"prompt", json::array({prompt})}, {"max_tokens", greedy.size()},
+                                                    {"temperature", 0}, {"ignore_eos", true}}));
+    EXPECT_EQ(b["choices"][0]["text"], r["choices"][0]["text"]);
     EXPECT_EQ(r["choices"][0]["finish_reason"], "length");
     EXPECT_EQ(r["usage"]["prompt_tokens"], prompt.size());
     EXPECT_EQ(r["usage"]["completion_tokens"], greedy.size());
@@ -379,6 +383,8 @@ TEST(Server, ErrorsHaveOpenAIShapeAndStatus) {
   expect_error(comp({{"prompt", json::array({1, -2})}}), 400, "prompt");
   expect_error(comp({{"prompt", json::array({1, 512})}}), 400, "prompt");
   expect_error(comp({{"prompt", ""}}), 400, "prompt");
+  expect_error(comp({{"prompt", json::array({"a", "b"})}}), 400, "prompt", "not supported");
+  expect_error(comp({{"prompt", json::array({json::array({1, 600})})}}), 400, "prompt");
   expect_error(comp({{"logprobs", 21}}), 400, "logprobs");
   expect_error(comp({{"suffix", "tail"}}), 400, "suffix");
   // Over-long prompts name the context limit and the prompt's length.
