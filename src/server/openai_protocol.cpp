@@ -69,18 +69,21 @@ void set_limits(GenerationJob& job, std::optional<int64_t> max_tokens, const std
                 const std::string& max_field, const ServedModel& m, int64_t default_max) {
   const int64_t len = int64_t(job.request.prompt.size());
   if (len == 0) bad_field(prompt_field, "the prompt is empty");
+  // The smaller of the model's context and the whole KV cache (a request must fit in it alone).
   const int64_t limit = std::min(m.context, m.kv_positions);
+  const std::string what = m.kv_positions < m.context
+                               ? fmt::format("This server's KV cache holds {} tokens (the model's context is {})",
+                                             limit, m.context)
+                               : fmt::format("This model's maximum context length is {} tokens", limit);
   if (len >= limit)
     throw ApiError(400,
-                   fmt::format("This model's maximum context length is {} tokens; the prompt has {} tokens, which "
-                               "leaves no room for the reply. Shorten the prompt.",
-                               limit, len),
+                   fmt::format("{}; the prompt has {} tokens, which leaves no room for the reply. Shorten the prompt.",
+                               what, len),
                    prompt_field, "context_length_exceeded");
   if (max_tokens && len + *max_tokens > limit)
     throw ApiError(400,
-                   fmt::format("This model's maximum context length is {} tokens; the prompt has {} tokens and {} "
-                               "asks for {} more. Shorten the prompt or lower {}.",
-                               limit, len, max_field, *max_tokens, max_field),
+                   fmt::format("{}; the prompt has {} tokens and {} asks for {} more. Shorten the prompt or lower {}.",
+                               what, len, max_field, *max_tokens, max_field),
                    max_field, "context_length_exceeded");
   job.request.max_new_tokens = max_tokens ? *max_tokens : std::min(default_max, limit - len);
 }

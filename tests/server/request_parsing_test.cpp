@@ -59,6 +59,17 @@ TEST(RequestParsing, CompletionDefaultsAndLimits) {
   EXPECT_EQ(c.request.max_new_tokens, m.context - int64_t(c.request.prompt.size()));  // the room left
   EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", "Hello"}, {"max_tokens", 2000}}, m); }), 400);
   EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", "Hello"}, {"top_k", -1}}, m); }), 0);  // vLLM's "off"
+  // A KV cache smaller than the context is the limit, and the error says which it is.
+  ServedModel small = m;
+  small.kv_positions = 8;
+  try {
+    parse_completion_request({{"prompt", std::vector<int32_t>(10, 5)}}, small);
+    ADD_FAILURE() << "a 10-token prompt passed an 8-token cache";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status(), 400);
+    EXPECT_NE(std::string(e.what()).find("KV cache holds 8 tokens"), std::string::npos) << e.what();
+    EXPECT_EQ(e.code(), "context_length_exceeded");
+  }
 }
 
 TEST(RequestParsing, ResponseFormatHook) {
