@@ -14,7 +14,8 @@ namespace lathe::server {
 
 namespace {
 
-// A submitted request and the handler's view of it; cancels the request if dropped unfinished.
+// A submitted request (one engine request per prompt) and the handler's view of it; cancels what
+// is unfinished when dropped.
 struct Generation {
   Generation(ServerContext& ctx, GenerationJob job_in, const httplib::Request& req)
       : ctx(ctx),
@@ -23,31 +24,61 @@ struct Generation {
         builder(job, ctx.model),
         probe(req.remote_addr, req.remote_port, req.local_port) {}
   ~Generation() {
-    if (!channel) return;
-    channel->unwatch();  // the connection may close once this returns
-    if (!channel->done()) ctx.engine.cancel(channel);
+    for (const auto& c : channels) {
+      c->unwatch();  // the connection may close once this returns
+      if (!c->done()) ctx.engine.cancel(c);
+    }
   }
   ServerContext& ctx;
   ActiveGeneration active;
   GenerationJob job;
   ResponseBuilder builder;
   ConnectionProbe probe;
-  std::shared_ptr<RequestChannel> channel;
+  std::vector<std::shared_ptr<RequestChannel>> channels;  // one per prompt
   std::vector<SequenceUpdate> updates;
 
-  // Waits until the engine thread took the request in; false when the client left meanwhile.
-  bool wait_accepted() {
-    for (;;) {
-      const auto state = channel->wait_accepted(ctx.options.poll_interval);
-      if (state == RequestChannel::State::kFailed) throw *channel->error();
-      if (state == RequestChannel::State::kAccepted) return true;
-      if (probe.closed()) return false;
+  void submit() {
+    for (size_t p = 0; p < job.prompts.size(); ++p) {
+      channels.push_back(ctx.engine.submit(job.request_for(p), job.n));  // a 429 here cancels the others
+      channels.back()->watch(&probe);
     }
   }
-  // The updates that arrived within one poll interval, applied; the chunks they make.
+  bool done() const {
+    for (const auto& c : channels)
+      if (!c->done()) return false;
+    return true;
+  }
+  std::optional<ApiError> error() const {
+    for (const auto& c : channels)
+      if (auto e = c->error()) return e;
+    return std::nullopt;
+  }
+  // Waits until the engine thread took every prompt in; false when the client left meanwhile.
+  bool wait_accepted() {
+    for (const auto& c : channels)
+      for (;;) {
+        const auto state = c->wait_accepted(ctx.options.poll_interval);
+        if (state == RequestChannel::State::kFailed) throw *c->error();
+        if (state == RequestChannel::State::kAccepted) break;
+        if (probe.closed()) return false;
+      }
+    return true;
+  }
+  // The updates that arrived (waiting up to one poll interval for some), applied; the chunks they make.
   std::vector<nlohmann::json> pump() {
     updates.clear();
-    channel->take(updates, ctx.options.poll_interval);
+    for (size_t p = 0; p < channels.size(); ++p) {
+      const size_t before = updates.size();
+      channels[p]->take(updates, std::chrono::milliseconds(0));
+      for (size_t k = before; k < updates.size(); ++k) updates[k].index += int64_t(p) * job.n;  // choice numbering
+    }
+    if (updates.empty())
+      for (size_t p = 0; p < channels.size(); ++p)
+        if (!channels[p]->done()) {
+          channels[p]->take(updates, ctx.options.poll_interval);
+          for (SequenceUpdate& u : updates) u.index += int64_t(p) * job.n;
+          break;
+        }
     std::vector<nlohmann::json> chunks;
     for (const SequenceUpdate& u : updates)
       for (nlohmann::json& c : builder.apply(u)) chunks.push_back(std::move(c));
@@ -56,9 +87,9 @@ struct Generation {
 };
 
 void answer_whole(Generation& g, httplib::Response& res) {
-  while (!g.channel->done()) {
+  while (!g.done()) {
     g.pump();
-    if (auto e = g.channel->error()) throw *e;
+    if (auto e = g.error()) throw *e;
     if (g.updates.empty() && g.probe.closed()) return;  // nobody to answer; ~Generation cancels
   }
   send_json(res, 200, g.builder.whole());
@@ -75,11 +106,11 @@ bool stream_step(Generation& g, bool& opened, httplib::DataSink& sink) {
   }
   for (const auto& c : g.pump()) out += sse_event(c);
   bool end = false;
-  if (auto e = g.channel->error()) {  // the engine failed mid-stream: say so in the stream's own shape
+  if (auto e = g.error()) {  // the engine failed mid-stream: say so in the stream's own shape
     nlohmann::json body = nlohmann::json::parse(e->body());
     out += sse_event(body);
     end = true;
-  } else if (g.channel->done()) {
+  } else if (g.done()) {
     for (const auto& c : g.builder.closing_chunks()) out += sse_event(c);
     end = true;
   }
@@ -95,8 +126,7 @@ void generate(ServerContext& ctx, const httplib::Request& req, httplib::Response
   GenerationJob job = endpoint == Endpoint::kChat ? parse_chat_request(body, ctx.model, ctx.options.response_format)
                                                   : parse_completion_request(body, ctx.model);
   auto g = std::make_shared<Generation>(ctx, std::move(job), req);
-  g->channel = ctx.engine.submit(g->job.request, g->job.n);
-  g->channel->watch(&g->probe);
+  g->submit();
   if (!g->wait_accepted()) return;
   if (!g->job.stream) {
     answer_whole(*g, res);

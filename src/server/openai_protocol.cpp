@@ -12,6 +12,7 @@ namespace {
 constexpr size_t kMaxStops = 16;
 constexpr int64_t kMaxN = 128;
 constexpr int64_t kMaxTopLogprobs = 20;
+constexpr size_t kMaxPrompts = 64;
 
 // Sampling settings: the request's, else the model's generation_config, else OpenAI's defaults
 // (temperature 1, no truncation), the way vLLM resolves them.
@@ -64,28 +65,66 @@ void read_common(const RequestFields& f, const ServedModel& m, GenerationJob& jo
   job.request.eos_ids = m.eos_ids;
 }
 
-// The prompt against the context, and the token limit: explicit, or whatever room is left.
+// Each prompt against the context, and the token limit: explicit, or whatever room the longest
+// prompt leaves (at most default_max).
 void set_limits(GenerationJob& job, std::optional<int64_t> max_tokens, const std::string& prompt_field,
                 const std::string& max_field, const ServedModel& m, int64_t default_max) {
-  const int64_t len = int64_t(job.request.prompt.size());
-  if (len == 0) bad_field(prompt_field, "the prompt is empty");
   // The smaller of the model's context and the whole KV cache (a request must fit in it alone).
   const int64_t limit = std::min(m.context, m.kv_positions);
   const std::string what = m.kv_positions < m.context
                                ? fmt::format("This server's KV cache holds {} tokens (the model's context is {})",
                                              limit, m.context)
                                : fmt::format("This model's maximum context length is {} tokens", limit);
-  if (len >= limit)
-    throw ApiError(400,
-                   fmt::format("{}; the prompt has {} tokens, which leaves no room for the reply. Shorten the prompt.",
-                               what, len),
-                   prompt_field, "context_length_exceeded");
-  if (max_tokens && len + *max_tokens > limit)
-    throw ApiError(400,
-                   fmt::format("{}; the prompt has {} tokens and {} asks for {} more. Shorten the prompt or lower {}.",
-                               what, len, max_field, *max_tokens, max_field),
-                   max_field, "context_length_exceeded");
-  job.request.max_new_tokens = max_tokens ? *max_tokens : std::min(default_max, limit - len);
+  int64_t room = default_max;
+  for (const GenerationJob::Prompt& p : job.prompts) {
+    const int64_t len = int64_t(p.ids.size());
+    if (len == 0) bad_field(prompt_field, "the prompt is empty");
+    if (len >= limit)
+      throw ApiError(400,
+                     fmt::format("{}; the prompt has {} tokens, which leaves no room for the reply. Shorten the prompt.",
+                                 what, len),
+                     prompt_field, "context_length_exceeded");
+    if (max_tokens && len + *max_tokens > limit)
+      throw ApiError(400,
+                     fmt::format("{}; the prompt has {} tokens and {} asks for {} more. Shorten the prompt or lower {}.",
+                                 what, len, max_field, *max_tokens, max_field),
+                     max_field, "context_length_exceeded");
+    room = std::min(room, limit - len);
+  }
+  job.request.max_new_tokens = max_tokens ? *max_tokens : room;
+}
+
+// A prompt string (tokenized with the model's special tokens, BOS included) or token ids.
+GenerationJob::Prompt text_prompt(const nlohmann::json& v, const ServedModel& m) {
+  GenerationJob::Prompt p{{}, v.get<std::string>()};
+  if (p.text.empty()) bad_field("prompt", "the prompt is empty");
+  p.ids = m.tokenizer->encode(p.text, /*add_special=*/true, /*parse_special=*/true);
+  return p;
+}
+GenerationJob::Prompt id_prompt(const nlohmann::json& v, const ServedModel& m) {
+  GenerationJob::Prompt p;
+  p.ids = RequestFields(nlohmann::json{{"prompt", v}}).token_ids("prompt", m.vocab_size);
+  if (p.ids.empty()) bad_field("prompt", "the prompt is empty");
+  p.text = m.tokenizer->decode(p.ids);
+  return p;
+}
+
+// OpenAI's prompt forms: a string, token ids, or a batch of either (strings or id arrays).
+std::vector<GenerationJob::Prompt> read_prompts(const nlohmann::json* prompt, const ServedModel& m) {
+  if (!prompt) bad_field("prompt", "'prompt' is required");
+  if (prompt->is_string()) return {text_prompt(*prompt, m)};
+  const char* shape = "'prompt' must be a string, an array of token ids, or an array of either";
+  if (!prompt->is_array() || prompt->empty()) bad_field("prompt", "{}", shape);
+  if (prompt->front().is_number()) return {id_prompt(*prompt, m)};
+  if (prompt->size() > kMaxPrompts)
+    bad_field("prompt", "'prompt' holds {} prompts; send at most {} per request", prompt->size(), kMaxPrompts);
+  std::vector<GenerationJob::Prompt> out;
+  for (const auto& p : *prompt) {
+    if (p.is_string()) out.push_back(text_prompt(p, m));
+    else if (p.is_array()) out.push_back(id_prompt(p, m));
+    else bad_field("prompt", "{}", shape);
+  }
+  return out;
 }
 
 std::string content_text(const nlohmann::json& content, const std::string& where) {
@@ -106,6 +145,18 @@ std::string content_text(const nlohmann::json& content, const std::string& where
 }
 
 }  // namespace
+
+engine::BatchRequest GenerationJob::request_for(size_t prompt) const {
+  engine::BatchRequest r = request;
+  r.prompt = prompts.at(prompt).ids;
+  return r;
+}
+
+int64_t GenerationJob::prompt_tokens() const {
+  int64_t n = 0;
+  for (const Prompt& p : prompts) n += int64_t(p.ids.size());
+  return n;
+}
 
 void check_model_name(const nlohmann::json& body, const ServedModel& model) {
   const RequestFields f(body);
@@ -158,7 +209,7 @@ GenerationJob parse_chat_request(const nlohmann::json& body, const ServedModel& 
   const bool add_generation_prompt = f.boolean("add_generation_prompt").value_or(true);
   const std::string text = tmpl::render_chat(*m.chat_template, messages, add_generation_prompt);
   // The rendered template holds BOS and the turn markers itself: no special tokens are added.
-  job.request.prompt = m.tokenizer->encode(text, /*add_special=*/false, /*parse_special=*/true);
+  job.prompts = {{m.tokenizer->encode(text, /*add_special=*/false, /*parse_special=*/true), text}};
   auto max_tokens = f.integer("max_completion_tokens", 1, INT32_MAX);
   if (!max_tokens) max_tokens = f.integer("max_tokens", 1, INT32_MAX);
   set_limits(job, max_tokens, "messages", f.get("max_completion_tokens") ? "max_completion_tokens" : "max_tokens", m,
@@ -171,28 +222,7 @@ GenerationJob parse_completion_request(const nlohmann::json& body, const ServedM
   check_model_name(body, m);
   GenerationJob job;
   job.endpoint = Endpoint::kCompletion;
-  const nlohmann::json* prompt = f.get("prompt");
-  if (!prompt) bad_field("prompt", "'prompt' is required");
-  if (prompt->is_string()) {
-    job.prompt_text = prompt->get<std::string>();
-    if (job.prompt_text.empty()) bad_field("prompt", "the prompt is empty");
-    job.request.prompt = m.tokenizer->encode(job.prompt_text, /*add_special=*/true, /*parse_special=*/true);
-  } else if (prompt->is_array() && !prompt->empty() && prompt->front().is_number()) {
-    job.request.prompt = f.token_ids("prompt", m.vocab_size);
-    job.prompt_text = m.tokenizer->decode(job.request.prompt);
-  } else if (prompt->is_array() && prompt->size() == 1 && prompt->front().is_string()) {
-    job.prompt_text = prompt->front().get<std::string>();
-    if (job.prompt_text.empty()) bad_field("prompt", "the prompt is empty");
-    job.request.prompt = m.tokenizer->encode(job.prompt_text, /*add_special=*/true, /*parse_special=*/true);
-  } else if (prompt->is_array() && prompt->size() == 1 && prompt->front().is_array()) {
-    // [[ids]]: one tokenized prompt in the batch form (what lm-evaluation-harness sends).
-    job.request.prompt = RequestFields(nlohmann::json{{"prompt", prompt->front()}}).token_ids("prompt", m.vocab_size);
-    job.prompt_text = m.tokenizer->decode(job.request.prompt);
-  } else {
-    bad_field("prompt",
-              "'prompt' must be a string or an array of token ids; a batch of several prompts is not supported "
-              "(send one request per prompt)");
-  }
+  job.prompts = read_prompts(f.get("prompt"), m);
   read_common(f, m, job);
   job.echo = f.boolean("echo").value_or(false);
   if (const auto lp = f.integer("logprobs", 0, kMaxTopLogprobs)) {

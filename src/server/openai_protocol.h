@@ -19,15 +19,22 @@ namespace lathe::server {
 enum class Endpoint { kChat, kCompletion };
 
 struct GenerationJob {
+  struct Prompt {
+    std::vector<int32_t> ids;
+    std::string text;  // what echo prints
+  };
   Endpoint endpoint = Endpoint::kCompletion;
-  engine::BatchRequest request;  // prompt ids, sampling, limits, stop strings, logprobs
-  int64_t n = 1;                 // completions of the one prompt
+  std::vector<Prompt> prompts;   // chat: one; completions: one or a batch (choice p * n + i is prompt p's i-th)
+  engine::BatchRequest request;  // sampling, limits, stop strings, logprobs; its prompt is set per prompt
+  int64_t n = 1;                 // completions of each prompt
   bool stream = false;
   bool include_usage = false;    // stream_options.include_usage: a last chunk with the token counts
   bool logprobs = false;         // per-token logprobs in the response
   int64_t top_logprobs = 0;      // the likeliest alternatives per token
   bool echo = false;             // completions: the prompt (and its logprobs) before each completion
-  std::string prompt_text;       // what echo prints
+
+  engine::BatchRequest request_for(size_t prompt) const;  // `request` with prompts[prompt]'s ids
+  int64_t prompt_tokens() const;                          // over every prompt
 };
 
 GenerationJob parse_chat_request(const nlohmann::json& body, const ServedModel& model, const ResponseFormatHook& hook);

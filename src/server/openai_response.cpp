@@ -32,7 +32,8 @@ ResponseBuilder::ResponseBuilder(const GenerationJob& job, const ServedModel& mo
       model_(model),
       id_(random_id(job.endpoint == Endpoint::kChat ? "chatcmpl-" : "cmpl-")),
       created_(std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count()),
-      choices_(size_t(job.n)) {
+      choices_(job.prompts.size() * size_t(job.n)),
+      prompt_lp_(job.prompts.size()) {
   if (job_.endpoint == Endpoint::kCompletion && job_.logprobs)
     for (Choice& c : choices_) c.tokens_lp = empty_completion_lp();
 }
@@ -75,17 +76,19 @@ void ResponseBuilder::add_completion_token(Choice& c, int32_t token, std::option
   c.offset += int64_t(t.size());
 }
 
-void ResponseBuilder::echo_prompt(Choice& c, std::string* text_out) {
-  *text_out += job_.prompt_text;
-  c.text += job_.prompt_text;
+void ResponseBuilder::echo_prompt(Choice& c, size_t p, std::string* text_out) {
+  const GenerationJob::Prompt& in = job_.prompts[p];
+  *text_out += in.text;
+  c.text += in.text;
   if (!job_.logprobs) {
-    c.offset += int64_t(job_.prompt_text.size());
+    c.offset += int64_t(in.text.size());
     return;
   }
-  const auto& prompt = job_.request.prompt;
+  const auto& prompt = in.ids;
+  const auto& lp = prompt_lp_[p];
   add_completion_token(c, prompt[0], std::nullopt, nullptr);  // the first token has no context
   for (size_t j = 1; j < prompt.size(); ++j) {
-    const engine::TokenLogprob* t = j - 1 < prompt_lp_.size() ? &prompt_lp_[j - 1] : nullptr;
+    const engine::TokenLogprob* t = j - 1 < lp.size() ? &lp[j - 1] : nullptr;
     add_completion_token(c, prompt[j], t ? std::optional<float>(t->logprob) : std::nullopt, t ? &t->top : nullptr);
   }
 }
@@ -103,7 +106,7 @@ nlohmann::json ResponseBuilder::chunk(nlohmann::json choices) const {
 std::vector<nlohmann::json> ResponseBuilder::opening_chunks() const {
   std::vector<nlohmann::json> out;
   if (job_.endpoint != Endpoint::kChat) return out;
-  for (int64_t i = 0; i < job_.n; ++i)
+  for (size_t i = 0; i < choices_.size(); ++i)
     out.push_back(chunk(nlohmann::json::array({{{"index", i},
                                                 {"delta", {{"role", "assistant"}, {"content", ""}}},
                                                 {"logprobs", nullptr},
@@ -114,14 +117,15 @@ std::vector<nlohmann::json> ResponseBuilder::opening_chunks() const {
 std::vector<nlohmann::json> ResponseBuilder::apply(const SequenceUpdate& u) {
   Choice& c = choices_.at(size_t(u.index));
   const engine::BatchEvent& e = u.event;
-  if (!e.prompt_logprobs.empty() && prompt_lp_.empty()) prompt_lp_ = e.prompt_logprobs;
+  const size_t prompt = size_t(u.index / job_.n);
+  if (!e.prompt_logprobs.empty() && prompt_lp_[prompt].empty()) prompt_lp_[prompt] = e.prompt_logprobs;
   std::string text;
   const size_t lp_before = job_.endpoint == Endpoint::kChat ? c.chat_lp.size()
                            : job_.logprobs                  ? c.tokens_lp["tokens"].size()
                                                             : 0;
   if (!c.started) {
     c.started = true;
-    if (job_.echo) echo_prompt(c, &text);
+    if (job_.echo) echo_prompt(c, prompt, &text);
   }
   if (e.token >= 0) ++c.tokens;
   // An EOS that ended the sequence is counted but not shown (it has no text).
@@ -169,7 +173,7 @@ std::vector<nlohmann::json> ResponseBuilder::closing_chunks() const {
 nlohmann::json ResponseBuilder::usage() const {
   int64_t completion = 0;
   for (const Choice& c : choices_) completion += c.tokens;
-  const int64_t prompt = int64_t(job_.request.prompt.size());
+  const int64_t prompt = job_.prompt_tokens();
   return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
 }
 

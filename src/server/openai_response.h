@@ -1,7 +1,8 @@
 // OpenAI's response shapes for one generation request: the whole chat.completion / text_completion
 // object, or the chat.completion.chunk / text_completion chunks of a stream, built from the
 // engine's events as they arrive (n choices, finish reasons, usage, chat-style and
-// completions-style logprobs, echo of the prompt with its logprobs).
+// completions-style logprobs, echo of the prompt with its logprobs; a batch of prompts gives n
+// choices per prompt).
 #pragma once
 
 #include <cstdint>
@@ -48,14 +49,14 @@ class ResponseBuilder {
   nlohmann::json chat_entry(int32_t token, float logprob, const std::vector<std::pair<int32_t, float>>& top) const;
   std::string token_text(int32_t token) const;
   // Echo: the prompt's text, and its tokens' logprobs when asked, at the start of a choice.
-  void echo_prompt(Choice& c, std::string* text_out);
+  void echo_prompt(Choice& c, size_t prompt, std::string* text_out);
 
   const GenerationJob& job_;
   const ServedModel& model_;
   std::string id_;
   int64_t created_;
-  std::vector<Choice> choices_;
-  std::vector<engine::TokenLogprob> prompt_lp_;  // from the first choice's first event
+  std::vector<Choice> choices_;  // prompt p's i-th completion is choice p * n + i
+  std::vector<std::vector<engine::TokenLogprob>> prompt_lp_;  // per prompt, from its first choice's first event
 };
 
 const char* finish_reason_name(engine::FinishReason r);

@@ -50,13 +50,24 @@ TEST(RequestParsing, CompletionDefaultsAndLimits) {
   const GenerationJob j = parse_completion_request({{"prompt", "Hello"}}, m);
   EXPECT_EQ(j.request.max_new_tokens, 16);  // OpenAI's completions default
   EXPECT_EQ(j.request.sampler.temperature, 1.f);
-  EXPECT_EQ(j.request.prompt, s.fixture().tokenizer.encode("Hello", true, true));
+  ASSERT_EQ(j.prompts.size(), 1u);
+  EXPECT_EQ(j.prompts[0].ids, s.fixture().tokenizer.encode("Hello", true, true));
+  EXPECT_EQ(j.request_for(0).prompt, j.prompts[0].ids);
   EXPECT_EQ(j.request.prompt_logprobs, -1);
   const GenerationJob e = parse_completion_request({{"prompt", "Hello"}, {"echo", true}, {"logprobs", 2}}, m);
   EXPECT_EQ(e.request.prompt_logprobs, 2);
   EXPECT_EQ(e.request.logprobs, 2);
   const GenerationJob c = parse_chat_request({{"messages", {{{"role", "user"}, {"content", "Hi"}}}}}, m, nullptr);
-  EXPECT_EQ(c.request.max_new_tokens, m.context - int64_t(c.request.prompt.size()));  // the room left
+  EXPECT_EQ(c.request.max_new_tokens, m.context - int64_t(c.prompts[0].ids.size()));  // the room left
+  // A batch of prompts: strings and id arrays; the default limit is the smallest room any leaves.
+  const GenerationJob b = parse_completion_request({{"prompt", {"Hello", std::vector<int32_t>{1, 2, 3}}}}, m);
+  ASSERT_EQ(b.prompts.size(), 2u);
+  EXPECT_EQ(b.prompts[1].ids, (std::vector<int32_t>{1, 2, 3}));
+  EXPECT_EQ(b.prompt_tokens(), int64_t(b.prompts[0].ids.size()) + 3);
+  EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", {"Hello", 5}}}, m); }), 400);
+  EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", json::array()}}, m); }), 400);
+  EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", {"Hello", ""}}}, m); }), 400);
+  EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", std::vector<std::string>(65, "a")}}, m); }), 400);
   EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", "Hello"}, {"max_tokens", 2000}}, m); }), 400);
   EXPECT_EQ(status_of([&] { parse_completion_request({{"prompt", "Hello"}, {"top_k", -1}}, m); }), 0);  // vLLM's "off"
   // A KV cache smaller than the context is the limit, and the error says which it is.
