@@ -1,6 +1,6 @@
 // The official openai npm package as a real client of `lathe serve` (run by lathe_serve_test):
-// chat, streaming with usage, completions, logprobs, echo, n, and errors as the SDK's typed
-// exceptions. Usage: node openai_client.cjs BASE_URL MODEL NPM_DIR. Prints "ok N" on success.
+// chat, streaming with usage, completions (a batch of prompts too), logprobs, echo, n, and errors
+// as the SDK's typed exceptions. Usage: node openai_client.cjs BASE_URL MODEL NPM_DIR. Prints "ok N" on success.
 'use strict';
 const path = require('path');
 const assert = require('assert');
@@ -48,6 +48,9 @@ async function main() {
   const comp = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 8, temperature: 0, n: 2, ignore_eos: true });
   check(comp.choices.length === 2 && comp.choices[0].text === comp.choices[1].text, 'n = 2 greedy completions agree');
   check(comp.usage.completion_tokens === 16, 'completions usage');
+
+  const batch = await client.completions.create({ model, prompt: ['Once upon a time', 'Hello'], max_tokens: 3, temperature: 0, ignore_eos: true });
+  check(batch.choices.length === 2 && batch.choices[1].index === 1, 'a batch of prompts gives a choice each');
 
   const echo = await client.completions.create({ model, prompt: 'Once upon a time', max_tokens: 2, echo: true, logprobs: 1, temperature: 0 });
   check(echo.choices[0].text.startsWith('Once upon a time'), 'echo');
