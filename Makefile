@@ -10,9 +10,10 @@ NVCC := $(shell command -v nvcc 2>/dev/null || { [ -x /usr/local/cuda/bin/nvcc ]
 CUDA ?= $(if $(NVCC),ON,OFF)
 DEBIAN_PACKAGES := build-essential cmake ninja-build pkg-config nlohmann-json3-dev libcli11-dev \
   libpcre2-dev libutf8proc-dev libhwy-dev libfmt-dev libgtest-dev libgmock-dev libbenchmark-dev \
-  libomp-dev libeigen3-dev libxxhash-dev
-# Node.js/npm only fetch test fixtures; a machine may already have them from outside Debian (then
-# Debian's npm package would conflict), so they are installed only when the command is missing.
+  libomp-dev libeigen3-dev libxxhash-dev libcpp-httplib-dev curl
+# Node.js/npm only fetch test fixtures and clients (npm tokenizers, openai); a machine may already
+# have them from outside Debian (then Debian's npm package would conflict), so they are installed
+# only when the command is missing.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 LATHE := $(BUILD)/bin/lathe
 DEMO_MODEL := $(SHARED)/models/ref-llama-14m
@@ -44,6 +45,9 @@ test: build
 	@grep -qs '"version": "0.23.2"' $(BUILD)/npm/node_modules/tokenizers/package.json || \
 	  npm install --prefix $(BUILD)/npm --no-audit --no-fund tokenizers@0.23.2 || \
 	  echo "warning: npm tokenizers@0.23.2 not installed; the tokenizer differential test will skip"
+	@grep -qs '"version": "6.49.0"' $(BUILD)/npm/node_modules/openai/package.json || \
+	  npm install --prefix $(BUILD)/npm --no-audit --no-fund openai@6.49.0 || \
+	  echo "warning: npm openai@6.49.0 not installed; the lathe serve openai-client test will skip"
 	cd $(BUILD) && ctest --output-on-failure -j $(JOBS)
 
 demo: build

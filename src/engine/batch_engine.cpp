@@ -11,12 +11,13 @@ namespace lathe::engine {
 
 namespace {
 // log p of `token` and of the k likeliest tokens (ties: lower id first) under softmax(logits).
-void log_probs(std::span<const float> logits, int32_t token, int64_t k, BatchEvent* e) {
+void log_probs(std::span<const float> logits, int32_t token, int64_t k, float* logprob,
+               std::vector<std::pair<int32_t, float>>* top) {
   const float mx = *std::max_element(logits.begin(), logits.end());
   double sum = 0;
   for (float v : logits) sum += std::exp(double(v) - double(mx));
   const double lse = double(mx) + std::log(sum);
-  e->logprob = float(double(logits[size_t(token)]) - lse);
+  *logprob = float(double(logits[size_t(token)]) - lse);
   if (k <= 0) return;
   std::vector<int32_t> idx(logits.size());
   std::iota(idx.begin(), idx.end(), 0);
@@ -24,7 +25,7 @@ void log_probs(std::span<const float> logits, int32_t token, int64_t k, BatchEve
   std::partial_sort(idx.begin(), idx.begin() + k, idx.end(), [&](int32_t a, int32_t b) {
     return logits[size_t(a)] != logits[size_t(b)] ? logits[size_t(a)] > logits[size_t(b)] : a < b;
   });
-  for (int64_t j = 0; j < k; ++j) e->top.emplace_back(idx[size_t(j)], float(double(logits[size_t(idx[size_t(j)])]) - lse));
+  for (int64_t j = 0; j < k; ++j) top->emplace_back(idx[size_t(j)], float(double(logits[size_t(idx[size_t(j)])]) - lse));
 }
 // The model's sliding window (every layer windowed) lets passed blocks go back to the pool.
 SchedulerConfig with_window(SchedulerConfig c, const model::Runner& runner) {
@@ -48,6 +49,7 @@ std::vector<RequestId> BatchEngine::add(const BatchRequest& request, int64_t n) 
   std::vector<RequestId> ids{add(request)};
   for (int64_t i = 1; i < n; ++i) {
     BatchRequest r = request;
+    r.prompt_logprobs = -1;  // the first completion reports them; the others share its prompt blocks
     r.sampler.seed = request.sampler.seed + uint64_t(i);
     try {
       ids.push_back(add_after(std::move(r), ids.front()));
@@ -76,13 +78,30 @@ RequestId BatchEngine::add_after(BatchRequest r, RequestId after) {
   for (const std::string& s : r.stop)
     if (s.empty()) fail(ErrorKind::kInvalidArgument, "a stop string is empty");
   if (r.logprobs < -1 || r.logprobs > 20) fail(ErrorKind::kInvalidArgument, "top logprobs {} is outside 0..20", r.logprobs);
-  const RequestId id = scheduler_.add(std::move(r.prompt), r.max_new_tokens, r.adapter, after);
+  if (r.prompt_logprobs < -1 || r.prompt_logprobs > 20)
+    fail(ErrorKind::kInvalidArgument, "top prompt logprobs {} is outside 0..20", r.prompt_logprobs);
+  const RequestId id = scheduler_.add(std::move(r.prompt), r.max_new_tokens, r.adapter, after, r.prompt_logprobs < 0);
   Live L{Sampler(r.sampler), r.ignore_eos ? std::vector<int32_t>{} : r.eos_ids.empty() ? c.eos_token_ids : r.eos_ids,
-         StopMatcher(r.stop), std::nullopt, r.logprobs};
+         StopMatcher(r.stop), std::nullopt, r.logprobs, std::nullopt, r.prompt_logprobs, {}};
   if (tokenizer_) L.decoder.emplace(*tokenizer_, /*skip_special=*/true);
   if (r.response_format) L.grammar.emplace(r.response_format);
   live_.emplace(id, std::move(L));
   return id;
+}
+
+// rows: the item's logits, one row per computed position (row j predicts position start + j + 1).
+// Positions already collected (a preempted request computes its prompt again) are skipped.
+void BatchEngine::collect_prompt_logprobs(Live& L, const StepItem& item, const float* rows) {
+  const auto tokens = scheduler_.tokens(item.id);
+  const int64_t prompt = scheduler_.prompt_length(item.id), vocab = runner_.config().vocab_size;
+  for (int64_t j = 0; j < item.count; ++j) {
+    const int64_t next = item.start + j + 1;  // the prompt token this row predicts
+    if (next >= prompt || next <= int64_t(L.prompt_lp.size())) continue;
+    TokenLogprob t;
+    t.token = tokens[size_t(next)];
+    log_probs(std::span(rows + j * vocab, size_t(vocab)), t.token, L.prompt_logprobs, &t.logprob, &t.top);
+    L.prompt_lp.push_back(std::move(t));
+  }
 }
 
 bool BatchEngine::cancel(RequestId id) {
@@ -100,28 +119,42 @@ std::vector<BatchEvent> BatchEngine::step() {
     const StepItem& it = plan.items[i];
     kvs[i].blocks = scheduler_.blocks(it.id);
     kvs[i].length = it.start;
+    // A prompt chunk whose request wants prompt logprobs brings every position's logits.
+    const Live& L = live_.at(it.id);
+    const bool all = L.prompt_logprobs >= 0 && it.start + 1 < scheduler_.prompt_length(it.id);
     seqs.push_back({scheduler_.tokens(it.id).subspan(size_t(it.start), size_t(it.count)), &kvs[i],
-                    it.samples ? model::LogitsFor::kLast : model::LogitsFor::kNone});
+                    all ? model::LogitsFor::kAll : it.samples ? model::LogitsFor::kLast : model::LogitsFor::kNone});
   }
   const int64_t vocab = runner_.config().vocab_size;
   std::vector<int32_t> sampled(plan.items.size(), -1);
   std::vector<BatchEvent> events;
   bool want_logprobs = false;
-  for (const StepItem& it : plan.items)
-    want_logprobs |= it.samples && (live_.at(it.id).logprobs >= 0 || live_.at(it.id).grammar);
+  for (size_t i = 0; i < plan.items.size(); ++i) {
+    const Live& L = live_.at(plan.items[i].id);
+    want_logprobs |= (plan.items[i].samples && (L.logprobs >= 0 || L.grammar)) || seqs[i].logits == model::LogitsFor::kAll;
+  }
   if (want_logprobs) {
     // The whole logits rows come to the host (log-probabilities and grammar masks need every entry).
     Tensor logits;
     runner_.forward_batch(seqs, kv_, ws_, &logits);
     int64_t row = 0;
     for (size_t i = 0; i < plan.items.size(); ++i) {
+      Live& L = live_.at(plan.items[i].id);
+      if (seqs[i].logits == model::LogitsFor::kAll) {
+        collect_prompt_logprobs(L, plan.items[i], logits.as<float>() + row * vocab);
+        row += plan.items[i].count - 1;  // the last row is the sampling row (if it samples)
+        if (!plan.items[i].samples) ++row;
+      }
       if (!plan.items[i].samples) continue;
       const std::span<const float> l(logits.as<float>() + row++ * vocab, size_t(vocab));
-      Live& L = live_.at(plan.items[i].id);
       const auto history = scheduler_.tokens(plan.items[i].id);
       sampled[i] = L.grammar ? L.grammar->sample(L.sampler, l, history, L.eos) : L.sampler.sample(l, history);
       BatchEvent e{plan.items[i].id, sampled[i], {}, false, FinishReason::kLength};
-      if (L.logprobs >= 0) log_probs(l, sampled[i], L.logprobs, &e);
+      if (L.logprobs >= 0) log_probs(l, sampled[i], L.logprobs, &e.logprob, &e.top);
+      if (L.prompt_logprobs >= 0) {
+        e.prompt_logprobs = std::move(L.prompt_lp);
+        L.prompt_logprobs = -1;  // handed out once, even if a preemption recomputes the prompt
+      }
       events.push_back(std::move(e));
     }
   } else {

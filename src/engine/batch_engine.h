@@ -36,10 +36,21 @@ struct BatchRequest {
   bool ignore_eos = false;
   std::vector<std::string> stop;  // stop strings (need the engine's tokenizer; not in the text)
   int64_t logprobs = -1;          // -1: none; 0: the chosen token's; k: also the k likeliest (<= 20)
+  // Log p of every prompt token after the first given the ones before it (OpenAI's echo with
+  // logprobs): -1 none; 0: each token's; k: also the k likeliest. Such a request computes its whole
+  // prompt (no prefix-cache hits: a cached position has no logits).
+  int64_t prompt_logprobs = -1;
   uint64_t adapter = 0;           // keys prefix-cache blocks apart (LoRA adapters)
   // Grammar-constrained output (make_response_format): null for free text. The request's steps
   // sample from full logits rows; it ends with kStop once the document is complete.
   std::shared_ptr<const ResponseFormat> response_format;
+};
+
+// One position's log-probabilities: the token's and the likeliest tokens' (best first).
+struct TokenLogprob {
+  int32_t token = -1;
+  float logprob = 0;
+  std::vector<std::pair<int32_t, float>> top;
 };
 
 // What one step produced for a request: its new token (if it sampled one) and whether it ended.
@@ -51,6 +62,8 @@ struct BatchEvent {
   FinishReason reason = FinishReason::kLength;
   float logprob = 0;   // log p(token) under the model's distribution (the raw logits), if asked
   std::vector<std::pair<int32_t, float>> top;  // the likeliest tokens and their log p, best first
+  // With the request's first token, when it asked for prompt_logprobs: prompt tokens 1..n-1.
+  std::vector<TokenLogprob> prompt_logprobs;
 };
 
 struct BatchEngineOptions {
@@ -90,7 +103,10 @@ class BatchEngine {
     std::optional<tok::StreamDecoder> decoder;
     int64_t logprobs = -1;
     std::optional<TokenConstraint> grammar;
+    int64_t prompt_logprobs = -1;  // -1 once they were handed out (or never asked)
+    std::vector<TokenLogprob> prompt_lp;  // collected as the prompt's chunks run
   };
+  void collect_prompt_logprobs(Live& L, const StepItem& item, const float* rows);
   RequestId add_after(BatchRequest request, RequestId after);
   std::string text_of(Live& L, int32_t token);  // the token's final text through the stop matcher
   const model::Runner& runner_;

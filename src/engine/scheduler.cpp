@@ -25,7 +25,8 @@ Scheduler::Request& Scheduler::get(RequestId id) {
 }
 const Scheduler::Request& Scheduler::get(RequestId id) const { return const_cast<Scheduler*>(this)->get(id); }
 
-RequestId Scheduler::add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter, RequestId after) {
+RequestId Scheduler::add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter, RequestId after,
+                         bool reuse_prefix) {
   if (prompt.empty()) fail(ErrorKind::kInvalidArgument, "a request needs at least one prompt token");
   if (max_new_tokens < 1) fail(ErrorKind::kInvalidArgument, "max_new_tokens {} must be at least 1", max_new_tokens);
   // The last generated token is never computed (nothing is sampled from it).
@@ -45,6 +46,7 @@ RequestId Scheduler::add(std::vector<int32_t> prompt, int64_t max_new_tokens, ui
   r.max_new = max_new_tokens;
   r.adapter = adapter;
   r.after = after;
+  r.reuse_prefix = reuse_prefix;
   const RequestId id = r.id;
   requests_.emplace(id, std::move(r));
   waiting_.push_back(id);
@@ -72,7 +74,7 @@ void Scheduler::drop_blocks(Request& r) {
 
 void Scheduler::admit_prefix(Request& r) {
   r.cached = 0;
-  if (!config_.prefix_caching || !r.blocks.empty()) return;
+  if (!config_.prefix_caching || !r.reuse_prefix || !r.blocks.empty()) return;
   // Keys of the full blocks before the last token: that one is always computed (its logits sample).
   const auto keys = cache::block_hashes(std::span(r.tokens).first(r.tokens.size() - 1), config_.block_size, r.adapter);
   r.blocks = pool_.match(keys);

@@ -63,9 +63,11 @@ class Scheduler {
   // A new request (prompt of at least one token) that may generate up to max_new_tokens more;
   // `adapter` keys its prefix blocks apart from other adapters'. With `after` (another request with
   // the same prompt: n > 1 completions), it is admitted only once that one's prompt is in the cache,
-  // so it shares those blocks instead of computing them again. Throws kOutOfRange when prompt and
-  // output could never fit the pool at once.
-  RequestId add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter = 0, RequestId after = 0);
+  // so it shares those blocks instead of computing them again. Without `reuse_prefix` it computes
+  // its whole prompt even where the cache holds it (its caller wants every prompt position's
+  // logits: prompt logprobs). Throws kOutOfRange when prompt and output could never fit the pool at once.
+  RequestId add(std::vector<int32_t> prompt, int64_t max_new_tokens, uint64_t adapter = 0, RequestId after = 0,
+                bool reuse_prefix = true);
   StepPlan plan();
   // After the step ran: sampled[i] is the token drawn for plan.items[i] when it samples (others are
   // ignored). A request that reaches its token limit finishes. Items of requests cancelled or
@@ -94,6 +96,7 @@ class Scheduler {
     int64_t prompt = 0, max_new = 0, computed = 0, cached = 0;
     uint64_t adapter = 0;
     RequestId after = 0;  // admitted once this request's prompt is computed (0: none)
+    bool reuse_prefix = true;  // false: takes no prefix-cache hits (computes every position)
     std::vector<cache::BlockId> blocks;
     int64_t keyed = 0;                           // leading blocks whose prefix keys are recorded
     int64_t released = 0;                        // leading blocks given back (sliding window)

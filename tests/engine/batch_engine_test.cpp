@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "engine/fixture_model.h"
+#include "engine/scoring.h"
 #include "test_paths.h"
 
 namespace lathe::engine {
@@ -253,6 +254,43 @@ TEST(BatchEngine, Logprobs) {
   EXPECT_EQ(events, 12);
   r.logprobs = 21;
   EXPECT_THROW(e.add(r), Error);
+}
+
+// Prompt logprobs (OpenAI's echo): every prompt token after the first gets -NLL as scoring computes
+// it, whether the prompt runs in one forward or in chunks beside other requests, and even when the
+// prompt's blocks are already in the prefix cache (such a request computes every position).
+TEST(BatchEngine, PromptLogprobsEqualScoring) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  const auto& prompt = f.cases[1].first;
+  const ScoreResult ref = score(f.runner, prompt);
+  for (int64_t budget : {int64_t(3), int64_t(4096)}) {
+    BatchEngine e(f.runner, {.num_blocks = 256, .scheduler = {.block_size = 4, .token_budget = budget}});
+    e.add(greedy(prompt, 3));  // warms the prefix cache with the same prompt
+    while (!e.idle()) e.step();
+    BatchRequest r = greedy(prompt, 3);
+    r.prompt_logprobs = 3;
+    const std::vector<RequestId> ids = e.add(r, 2);
+    int with = 0;
+    while (!e.idle())
+      for (const auto& ev : e.step()) {
+        if (ev.prompt_logprobs.empty()) continue;
+        ++with;
+        EXPECT_EQ(ev.id, ids[0]);
+        ASSERT_EQ(ev.prompt_logprobs.size(), prompt.size() - 1);
+        for (size_t j = 0; j + 1 < prompt.size(); ++j) {
+          const TokenLogprob& t = ev.prompt_logprobs[j];
+          EXPECT_EQ(t.token, prompt[j + 1]);
+          EXPECT_NEAR(t.logprob, -ref.nll[j], 1e-4) << "position " << j + 1;
+          ASSERT_EQ(t.top.size(), 3u);
+          EXPECT_GE(t.top[0].second, t.logprob - 1e-6f);
+        }
+      }
+    EXPECT_EQ(with, 1) << "budget " << budget;
+    EXPECT_EQ(e.blocks().num_free(), e.blocks().num_blocks());
+    e.blocks().audit();
+  }
 }
 
 // Sampling from the backend's candidates (forward_select, the default) draws exactly what sampling

@@ -17,5 +17,6 @@ void add_chat_command(CLI::App& app);
 void add_quantize_command(CLI::App& app);
 void add_eval_command(CLI::App& app);
 void add_compare_command(CLI::App& app);
+void add_serve_command(CLI::App& app);
 
 }  // namespace lathe::cli

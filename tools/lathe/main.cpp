@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   lathe::cli::add_quantize_command(app);
   lathe::cli::add_eval_command(app);
   lathe::cli::add_compare_command(app);
+  lathe::cli::add_serve_command(app);
 
   try {
     app.parse(argc, argv);
