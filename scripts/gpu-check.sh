@@ -26,7 +26,7 @@ set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
-BINARIES=(bin/lathe bin/cuda_ops_bench tests/ops_cuda/ops_cuda_test tests/ops_cuda/cuda_model_test)
+BINARIES=(bin/lathe bin/cuda_ops_bench bin/serve_load tests/ops_cuda/ops_cuda_test tests/ops_cuda/cuda_model_test)
 
 if [ "${1:-}" = "--pack" ]; then
   BUILD=${2:-build-cuda}
