@@ -219,7 +219,8 @@ void EngineLoop::run() {
           if (it == routes_.end()) continue;
           if (e.token >= 0) ++generated;
           const bool finished = e.finished;
-          it->second.channel->push({it->second.index, std::move(e)});
+          const int64_t cached = finished ? engine_.cached_tokens(it->first) : -1;
+          it->second.channel->push({it->second.index, std::move(e), cached});
           if (finished) {
             engine_.forget(it->first);
             routes_.erase(it);

@@ -117,6 +117,7 @@ std::vector<nlohmann::json> ResponseBuilder::opening_chunks() const {
 std::vector<nlohmann::json> ResponseBuilder::apply(const SequenceUpdate& u) {
   Choice& c = choices_.at(size_t(u.index));
   const engine::BatchEvent& e = u.event;
+  if (u.cached_tokens >= 0) c.cached = u.cached_tokens;
   const size_t prompt = size_t(u.index / job_.n);
   if (!e.prompt_logprobs.empty() && prompt_lp_[prompt].empty()) prompt_lp_[prompt] = e.prompt_logprobs;
   std::string text;
@@ -171,10 +172,17 @@ std::vector<nlohmann::json> ResponseBuilder::closing_chunks() const {
 }
 
 nlohmann::json ResponseBuilder::usage() const {
-  int64_t completion = 0;
-  for (const Choice& c : choices_) completion += c.tokens;
+  int64_t completion = 0, cached = 0;
+  for (size_t i = 0; i < choices_.size(); ++i) {
+    completion += choices_[i].tokens;
+    // A prompt counts once, as its first sequence computed it (the others follow on its blocks).
+    if (int64_t(i) % job_.n == 0) cached += choices_[i].cached;
+  }
   const int64_t prompt = job_.prompt_tokens();
-  return {{"prompt_tokens", prompt}, {"completion_tokens", completion}, {"total_tokens", prompt + completion}};
+  return {{"prompt_tokens", prompt},
+          {"completion_tokens", completion},
+          {"total_tokens", prompt + completion},
+          {"prompt_tokens_details", {{"cached_tokens", cached}}}};
 }
 
 bool ResponseBuilder::finished() const {

@@ -41,6 +41,7 @@ class ResponseBuilder {
     nlohmann::json chat_lp = nlohmann::json::array();  // chat logprobs content entries
     nlohmann::json tokens_lp = nlohmann::json::object();  // completions logprobs arrays
     int64_t offset = 0;        // completions text_offset of the next token
+    int64_t cached = 0;        // prompt positions the prefix cache served (known when it ends)
   };
   nlohmann::json chunk(nlohmann::json choices) const;
   nlohmann::json empty_completion_lp() const;

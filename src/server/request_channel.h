@@ -20,6 +20,7 @@ namespace lathe::server {
 struct SequenceUpdate {
   int64_t index = 0;  // which of the request's n sequences
   engine::BatchEvent event;
+  int64_t cached_tokens = -1;  // on the update that ends a sequence: its prompt positions the prefix cache served
 };
 
 class RequestChannel {

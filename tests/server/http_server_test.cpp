@@ -93,6 +93,24 @@ TEST(Server, CompletionsGreedyEqualsTransformers) {
   EXPECT_EQ(s.settle(), 0);
 }
 
+// usage.prompt_tokens_details.cached_tokens: what the prefix cache served. A prompt's second run
+// finds its full blocks (all but the last token is always computed); a cold one finds none.
+TEST(Server, UsageReportsCachedPromptTokens) {
+  REQUIRE_LLAMA(dir);
+  TestServer s(dir);
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < 100; ++i) prompt.push_back(3 + (i * 37) % 400);
+  const json body = {{"prompt", prompt}, {"max_tokens", 2}, {"temperature", 0}};
+  const json cold = parse(s.post("/v1/completions", body)), warm = parse(s.post("/v1/completions", body));
+  EXPECT_EQ(cold["usage"]["prompt_tokens_details"]["cached_tokens"], 0) << cold.dump();
+  const int64_t cached = warm["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>();
+  EXPECT_GT(cached, 0) << warm.dump();
+  EXPECT_LT(cached, int64_t(prompt.size()));
+  EXPECT_EQ(cached % 16, 0);  // whole blocks
+  EXPECT_EQ(warm["choices"][0]["text"], cold["choices"][0]["text"]);
+  EXPECT_EQ(s.settle(), 0);
+}
+
 // Chat: the template's prompt, generated greedily, gives what a BatchEngine gives on that prompt.
 TEST(Server, ChatGreedyEqualsBatchEngine) {
   REQUIRE_LLAMA(dir);
@@ -161,7 +179,11 @@ TEST(Server, StreamsConcatenateToTheWholeResponse) {
     EXPECT_EQ(finish, "length");
     const json& last = chunks.back();
     EXPECT_TRUE(last["choices"].empty());
-    EXPECT_EQ(last["usage"], whole["usage"]);
+    // The same counts; the streamed run (the second of this prompt) found its blocks cached.
+    json usage = last["usage"], want = whole["usage"];
+    EXPECT_GT(usage["prompt_tokens_details"]["cached_tokens"], 0) << usage.dump();
+    usage.erase("prompt_tokens_details"), want.erase("prompt_tokens_details");
+    EXPECT_EQ(usage, want);
   }
   EXPECT_EQ(s.settle(), 0);
 }
