@@ -291,6 +291,9 @@ struct GptqExl2Params {
 // rounded to fp16. The reference every backend's gptq_exl2 follows.
 void gptq_find_scales(const float* w, int64_t rows, int64_t n, int bits, uint8_t* codes, float* scale_max);
 inline float exl2_scale(int code, float scale_max) { return float(code * code) * scale_max / 256.f; }
+// gptq_exl2's parameter checks, shared by every backend: inputs and outputs set, EXL2 widths,
+// groups covering the layer's input rows exactly. Throws kInvalidArgument.
+void check_gptq_exl2(const GptqExl2Params& p);
 
 // Several EXL2 layers on one input (q, k, v; gate, up): y[i] [n, w[i].out_features] = x w[i]^T.
 // Backends may run them in one launch (the CUDA one does: a small layer alone is mostly fixed cost).

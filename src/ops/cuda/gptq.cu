@@ -59,11 +59,14 @@ struct SolverDeleter {
 cusolverDnHandle_t solver_for(Context& ctx) {
   // One handle per backend context, made on first use (most runs never factor anything).
   static thread_local std::vector<std::pair<Context*, std::unique_ptr<cusolverDnContext, SolverDeleter>>> handles;
-  for (auto& [c, h] : handles)
-    if (c == &ctx) return h.get();
   cusolverDnHandle_t h = nullptr;
-  if (cusolverDnCreate(&h) != CUSOLVER_STATUS_SUCCESS) raise(ErrorKind::kInternal, "cusolverDnCreate failed");
-  handles.emplace_back(&ctx, std::unique_ptr<cusolverDnContext, SolverDeleter>(h));
+  for (auto& [c, held] : handles)
+    if (c == &ctx) h = held.get();
+  if (!h) {
+    if (cusolverDnCreate(&h) != CUSOLVER_STATUS_SUCCESS) raise(ErrorKind::kInternal, "cusolverDnCreate failed");
+    handles.emplace_back(&ctx, std::unique_ptr<cusolverDnContext, SolverDeleter>(h));
+  }
+  // Every call: a later backend may reuse a destroyed one's address with a stream of its own.
   if (cusolverDnSetStream(h, ctx.stream) != CUSOLVER_STATUS_SUCCESS) raise(ErrorKind::kInternal, "cusolverDnSetStream failed");
   return h;
 }
@@ -331,16 +334,7 @@ bool gptq_factor(Context& ctx, const GptqFactorParams& p) {
 
 void gptq_exl2(Context& ctx, const GptqExl2Params& p) {
   const int64_t K = p.w.cols, N = p.w.rows;
-  if (K <= 0 || N <= 0 || !p.perm || !p.q || !p.codes || !p.maxes || !p.groups)
-    raise(ErrorKind::kInvalidArgument, "gptq_exl2: missing input or output");
-  int64_t covered = 0;
-  for (int64_t g = 0; g < p.num_groups; ++g) {
-    const int b = p.groups[g].bits;
-    if (!(b == 2 || b == 3 || b == 4 || b == 5 || b == 6 || b == 8) || p.groups[g].rows <= 0)
-      raise(ErrorKind::kInvalidArgument, "gptq_exl2: group ", g, " has ", b, " bits and ", p.groups[g].rows, " rows");
-    covered += p.groups[g].rows;
-  }
-  if (covered != K) raise(ErrorKind::kInvalidArgument, "gptq_exl2: the groups cover ", covered, " rows of ", K);
+  check_gptq_exl2(p);
   if (N > INT32_MAX || K > INT32_MAX) raise(ErrorKind::kUnsupported, "gptq_exl2: layer too large");
 
   DeviceBuffer wt(ctx, sizeof(float) * size_t(K * N));

@@ -24,7 +24,9 @@ inline int quantize_one(float x, float scale, int bits) {
   return std::clamp(q, 0, maxq);
 }
 
-void check_groups(const GptqExl2Params& p) {
+}  // namespace
+
+void check_gptq_exl2(const GptqExl2Params& p) {
   if (p.w.rows <= 0 || p.w.cols <= 0 || !p.perm || !p.q || !p.codes || !p.maxes || !p.groups)
     fail(ErrorKind::kInvalidArgument, "gptq_exl2: missing input or output");
   int64_t rows = 0;
@@ -37,7 +39,6 @@ void check_groups(const GptqExl2Params& p) {
   if (rows != p.w.cols)
     fail(ErrorKind::kInvalidArgument, "gptq_exl2: the groups cover {} rows of {}", rows, p.w.cols);
 }
-}  // namespace
 
 void gptq_find_scales(const float* w, int64_t rows, int64_t n, int bits, uint8_t* codes, float* scale_max) {
   const double half = double((1 << bits) - 1) / 2.0;
@@ -97,7 +98,7 @@ bool Ops::gptq_factor(const GptqFactorParams& p) {
 void Ops::gptq_exl2(const GptqExl2Params& p) {
   if (!host_memory())
     fail(ErrorKind::kInternal, "backend {} must implement gptq_exl2 (its memory is not host memory)", name());
-  check_groups(p);
+  check_gptq_exl2(p);
   const int64_t K = p.w.cols, N = p.w.rows;
   // Act-order rows x output columns; channels that never fired quantize as zero.
   MatF Wt(K, N);
