@@ -20,12 +20,26 @@ if [ ! -f "$MODEL/config.json" ]; then  # the bf16 8B shape with random weights,
     { echo "making the model failed"; tail -5 "$LOGS/hf-make.log"; exit 1; }
   cp "$ROOT/carry/tok/tokenizer.json" "$MODEL/"
 fi
+# A model folder without a tokenizer (lathe quantize --synthetic of a config) gets carry/tok's; ids
+# past that tokenizer's vocabulary become plain vocabulary entries (" tok<id>"), so every token the
+# model emits decodes to text and streams as its own chunk.
+if [ ! -f "$MODEL/tokenizer.json" ]; then
+  python3 - "$ROOT/carry/tok/tokenizer.json" "$MODEL/config.json" "$MODEL/tokenizer.json" <<'PY'
+import json, sys
+tok, cfg = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+vocab = tok["model"]["vocab"]
+have = max(list(vocab.values()) + [t["id"] for t in tok.get("added_tokens", [])]) + 1
+for i in range(have, cfg["vocab_size"]):
+    vocab["\u2581tok%d" % i] = i
+json.dump(tok, open(sys.argv[3], "w"))
+PY
+fi
 "$BIN/lathe" serve -m "$MODEL" --port "$PORT" --device cuda >"$LOGS/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 1; done
 "$BIN/serve_load" --url "http://127.0.0.1:$PORT" --text "$TEXT" --rates ${RATES:-1,4,16,inf} --requests ${REQUESTS:-64} \
   --prompt-words 32:1024 --output-tokens 16:256 --prefix-words 1500 --prefix-requests 8 | tee "$LOGS/serve_load.txt"
-curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^lathe_" | head -20
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^lathe_" | head -40
 kill -TERM $server; wait $server
 [ -n "${SKIP_BENCH:-}" ] && exit 0
 "$BIN/lathe" bench -m "$MODEL" --device cuda -p 512 -c 128 -n 64 -r 3 -b 1,8,32,64 --json | tee "$LOGS/bench.json"

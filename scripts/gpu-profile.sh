@@ -12,7 +12,7 @@ NSYS=$(command -v nsys || ls /usr/local/cuda/bin/nsys /opt/nvidia/nsight-systems
 if [ -z "$NSYS" ]; then echo "nsys not found: no profile"; exit 0; fi
 OUTDIR=${OUT:-/tmp}/profile
 mkdir -p "$OUTDIR"
-"$NSYS" profile -q -t cuda -o "$OUTDIR/lathe" --force-overwrite true "$LATHE" bench -m "$MODEL" --device cuda "$@" \
+"$NSYS" profile -q -t cuda --cuda-graph-trace=node -o "$OUTDIR/lathe" --force-overwrite true "$LATHE" bench -m "$MODEL" --device cuda "$@" \
   >"$OUTDIR/bench.out" 2>&1 || { echo "profiled run failed"; tail -5 "$OUTDIR/bench.out"; }
 "$NSYS" stats -q --report cuda_gpu_kern_sum --format csv "$OUTDIR/lathe.nsys-rep" 2>/dev/null |
   python3 -c '

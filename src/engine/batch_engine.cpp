@@ -1,6 +1,7 @@
 #include "engine/batch_engine.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <numeric>
 
@@ -110,8 +111,28 @@ bool BatchEngine::cancel(RequestId id) {
 }
 
 std::vector<BatchEvent> BatchEngine::step() {
+  // Times the whole call, however it leaves (an exception included).
+  struct Timer {
+    StepClock& clock;
+    StepClock* decode;  // also counted here when the step is decode-only
+    const ops::Ops& ops;
+    std::chrono::steady_clock::time_point t0 = std::chrono::steady_clock::now();
+    double wait0 = ops.device_wait_seconds();
+    ~Timer() {
+      const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      const double dw = ops.device_wait_seconds() - wait0;
+      for (StepClock* c : {&clock, decode}) {
+        if (!c) continue;
+        ++c->steps;
+        c->seconds += dt;
+        c->device_wait_seconds += dw;
+      }
+    }
+  };
   const StepPlan plan = scheduler_.plan();
   if (plan.empty()) return {};
+  const bool decode_only = std::all_of(plan.items.begin(), plan.items.end(), [](const StepItem& it) { return it.count == 1; });
+  const Timer timer{clock_, decode_only ? &decode_clock_ : nullptr, runner_.ops()};
   std::vector<model::SeqKv> kvs(plan.items.size());
   std::vector<model::SeqInput> seqs;
   seqs.reserve(plan.items.size());

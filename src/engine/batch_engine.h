@@ -93,6 +93,18 @@ class BatchEngine {
   int64_t cached_tokens(RequestId id) const { return scheduler_.cached_tokens(id); }
   bool forget(RequestId id);
   const cache::BlockPool& blocks() const { return pool_; }
+  // Where the steps' time went: wall seconds of step() calls, and the part of it spent blocked on
+  // the device (ops::Ops::device_wait_seconds); the rest is host work (planning, launching,
+  // sampling, detokenizing), during which the device may sit idle.
+  struct StepClock {
+    int64_t steps = 0;
+    double seconds = 0, device_wait_seconds = 0;
+    double host_seconds() const { return seconds - device_wait_seconds; }
+  };
+  const StepClock& clock() const { return clock_; }
+  // The same over decode-only steps (one token for every request in the plan): what a recorded
+  // graph replays, so their host share is the per-token overhead of the engine.
+  const StepClock& decode_clock() const { return decode_clock_; }
   const Scheduler& scheduler() const { return scheduler_; }
 
  private:
@@ -116,6 +128,7 @@ class BatchEngine {
   model::Workspace ws_;
   Scheduler scheduler_;
   std::unordered_map<RequestId, Live> live_;
+  StepClock clock_, decode_clock_;
 };
 
 }  // namespace lathe::engine

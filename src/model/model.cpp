@@ -520,9 +520,21 @@ void Runner::ffn_block(int64_t layer, const LayerWeights& L, const Step& st, Wor
     const Linear* proj[2] = {&L.gate, &L.up};
     float* dst[2] = {ws.gate.f32(), ws.up.f32()};
     linear_multi(ops_, ws.h.f32(), proj, dst, 2, n, packed_);
-    glu(ops_, ws.gate.f32(), ws.up.f32(), n, c.intermediate_size, c.activation);
-    if (tap_) tap_(layer, TapPoint::kFfnMid, ws.gate.f32(), n, c.intermediate_size);
-    linear(ops_, ws.gate.f32(), L.down, o, n, packed_);
+    if (!tap_ && runs_packed(L.down, n, packed_)) {
+      // The glu goes into down's matmul (Exl2MatmulParams::glu_up): one kernel fewer per layer.
+      ops::Exl2MatmulParams q;
+      q.x = ws.gate.f32();
+      q.glu_up = ws.up.f32();
+      q.glu_act = c.activation;
+      q.w = *L.down.exl2;
+      q.y = o;
+      q.n = n;
+      ops_.matmul_exl2(q);
+    } else {
+      glu(ops_, ws.gate.f32(), ws.up.f32(), n, c.intermediate_size, c.activation);
+      if (tap_) tap_(layer, TapPoint::kFfnMid, ws.gate.f32(), n, c.intermediate_size);
+      linear(ops_, ws.gate.f32(), L.down, o, n, packed_);
+    }
     if (arch.norm_layout == NormLayout::kSandwich)
       ops_.rms_norm(norm_params(o, L.ffn_post_norm, o, n, H, c.rms_norm_eps, offset));
     return;

@@ -233,6 +233,12 @@ struct Exl2MatmulParams {
   Exl2View w;
   float* y = nullptr;        // [n, out_features]
   int64_t n = 0;
+  // Optional: the layer's input is act(x) * glu_up elementwise (both [n, in_features]): a GLU
+  // feed-forward's gate and up go straight into its down projection, without a glu op between
+  // (the CUDA backend applies it where a decode kernel loads its activations; host backends run
+  // glu into a temporary). Same values as glu then matmul_exl2.
+  const float* glu_up = nullptr;
+  Activation glu_act = Activation::kSilu;
 };
 
 // A quantizer's input Hessian: h [dim, dim] += x^T x for x [rows, dim] fp32, accumulated in double
@@ -303,7 +309,9 @@ struct Exl2MultiParams {
   int count = 0;  // <= 3
   Exl2View w[3];
   float* y[3] = {};
-  Exl2MatmulParams layer(int i) const { return {x, w[i], y[i], n}; }
+  const float* glu_up = nullptr;  // as in Exl2MatmulParams, for the shared input
+  Activation glu_act = Activation::kSilu;
+  Exl2MatmulParams layer(int i) const { return {x, w[i], y[i], n, glu_up, glu_act}; }
 };
 
 struct EmbeddingParams {
@@ -406,6 +414,10 @@ class Ops {
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes);
   virtual void copy(void* dst, const void* src, size_t bytes);  // within backend memory
   virtual void synchronize() {}
+  // Seconds the calling threads have spent blocked on this backend's device work so far
+  // (synchronize, copies to the host): a step's wall time less this is the host's share of it.
+  // Host backends compute in the calling thread: 0.
+  virtual double device_wait_seconds() const { return 0.0; }
   // Page-locked host memory for staging copies (device backends: DMA without a bounce buffer).
   // copy_to_backend_async from it returns at once; the source must stay unchanged until the next
   // synchronize() or copy_to_host(). Host backends: plain memory and a plain copy.
@@ -470,6 +482,11 @@ class Ops {
   // Default (host backends): one attention() per sequence, over its K/V rows in place when its
   // blocks are consecutive, else gathered into a contiguous copy first.
   virtual void attention_batch(const BatchAttentionParams& p);
+
+ protected:
+  // For host-memory backends' matmul_exl2: a call with glu_up runs as glu into a temporary, then
+  // matmul_exl2 on it (returns true); false when p has no glu_up.
+  bool matmul_exl2_glu_unfused(const Exl2MatmulParams& p);
 };
 
 // Backend memory with an owner: freed through the backend that allocated it.

@@ -151,6 +151,8 @@ void EngineLoop::publish(int64_t generated_now) {
   stats_.requests_cancelled_total = cancelled_total_;
   stats_.preemptions_total = engine_.scheduler().preemptions();
   stats_.tokens_per_second = rate;
+  stats_.steps = engine_.clock();
+  stats_.decode_steps = engine_.decode_clock();
 }
 
 void EngineLoop::run() {

@@ -42,6 +42,8 @@ struct EngineStats {
   int64_t prompt_tokens_total = 0, generation_tokens_total = 0;
   int64_t requests_finished_total = 0, requests_cancelled_total = 0, preemptions_total = 0;
   double tokens_per_second = 0;  // generated tokens over the last few seconds
+  engine::BatchEngine::StepClock steps;  // step time, and the part of it blocked on the device
+  engine::BatchEngine::StepClock decode_steps;  // the same over decode-only steps
 };
 
 class EngineLoop {

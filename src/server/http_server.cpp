@@ -5,6 +5,9 @@
 #include <thread>
 
 #include <httplib.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include "core/error.h"
 
@@ -55,6 +58,10 @@ void HttpServer::install_routes() {
   s.set_write_timeout(options_.write_timeout_s, 0);
   s.set_keep_alive_timeout(5);
   s.set_tcp_nodelay(true);  // stream chunks leave at once
+  s.set_socket_options([this](socket_t sock) {
+    httplib::default_socket_options(sock);  // what httplib sets without a callback (SO_REUSEADDR)
+    listen_fd_ = sock;  // the socket that binds is the last one made
+  });
 
   s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
     if (options_.api_key.empty() || !needs_key(req.path)) return httplib::Server::HandlerResponse::Unhandled;
@@ -94,7 +101,18 @@ int HttpServer::bind() {
     port_ = http_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
   }
   if (port_ <= 0) fail(ErrorKind::kIo, "cannot listen on {}:{} (in use, or not an address of this machine)", options_.host, options_.port);
+  // listen() again on a listening socket only changes its backlog (Linux).
+  if (listen_fd_ >= 0 && ::listen(listen_fd_, kListenBacklog) != 0)
+    fail(ErrorKind::kIo, "cannot set the listen backlog on {}:{}", options_.host, port_);
   return port_;
+}
+
+int HttpServer::listen_backlog() const {
+  if (listen_fd_ < 0) return -1;
+  tcp_info info{};
+  socklen_t len = sizeof(info);
+  if (getsockopt(listen_fd_, IPPROTO_TCP, TCP_INFO, &info, &len) != 0) return -1;
+  return int(info.tcpi_sacked);  // a listening socket's maximum accept queue (Linux tcp_get_info)
 }
 
 void HttpServer::serve() {

@@ -34,6 +34,12 @@ class HttpServer {
   // Thread-safe (a signal-handling thread calls it): drain, then stop serve().
   void shutdown();
   std::string url() const;  // http://host:port
+  // Connections the kernel queues for accept(): httplib listens with 5, which a burst of clients
+  // overflows (connections dropped or delayed by a SYN retry); bind() raises it to this.
+  static constexpr int kListenBacklog = 4096;
+  // The backlog the kernel applies to the listening socket (TCP_INFO; the kernel caps the request
+  // at net.core.somaxconn), or -1 before bind().
+  int listen_backlog() const;
 
  private:
   void install_routes();
@@ -41,6 +47,7 @@ class HttpServer {
   ServerContext ctx_;
   std::unique_ptr<httplib::Server> http_;
   int port_ = 0;
+  int listen_fd_ = -1;  // the listening socket httplib made last (bind() raises its backlog)
   std::atomic<bool> serving_{false}, stopping_{false};
 };
 

@@ -122,6 +122,27 @@ TEST(BatchEngine, CancelFreesEveryBlock) {
   EXPECT_TRUE(e.step().empty());
 }
 
+// The step clock counts every step that ran (not the empty ones) and its wall time; the CPU
+// backend never waits for a device.
+TEST(BatchEngine, StepClockCountsSteps) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  BatchEngine e(f.runner, {.num_blocks = 256, .scheduler = {.block_size = 4, .token_budget = 4096}});
+  e.add(greedy(f.cases[0].first, 5));
+  int64_t ran = 0;
+  while (!e.idle()) ran += e.step().empty() ? 0 : 1;
+  EXPECT_TRUE(e.step().empty());
+  EXPECT_EQ(e.clock().steps, ran);
+  EXPECT_EQ(ran, 5);  // the prompt in one step (its first token), then one step per token
+  EXPECT_GT(e.clock().seconds, 0);
+  EXPECT_EQ(e.clock().device_wait_seconds, 0);
+  EXPECT_EQ(e.clock().host_seconds(), e.clock().seconds);
+  EXPECT_EQ(e.decode_clock().steps, 4);  // all but the prompt's step
+  EXPECT_GT(e.decode_clock().seconds, 0);
+  EXPECT_LT(e.decode_clock().seconds, e.clock().seconds);
+}
+
 TEST(BatchEngine, EosEndsARequest) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto fp = load(dir);

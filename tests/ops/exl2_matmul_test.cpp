@@ -84,6 +84,42 @@ TEST(Exl2Matmul, MultiEqualsEachLayer) {
   }
 }
 
+// A GLU input fused into the call (glu_up: the down projection of a feed-forward) equals glu into
+// a buffer, then the plain call, on each host backend, for every activation.
+TEST(Exl2Matmul, FusedGluEqualsGluThenMatmul) {
+  std::mt19937 rng(44);
+  for (auto make : {make_ref_ops, make_cpu_ops}) {
+    auto ops = make();
+    for (Activation act : {Activation::kSilu, Activation::kGeluTanh, Activation::kGelu, Activation::kRelu}) {
+      const auto c = lathe::testing::random_exl2(rng, 33, {{4, 64}, {3, 64}}, true);
+      const int64_t n = 3, K = c.m.in_features;
+      const auto gate = lathe::testing::random_floats(rng, size_t(n * K));
+      const auto up = lathe::testing::random_floats(rng, size_t(n * K));
+      std::vector<float> mid(gate.size()), want(size_t(n * c.N), NAN), got(want.size(), NAN);
+      GluParams g;
+      g.gate = gate.data();
+      g.up = up.data();
+      g.out = mid.data();
+      g.n = n;
+      g.dim = K;
+      g.act = act;
+      ops->glu(g);
+      Exl2MatmulParams p;
+      p.x = mid.data();
+      p.w = c.host_view();
+      p.y = want.data();
+      p.n = n;
+      ops->matmul_exl2(p);
+      p.x = gate.data();
+      p.glu_up = up.data();
+      p.glu_act = act;
+      p.y = got.data();
+      ops->matmul_exl2(p);
+      EXPECT_EQ(got, want) << ops->name() << " activation " << int(act);
+    }
+  }
+}
+
 }  // namespace
 }  // namespace lathe::ops
 

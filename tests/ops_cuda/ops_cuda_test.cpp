@@ -1139,6 +1139,46 @@ TEST_F(CudaParity, MatmulExl2MultiMatchesEachLayer) {
   }
 }
 
+// A GLU input fused into matmul_exl2 (glu_up, a feed-forward's down projection): applied where the
+// stream kernel gathers its activations (one token), or by a glu into scratch first (every other
+// path), against the host reference's glu then matmul; both modes, each activation.
+TEST_F(CudaParity, MatmulExl2FusedGluMatchesReference) {
+  using quant::Exl2Group;
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  ASSERT_TRUE(fast);
+  std::vector<Exl2Group> groups(8, Exl2Group{4, 128});
+  groups[0] = {6, 128};
+  for (bool exact : {true, false}) {
+    Ops& dev = exact ? *cuda : *fast;
+    Worst worst(exact ? "matmul_exl2 fused glu (exact)" : "matmul_exl2 fused glu (fast)");
+    for (Activation act : {Activation::kSilu, Activation::kGeluTanh, Activation::kGelu, Activation::kRelu})
+      for (int64_t n : {1, 2, 9, 40}) {
+        const auto c = lathe::testing::random_exl2(rng, 300, groups, act == Activation::kGelu);
+        const int64_t K = c.m.in_features;
+        const auto gate = random_floats(rng, size_t(n * K)), up = random_floats(rng, size_t(n * K));
+        std::vector<float> want(size_t(n * c.N), NAN);
+        Exl2MatmulParams p;
+        p.x = gate.data();
+        p.glu_up = up.data();
+        p.glu_act = act;
+        p.w = c.host_view();
+        p.y = want.data();
+        p.n = n;
+        ref->matmul_exl2(p);
+        std::vector<Buffer> keep;
+        Buffer dg = upload(dev, gate), du = upload(dev, up), dy(dev, want.size() * sizeof(float));
+        p.x = dg.f32();
+        p.glu_up = du.f32();
+        p.w = lathe::testing::upload_exl2(dev, c, keep);
+        p.y = dy.f32();
+        dev.matmul_exl2(p);
+        const double tol = !exact ? kExl2FastTol : n > 32 ? kExl2F16WeightTol : kMatmulTol;
+        worst.check(rel_error(download(dev, dy.data(), want.size()), want), tol,
+                    "activation " + std::to_string(int(act)) + " n=" + std::to_string(n));
+      }
+  }
+}
+
 // Fast-mode EXL2 with activations far outside fp16's range (|x| up to 1e6 and tiny ones beside
 // them): bf16 activations and fp32 accumulation keep every sum finite and accurate.
 TEST_F(CudaParity, MatmulExl2FastHandlesLargeActivations) {

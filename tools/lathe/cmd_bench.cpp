@@ -124,13 +124,16 @@ void add_bench_command(CLI::App& app) {
       j[fmt::format("ttft_{}_ms", p)] = s * 1e3;  // prefill + logits of the last position on the host
     }
     double tg_first = 0;
+    // Decode steps also report their host share: the part of the wall time not spent blocked on
+    // the device (ops::Ops::device_wait_seconds; device backends only).
     for (int64_t d : opts->decode_ctx) {
-      std::vector<double> t;
+      std::vector<double> t, host;
       for (int64_t r = 0; r < opts->reps; ++r) {
         cache.clear();
         if (d > 0)
           runner.forward(std::span<const int32_t>(ids.data(), size_t(d)), cache, ws, model::LogitsFor::kNone, &logits);
         const auto t0 = clock::now();
+        const double w0 = backend->device_wait_seconds();
         for (int64_t i = 0; i < opts->gen; ++i) {
           model::SeqInput in;
           in.ids = std::span<const int32_t>(&ids[size_t(d + i)], 1);
@@ -139,12 +142,14 @@ void add_bench_command(CLI::App& app) {
                                std::span<const model::SelectRow>(greedy_rows.data(), 1), 1, &sel);
         }
         t.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+        host.push_back(1.0 - (backend->device_wait_seconds() - w0) / t.back());
       }
       const double s = median(t);
       const double rate = double(opts->gen) / s;
       if (tg_first == 0) tg_first = rate;
       rows.push_back({fmt::format("tg{} @ ctx {}", opts->gen, d), rate, s * 1e3 / double(opts->gen)});
       j[fmt::format("decode_ctx{}_tok_s", d)] = rate;
+      if (!backend->host_memory()) j[fmt::format("decode_ctx{}_host_ratio", d)] = median(host);
     }
     // Batched decode: b sequences, each with d tokens of context (prefilled together in one step),
     // then gen steps in which every sequence decodes one token. tok/s counts all sequences.
@@ -159,7 +164,7 @@ void add_bench_command(CLI::App& app) {
           for (int64_t k = 0; k < per_seq; ++k) kv[size_t(s)].blocks.push_back(int32_t(s * per_seq + k));
         std::vector<model::SeqInput> step(static_cast<size_t>(b));
         std::vector<int32_t> tokens(static_cast<size_t>(b));
-        std::vector<double> t;
+        std::vector<double> t, host;
         for (int64_t r = 0; r < opts->reps; ++r) {
           for (auto& q : kv) q.length = 0;
           if (d > 0) {
@@ -168,6 +173,7 @@ void add_bench_command(CLI::App& app) {
             runner.forward_batch(step, pool, ws, &logits);
           }
           const auto t0 = clock::now();
+          const double w0 = backend->device_wait_seconds();
           for (int64_t i = 0; i < opts->gen; ++i) {
             for (int64_t s = 0; s < b; ++s) {
               tokens[size_t(s)] = ids[size_t((d + i + s) % longest)];
@@ -177,11 +183,13 @@ void add_bench_command(CLI::App& app) {
                                   &sel);
           }
           t.push_back(std::chrono::duration<double>(clock::now() - t0).count());
+          host.push_back(1.0 - (backend->device_wait_seconds() - w0) / t.back());
         }
         const double s = median(t);
         const double rate = double(b * opts->gen) / s;
         rows.push_back({fmt::format("tg{} x b{} @ ctx {}", opts->gen, b, d), rate, s * 1e3 / double(opts->gen)});
         j[fmt::format("decode_b{}_ctx{}_tok_s", b, d)] = rate;
+        if (!backend->host_memory()) j[fmt::format("decode_b{}_ctx{}_host_ratio", b, d)] = median(host);
       }
     }
     const auto mem = backend->memory_stats();

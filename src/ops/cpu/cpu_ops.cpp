@@ -11,7 +11,9 @@ class CpuOps final : public Ops {
  public:
   const char* name() const override { return "cpu"; }
   void matmul(const MatmulParams& p) override { cpu::matmul(p); }
-  void matmul_exl2(const Exl2MatmulParams& p) override { cpu::matmul_exl2(p); }
+  void matmul_exl2(const Exl2MatmulParams& p) override {
+    if (!matmul_exl2_glu_unfused(p)) cpu::matmul_exl2(p);
+  }
   void rms_norm(const RmsNormParams& p) override { cpu::rms_norm(p); }
   void rope(const RopeParams& p) override { cpu::rope(p); }
   void attention(const AttentionParams& p) override { cpu::attention(p); }

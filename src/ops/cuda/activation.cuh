@@ -25,4 +25,14 @@ __device__ __forceinline__ float activate(float x) {
   }
 }
 
+// The same with the activation known only at run time (outside hot loops).
+__device__ __forceinline__ float activate(Activation a, float x) {
+  switch (a) {
+    case Activation::kSilu: return activate<Activation::kSilu>(x);
+    case Activation::kGeluTanh: return activate<Activation::kGeluTanh>(x);
+    case Activation::kGelu: return activate<Activation::kGelu>(x);
+    default: return activate<Activation::kRelu>(x);
+  }
+}
+
 }  // namespace lathe::ops::cuda

@@ -551,9 +551,9 @@ void attention_decode(Context& ctx, const Call& c) {
   const dim3 grid(unsigned(c.n_kv_heads), unsigned(c.num_seqs), unsigned(splits));
   const int rows = int(c.max_q * d.group);
   if (c.kv_dtype == DType::kBF16)
-    attn_dec::launch<Bf16>(d, grid, rows, int(c.head_dim), ctx.stream);
+    attn_dec::launch<Bf16>(ctx, d, grid, rows, int(c.head_dim));
   else
-    attn_dec::launch<float>(d, grid, rows, int(c.head_dim), ctx.stream);
+    attn_dec::launch<float>(ctx, d, grid, rows, int(c.head_dim));
 }
 
 void run(Context& ctx, const Call& c) {

@@ -27,6 +27,7 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/pdl.cuh"
 
 namespace lathe::ops::cuda::attn_dec {
 
@@ -105,6 +106,7 @@ struct KvRaw<Bf16, VEC> {
 
 template <typename KV, int HD, int R>
 __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>) decode_kernel(const Args a) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   constexpr int kWarps = kWarpsFor<R>, kThreads = kWarps * kWarp;
   constexpr int VEC = HD / kWarp;
   __shared__ float sm_m[kWarps][R], sm_l[kWarps][R];
@@ -295,23 +297,23 @@ inline int max_rows(int64_t head_dim) { return head_dim == 256 ? 8 : kMaxRows; }
 inline bool supports_head_dim(int64_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
 
 template <typename KV, int HD>
-void launch_hd(const Args& a, dim3 grid, int rows, cudaStream_t stream) {
+void launch_hd(const Context& ctx, const Args& a, dim3 grid, int rows) {
   if (rows <= 4) {
-    decode_kernel<KV, HD, 4><<<grid, kWarpsFor<4> * kWarp, 0, stream>>>(a);
+    launch_pdl(ctx, decode_kernel<KV, HD, 4>, dim3(grid), dim3(kWarpsFor<4> * kWarp), 0, a);
   } else if constexpr (HD == 256) {
-    decode_kernel<KV, HD, 8><<<grid, kWarpsFor<8> * kWarp, 0, stream>>>(a);
+    launch_pdl(ctx, decode_kernel<KV, HD, 8>, dim3(grid), dim3(kWarpsFor<8> * kWarp), 0, a);
   } else {
-    decode_kernel<KV, HD, kMaxRows><<<grid, kWarpsFor<kMaxRows> * kWarp, 0, stream>>>(a);
+    launch_pdl(ctx, decode_kernel<KV, HD, kMaxRows>, dim3(grid), dim3(kWarpsFor<kMaxRows> * kWarp), 0, a);
   }
   LATHE_CUDA_CHECK_LAUNCH("attention decode_kernel");
 }
 
 template <typename KV>
-void launch(const Args& a, dim3 grid, int rows, int head_dim, cudaStream_t stream) {
+void launch(const Context& ctx, const Args& a, dim3 grid, int rows, int head_dim) {
   switch (head_dim) {
-    case 64: return launch_hd<KV, 64>(a, grid, rows, stream);
-    case 128: return launch_hd<KV, 128>(a, grid, rows, stream);
-    case 256: return launch_hd<KV, 256>(a, grid, rows, stream);
+    case 64: return launch_hd<KV, 64>(ctx, a, grid, rows);
+    case 128: return launch_hd<KV, 128>(ctx, a, grid, rows);
+    case 256: return launch_hd<KV, 256>(ctx, a, grid, rows);
     default: raise(ErrorKind::kInternal, "cuda attention (decode): head_dim ", head_dim, " has no instance");
   }
 }

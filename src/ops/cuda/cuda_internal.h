@@ -24,7 +24,8 @@ enum class Scratch : int {
   kMoe = 4,
   kExl2 = 5,
   kExl2Dequant = 6,
-  kCount = 7
+  kGlu = 7,  // matmul_exl2's fused glu input, where the kernel cannot apply it itself
+  kCount = 8
 };
 
 class Context {
@@ -34,6 +35,7 @@ class Context {
   int device = 0;
   int sm_count = 0;
   int cc_major = 0;  // compute capability (9: Hopper, programmatic dependent launch)
+  bool pdl = false;  // launch_pdl launches as programmatic dependents (pdl.cuh)
   size_t smem_optin = 0;  // largest dynamic shared memory a block may opt into
   bool exact_matmul = true;  // BackendOptions::exact_matmul
   cublasLtHandle_t lt = nullptr;  // prefill GEMMs (matmul.cu); null: cublasGemmEx only
@@ -85,29 +87,34 @@ void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p);
 struct Exl2Batch {
   Exl2View w[3];
   float* y[3];
-  const void* xg[3];  // pre-gathered bf16 activations (more than one token), else null
+  const void* xg[3];  // pre-gathered bf16 activations, else null
+  const float* up;    // the gather's input is act(x) * up (Exl2MatmulParams::glu_up), act = glu_act
+  Activation glu_act;
   float* partial[3];  // k-split partial rows (splits > 1)
   int col_end[3];     // cumulative column blocks
   int splits[3];
   int count;
 };
-// Fills b.xg: per layer, [planes][n][tiled_rows] bf16 x[t, perm[v]] (0 on padding rows); split:
-// plane 1 holds the remainders x - hi rounded again. In scratch kMatmulX.
-// pdl: launched as a programmatic dependent (compute capability 9+): it lets the next kernel (one
-// launched the same way) start at once, and waits for the previous kernel before reading x.
-void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split, bool pdl = false);
+// Fills b.xg: per layer, [planes][n][tiled_rows] bf16 x[t, perm[v]] (0 on padding rows; with b.up,
+// act(x) * up in place of x); split: plane 1 holds the remainders x - hi rounded again. In scratch
+// kMatmulX.
+// Launched as a programmatic dependent (pdl.cuh).
+void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split);
 // The EXL2 kernels on the tiled layout, and which serves a call (exl2.cu; crossovers measured on
 // the H100, bench/RESULTS.md):
 //  * exl2_stream (exl2_stream.cu): 1..kExl2StreamTokens tokens a launch, both modes (exact: split
 //    activations, fp32-accurate). Fast mode sends it up to kExl2StreamFastTokens tokens.
-//  * exl2_tc (exl2_tc.cu): fast mode, kExl2StreamFastTokens + 1 .. kExl2TcTokens tokens.
-//  * Above kExl2TcTokens (fast) or kExl2ExactMaxTokens (exact, in launches of exl2_stream): the layer
-//    reconstructed into float16 and cuBLAS.
+//  * exl2_tc (exl2_tc.cu): fast mode, kExl2StreamFastTokens + 1 .. kExl2FastMaxTokens tokens, in
+//    launches of up to kExl2TcTokens (each reads the weights once: two launches of 32 tokens still
+//    beat reconstructing the layer, which costs about a float16 copy of it per call).
+//  * Above kExl2FastMaxTokens (fast) or kExl2ExactMaxTokens (exact, in launches of exl2_stream): the
+//    layer reconstructed into float16 and cuBLAS.
 void exl2_stream(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);  // tokens [t0, t0 + n) of every layer
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
 inline constexpr int64_t kExl2StreamTokens = 16;
 inline constexpr int64_t kExl2StreamFastTokens = 8;
 inline constexpr int64_t kExl2TcTokens = 32;
+inline constexpr int64_t kExl2FastMaxTokens = 64;
 inline constexpr int64_t kExl2ExactMaxTokens = 32;
 
 // The cuBLAS path's pieces (matmul.cu), shared with the fused feed-forward (ffn.cu).

@@ -13,6 +13,7 @@
 #include <type_traits>
 
 #include <algorithm>
+#include <chrono>
 #include <map>
 #include <set>
 #include <string>
@@ -185,6 +186,10 @@ class CudaOps final : public Ops {
     LATHE_CUDA_CHECK(cudaGetDeviceProperties(&prop, ctx_.device));
     ctx_.sm_count = prop.multiProcessorCount;
     ctx_.cc_major = prop.major;
+    // Programmatic dependent launch (pdl.cuh) on Hopper and later; LATHE_PDL=0 turns it off (a
+    // diagnostic: the kernels then run strictly one after another).
+    const char* pdl = std::getenv("LATHE_PDL");
+    ctx_.pdl = prop.major >= 9 && !(pdl && std::string_view(pdl) == "0");
     ctx_.smem_optin = prop.sharedMemPerBlockOptin;
 
     cudaStream_t stream = nullptr;
@@ -297,8 +302,11 @@ class CudaOps final : public Ops {
 
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
     no_capture("copy_to_host");
+    // Into pageable memory the copy itself waits for the stream's work: both calls are timed.
+    const auto t0 = std::chrono::steady_clock::now();
     if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
     LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (profile_.enabled()) profile_.resolve();
   }
 
@@ -353,10 +361,12 @@ class CudaOps final : public Ops {
 
   void synchronize() override {
     no_capture("synchronize");
-    LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    wait_for_stream();
     if (profile_.enabled()) profile_.resolve();
     LATHE_CUDA_CHECK(cudaGetLastError());
   }
+
+  double device_wait_seconds() const override { return wait_seconds_; }
 
   // ---- ops ---------------------------------------------------------------------------------
   void matmul(const MatmulParams& p) override {
@@ -512,6 +522,13 @@ class CudaOps final : public Ops {
     cudaEvent_t start = nullptr;
   };
 
+  // Blocks until the stream's work is done, counting the time for device_wait_seconds().
+  void wait_for_stream() {
+    const auto t0 = std::chrono::steady_clock::now();
+    LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
   void no_capture(const char* what) const {
     if (ctx_.capturing)
       raise(ErrorKind::kInternal, "cuda: ", what, " is not allowed while a graph is being recorded");
@@ -526,6 +543,7 @@ class CudaOps final : public Ops {
   bool kv_f32_ = false;  // BackendOptions::kv_f32
   std::unordered_map<void*, size_t> sizes_;  // live alloc() buffers, for memory_stats()
   size_t in_use_ = 0, peak_ = 0;
+  double wait_seconds_ = 0;  // device_wait_seconds()
 };
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/pdl.cuh"
 
 namespace lathe::ops::cuda {
 namespace {
@@ -17,6 +18,7 @@ constexpr int kThreads = 256;
 // out may alias gate or up: each element is read before it is written, by the same thread.
 template <Activation A>
 __global__ void glu_kernel(const float* gate, const float* up, float* out, int64_t total) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < total; i += int64_t(gridDim.x) * blockDim.x)
     out[i] = activate<A>(gate[i]) * up[i];
 }
@@ -27,6 +29,7 @@ __global__ void glu_kernel(const float* gate, const float* up, float* out, int64
 template <typename T>
 __global__ void embedding_kernel(const T* __restrict__ table, const int32_t* __restrict__ ids,
                                  float* __restrict__ out, int64_t vocab, int64_t dim, float scale) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   int64_t id = ids[blockIdx.x];
   id = id < 0 ? 0 : id >= vocab ? vocab - 1 : id;
   const T* row = table + id * dim;
@@ -35,17 +38,20 @@ __global__ void embedding_kernel(const T* __restrict__ table, const int32_t* __r
 }
 
 __global__ void add_kernel(float* __restrict__ y, const float* __restrict__ x, int64_t n) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     y[i] += x[i];
 }
 
 __global__ void softcap_kernel(float* __restrict__ x, int64_t n, float cap) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
     x[i] = cap * tanhf(x[i] / cap);
 }
 
 __global__ void gather_rows_kernel(const float* __restrict__ src, const int32_t* __restrict__ idx,
                                    float* __restrict__ dst, int64_t dim) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   const float* s = src + int64_t(idx[blockIdx.x]) * dim;
   float* d = dst + int64_t(blockIdx.x) * dim;
   for (int64_t j = threadIdx.x; j < dim; j += blockDim.x) d[j] = s[j];
@@ -82,16 +88,16 @@ void glu(Context& ctx, const GluParams& p) {
   const unsigned blocks = elementwise_blocks(total, kThreads);
   switch (p.act) {
     case Activation::kSilu:
-      glu_kernel<Activation::kSilu><<<blocks, kThreads, 0, ctx.stream>>>(p.gate, p.up, p.out, total);
+      launch_pdl(ctx, glu_kernel<Activation::kSilu>, dim3(blocks), dim3(kThreads), 0, p.gate, p.up, p.out, total);
       break;
     case Activation::kGeluTanh:
-      glu_kernel<Activation::kGeluTanh><<<blocks, kThreads, 0, ctx.stream>>>(p.gate, p.up, p.out, total);
+      launch_pdl(ctx, glu_kernel<Activation::kGeluTanh>, dim3(blocks), dim3(kThreads), 0, p.gate, p.up, p.out, total);
       break;
     case Activation::kGelu:
-      glu_kernel<Activation::kGelu><<<blocks, kThreads, 0, ctx.stream>>>(p.gate, p.up, p.out, total);
+      launch_pdl(ctx, glu_kernel<Activation::kGelu>, dim3(blocks), dim3(kThreads), 0, p.gate, p.up, p.out, total);
       break;
     case Activation::kRelu:
-      glu_kernel<Activation::kRelu><<<blocks, kThreads, 0, ctx.stream>>>(p.gate, p.up, p.out, total);
+      launch_pdl(ctx, glu_kernel<Activation::kRelu>, dim3(blocks), dim3(kThreads), 0, p.gate, p.up, p.out, total);
       break;
     default: raise(ErrorKind::kUnsupported, "cuda glu: activation ", int(p.act), " is not supported");
   }
@@ -107,15 +113,15 @@ void embedding(Context& ctx, const EmbeddingParams& p) {
   const int threads = row_threads(dim);
   switch (p.table.dtype) {
     case DType::kF32:
-      embedding_kernel<<<blocks, threads, 0, ctx.stream>>>(static_cast<const float*>(p.table.data), p.ids, p.out,
+      launch_pdl(ctx, embedding_kernel<float>, dim3(blocks), dim3(threads), 0, static_cast<const float*>(p.table.data), p.ids, p.out,
                                                            p.table.rows, dim, p.scale);
       break;
     case DType::kF16:
-      embedding_kernel<<<blocks, threads, 0, ctx.stream>>>(static_cast<const F16*>(p.table.data), p.ids, p.out,
+      launch_pdl(ctx, embedding_kernel<F16>, dim3(blocks), dim3(threads), 0, static_cast<const F16*>(p.table.data), p.ids, p.out,
                                                            p.table.rows, dim, p.scale);
       break;
     case DType::kBF16:
-      embedding_kernel<<<blocks, threads, 0, ctx.stream>>>(static_cast<const Bf16*>(p.table.data), p.ids, p.out,
+      launch_pdl(ctx, embedding_kernel<Bf16>, dim3(blocks), dim3(threads), 0, static_cast<const Bf16*>(p.table.data), p.ids, p.out,
                                                            p.table.rows, dim, p.scale);
       break;
     default:
@@ -126,14 +132,14 @@ void embedding(Context& ctx, const EmbeddingParams& p) {
 
 void add(Context& ctx, float* y, const float* x, int64_t n) {
   if (n <= 0) return;
-  add_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, ctx.stream>>>(y, x, n);
+  launch_pdl(ctx, add_kernel, dim3(elementwise_blocks(n, kThreads)), dim3(kThreads), 0, y, x, n);
   LATHE_CUDA_CHECK_LAUNCH("add_kernel");
 }
 
 void softcap(Context& ctx, float* x, int64_t n, float cap) {
   if (n <= 0) return;
   if (!(cap > 0.f)) raise(ErrorKind::kInvalidArgument, "cuda softcap: cap must be > 0, got ", cap);
-  softcap_kernel<<<elementwise_blocks(n, kThreads), kThreads, 0, ctx.stream>>>(x, n, cap);
+  launch_pdl(ctx, softcap_kernel, dim3(elementwise_blocks(n, kThreads)), dim3(kThreads), 0, x, n, cap);
   LATHE_CUDA_CHECK_LAUNCH("softcap_kernel");
 }
 
@@ -147,7 +153,7 @@ void scatter_rows(Context& ctx, const ScatterRowsParams& p) {
 void gather_rows(Context& ctx, const GatherRowsParams& p) {
   if (p.n <= 0 || p.dim <= 0) return;
   check_rows(p.n, "gather_rows");
-  gather_rows_kernel<<<unsigned(p.n), row_threads(p.dim), 0, ctx.stream>>>(p.src, p.idx, p.dst, p.dim);
+  launch_pdl(ctx, gather_rows_kernel, dim3(unsigned(p.n)), dim3(row_threads(p.dim)), 0, p.src, p.idx, p.dst, p.dim);
   LATHE_CUDA_CHECK_LAUNCH("gather_rows_kernel");
 }
 

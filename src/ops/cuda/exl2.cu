@@ -4,7 +4,8 @@
 //  * Decode sizes: exl2_stream (exl2_stream.cu) up to kExl2StreamFastTokens tokens in fast mode, and
 //    in exact mode up to kExl2ExactMaxTokens in launches of kExl2StreamTokens (split bf16
 //    activations, fp32-accurate); exl2_tc (exl2_tc.cu) for the rest of fast mode up to
-//    kExl2TcTokens. Each launch reads the packed weights once, fp32 accumulation.
+//    kExl2FastMaxTokens, in launches of up to kExl2TcTokens. Each launch reads the packed weights
+//    once, fp32 accumulation.
 //  * Above: the layer is reconstructed into float16 in chunks of output columns (padded act-order
 //    rows, k-major: each warp dequantizes a unit into shared memory and writes it out row by row),
 //    and cuBLAS multiplies the padded act-order activations (x gathered through the tiled perm,
@@ -167,11 +168,35 @@ void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p) {
     if (p.w[i].in_features != p.w[0].in_features)
       raise(ErrorKind::kInvalidArgument, "cuda matmul_exl2_multi: the layers' input widths differ");
   }
-  if (p.n > (ctx.exact_matmul ? kExl2ExactMaxTokens : kExl2TcTokens)) {
+  const int64_t packed_max = ctx.exact_matmul ? kExl2ExactMaxTokens : kExl2FastMaxTokens;
+  if (p.glu_up && p.n > packed_max) {
+    // The decode kernels' activation gather applies a fused glu; the reconstruction path runs it first.
+    const int64_t K = p.w[0].in_features;
+    float* a = static_cast<float*>(ctx.scratch(Scratch::kGlu, sizeof(float) * size_t(p.n * K)));
+    GluParams g;
+    g.gate = p.x;
+    g.up = p.glu_up;
+    g.out = a;
+    g.n = p.n;
+    g.dim = K;
+    g.act = p.glu_act;
+    glu(ctx, g);
+    Exl2MultiParams q = p;
+    q.x = a;
+    q.glu_up = nullptr;
+    return matmul_exl2_multi(ctx, q);
+  }
+  if (p.n > packed_max) {
     for (int i = 0; i < p.count; ++i) reconstruct_matmul(ctx, p.layer(i));
     return;
   }
-  if (!ctx.exact_matmul) return p.n <= kExl2StreamFastTokens ? exl2_stream(ctx, p, 0, p.n) : exl2_tc(ctx, p, 0, p.n);
+  if (!ctx.exact_matmul) {
+    if (p.n <= kExl2StreamFastTokens) return exl2_stream(ctx, p, 0, p.n);
+    // Launches of equal size, each at most kExl2TcTokens.
+    const int64_t launches = (p.n + kExl2TcTokens - 1) / kExl2TcTokens, each = (p.n + launches - 1) / launches;
+    for (int64_t t0 = 0; t0 < p.n; t0 += each) exl2_tc(ctx, p, t0, std::min(each, p.n - t0));
+    return;
+  }
   for (int64_t t0 = 0; t0 < p.n; t0 += kExl2StreamTokens) exl2_stream(ctx, p, t0, std::min<int64_t>(kExl2StreamTokens, p.n - t0));
 }
 
@@ -183,6 +208,8 @@ void matmul_exl2(Context& ctx, const Exl2MatmulParams& p) {
   m.count = 1;
   m.w[0] = p.w;
   m.y[0] = p.y;
+  m.glu_up = p.glu_up;
+  m.glu_act = p.glu_act;
   matmul_exl2_multi(ctx, m);
 }
 

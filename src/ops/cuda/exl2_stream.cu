@@ -9,12 +9,13 @@
 //  * Every warp works alone: a strip of 32 columns over the block's groups. It puts cp.async copies
 //    of its next `slots` groups in flight (units, the 4 scale-code words, the group's max) into its
 //    own ring in shared memory and keeps the ring full: no block barrier in the loop.
-//  * Programmatic dependent launch (Hopper): the weights are no kernel's output, so the first
-//    groups' copies go out before griddepcontrol.wait, streaming while the activations' gather (and
-//    through it the kernel before) finishes.
+//  * Programmatic dependent launch (pdl.cuh): the weights are no kernel's output, so the first
+//    groups' copies go out before pdl_wait, streaming while the kernels before finish; the kernel
+//    triggers its own dependents at once, so the next ones start as its blocks leave.
 //  * The activations were gathered into act-order once for the call (exl2_gather_activations: bf16,
-//    0 on padding rows, plus the remainders x - hi in exact mode); a block copies its rows after
-//    its first groups.
+//    0 on padding rows, plus the remainders x - hi in exact mode; a fused glu applied there); a
+//    block copies its rows after its first groups. (Each block gathering its own rows from x, with
+//    no gather kernel, was slower on the 8B decode: 258 against 279 tok/s, bench/RESULTS.md.)
 //  * The weights are the mma's A operand (16 output columns x 16 rows: a lane's tiled B fragments of
 //    two n-tiles are one A fragment) and the tokens its n of 8, so one token wastes 7/8 of an mma,
 //    not 15/16. A group's sums are scaled once per column in fp32 ((code + 1)^2 * max / 256).
@@ -28,6 +29,7 @@
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
 #include "ops/cuda/exl2_tiled.cuh"
+#include "ops/cuda/pdl.cuh"
 
 namespace lathe::ops::cuda {
 namespace {
@@ -143,6 +145,7 @@ template <int NT, bool SPLIT>
 __global__ void __launch_bounds__(kThreads)
     exl2_stream_kernel(int n_valid, const __grid_constant__ Exl2Batch P, int* __restrict__ counters, int table_groups,
                        int slots, int slot_words, int xstride) {
+  pdl_trigger();  // the next kernel may take the SM room this one leaves (pdl.cuh)
   int mi = 0;
   while (mi + 1 < P.count && int(blockIdx.x) >= P.col_end[mi]) ++mi;
   const int splits = P.splits[mi];
@@ -186,7 +189,7 @@ __global__ void __launch_bounds__(kThreads)
     tiled::cp_async_commit();
   };
   for (int k = 0; k < slots; ++k) issue(g0 + k, k);
-  tiled::grid_dependency_wait();
+  pdl_wait();
   {
     const int per_row = vrows / 8;  // rows are multiples of 32: 16-byte copies
     for (int i = threadIdx.x; i < kPlanes * n_valid * per_row; i += kThreads) {
@@ -250,7 +253,6 @@ __global__ void __launch_bounds__(kThreads)
 template <int NT, bool SPLIT>
 void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64_t t0) {
   constexpr int kPlanes = SPLIT ? 2 : 1;
-  const bool pdl = ctx.cc_major >= 9;
   Exl2Batch b{};
   b.count = p.count;
   int64_t col_blocks = 0, slot_words = 0;
@@ -289,7 +291,9 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
     LATHE_CUDA_CHECK(cudaFuncSetAttribute(exl2_stream_kernel<NT, SPLIT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
     allowed = limit;
   }
-  exl2_gather_activations(ctx, x, n, b, SPLIT, pdl);
+  b.up = p.glu_up ? p.glu_up + t0 * p.w[0].in_features : nullptr;
+  b.glu_act = p.glu_act;
+  exl2_gather_activations(ctx, x, n, b, SPLIT);
   size_t partial_bytes = 0;
   for (int i = 0; i < p.count; ++i)
     if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
@@ -302,19 +306,8 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
       }
   }
   int* counters = static_cast<int*>(ctx.zeroed_scratch(Scratch::kCounters, sizeof(int) * size_t(std::max<int64_t>(col_blocks, 1024))));
-  const dim3 grid{unsigned(col_blocks), unsigned(grid_y)};
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(kThreads);
-  cfg.dynamicSmemBytes = smem;
-  cfg.stream = ctx.stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
-  LATHE_CUDA_CHECK(cudaLaunchKernelEx(&cfg, exl2_stream_kernel<NT, SPLIT>, n, b, counters, int(table_groups), slots,
-                                      int(slot_words), int(xstride)));
+  launch_pdl(ctx, exl2_stream_kernel<NT, SPLIT>, dim3(unsigned(col_blocks), unsigned(grid_y)), dim3(kThreads), smem, n,
+             b, counters, int(table_groups), slots, int(slot_words), int(xstride));
 }
 
 }  // namespace

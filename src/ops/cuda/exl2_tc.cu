@@ -27,10 +27,12 @@
 #include <algorithm>
 #include <climits>
 
+#include "ops/cuda/activation.cuh"
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
 #include "ops/cuda/exl2_tiled.cuh"
+#include "ops/cuda/pdl.cuh"
 
 namespace lathe::ops::cuda {
 namespace {
@@ -131,15 +133,18 @@ __device__ __forceinline__ void group_tc(const uint32_t* strip, int units, int h
 // SPLIT: plane 1 holds x - hi rounded again.
 template <bool SPLIT>
 __global__ void exl2_gather_bf16_kernel(const float* __restrict__ x, int64_t n, int64_t K, const __grid_constant__ Exl2Batch P) {
-  tiled::grid_launch_dependents();  // the matmul may start streaming its weights now
-  tiled::grid_dependency_wait();    // x is the previous kernel's output
+  pdl_enter();  // the matmul may start streaming its weights now; x is the previous kernel's output
   const Exl2View& w = P.w[blockIdx.y];
   const int64_t V = w.tiled_rows, i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= n * V) return;
   auto* xg = static_cast<__nv_bfloat16*>(const_cast<void*>(P.xg[blockIdx.y]));
   const int64_t t = i / V, v = i % V;
   const int32_t ch = w.tiled_perm[v];
-  const float val = ch >= 0 ? x[t * K + ch] : 0.f;
+  float val = 0.f;
+  if (ch >= 0) {
+    val = x[t * K + ch];
+    if (P.up) val = activate(P.glu_act, val) * P.up[t * K + ch];  // a fused glu, as the glu op computes it
+  }
   const __nv_bfloat16 hi = __float2bfloat16_rn(val);
   xg[i] = hi;
   if constexpr (SPLIT) xg[n * V + i] = __float2bfloat16_rn(val - __bfloat162float(hi));
@@ -149,6 +154,7 @@ template <int MT>
 __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     exl2_tc_kernel(int n_valid, const __grid_constant__ Exl2Batch P, int* __restrict__ counters,
                    int stage_words, int lut_groups, int xstride) {
+  pdl_trigger();  // the next kernel may take the SM room this one leaves (pdl.cuh)
   // This block's layer (a uniform walk over at most three entries) and its column block there.
   int mi = 0;
   while (mi + 1 < P.count && int(blockIdx.x) >= P.col_end[mi]) ++mi;
@@ -188,6 +194,8 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
       const int k = (gi - g0) % kStages, strip_words = gr.padded * gr.bits;  // units * 32 * bits
       uint32_t* st = stages + k * stage_words;
       const unsigned wbytes = unsigned(strips * strip_words) * 4, sbytes = unsigned(strips) * 16;
+      // The activations (another kernel's output) come with the first stage; with TMA they are
+      // issued after pdl_wait below, the stage's byte count already expecting them.
       const unsigned xrow = unsigned(vrows) * 2, xrows = gi == g0 ? unsigned(n_valid) : 0u;
       const uint32_t* wsrc = w.tiled + int64_t(gr.tq) * Np + int64_t(strip0) * strip_words;
       const uint32_t* ssrc = w.tiled_scale + (int64_t(gi) * S + strip0) * 4;
@@ -195,7 +203,6 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
       mbar_expect_tx(&full[k], wbytes + sbytes + xrows * xrow);
       bulk_copy(st, wsrc, wbytes, &full[k]);
       bulk_copy(st + stage_words - 16, ssrc, sbytes, &full[k]);
-      for (unsigned r = 0; r < xrows; ++r) bulk_copy(xs + r * xstride, xg + int64_t(r) * V + vbegin, xrow, &full[k]);
 #else
       shared_copy(st, wsrc, wbytes);
       shared_copy(st + stage_words - 16, ssrc, sbytes);
@@ -212,7 +219,15 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");  // visible to the copy engine
   }
 #endif
+#if !LATHE_EXL2_TMA
+  pdl_wait();  // (no-op: programmatic dependent launch is Hopper's, as is TMA)
+#endif
   for (int p = 0; p < kStages; ++p) issue(g0 + p, w.tiled_groups);
+  pdl_wait();  // the weights are in flight; now the activations, the previous kernel's output
+#if LATHE_EXL2_TMA
+  if (threadIdx.x == 0)
+    for (int r = 0; r < n_valid; ++r) bulk_copy(xs + r * xstride, xg + int64_t(r) * V + vbegin, unsigned(vrows) * 2, &full[0]);
+#endif
   for (int i = threadIdx.x; i < (g1 - g0) * 8; i += kThreads) gtab[i] = w.tiled_groups[g0 * 8 + i];
 
   // Scale tables: (code + 1)^2 * max / 256 for each group of the split.
@@ -386,6 +401,8 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
   size_t partial_bytes = 0;
   for (int i = 0; i < p.count; ++i)
     if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
+  b.up = p.glu_up ? p.glu_up + t0 * p.w[0].in_features : nullptr;
+  b.glu_act = p.glu_act;
   exl2_gather_activations(ctx, x, n, b, false);
   if (partial_bytes) {
     auto* at = static_cast<float*>(ctx.scratch(Scratch::kExl2, partial_bytes));
@@ -397,14 +414,14 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
   }
   int* counters = static_cast<int*>(ctx.zeroed_scratch(Scratch::kCounters, sizeof(int) * size_t(std::max<int64_t>(col_blocks, 1024))));
   const dim3 grid{unsigned(col_blocks), unsigned(grid_y)};
-  exl2_tc_kernel<MT><<<grid, kThreads, smem, ctx.stream>>>(n, b, counters, int(stage_words), int(lut_groups),
-                                                                  int(xstride));
+  launch_pdl(ctx, exl2_tc_kernel<MT>, grid, dim3(kThreads), smem, n, b, counters, int(stage_words), int(lut_groups),
+             int(xstride));
   LATHE_CUDA_CHECK_LAUNCH("exl2_tc_kernel");
 }
 
 }  // namespace
 
-void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split, bool pdl) {
+void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split) {
   const int planes = split ? 2 : 1;
   size_t bytes = 0;
   for (int i = 0; i < b.count; ++i) bytes += sizeof(__nv_bfloat16) * size_t(planes * n * b.w[i].tiled_rows + 8);
@@ -416,19 +433,13 @@ void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, 
     most = std::max<int64_t>(most, n * b.w[i].tiled_rows);
   }
   const dim3 grid{unsigned((most + 255) / 256), unsigned(b.count)};
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = dim3(256);
-  cfg.stream = ctx.stream;
-  cfg.attrs = &attr;
-  cfg.numAttrs = pdl ? 1 : 0;
   const int64_t K = b.w[0].in_features, nn = n;
-  LATHE_CUDA_CHECK(split ? cudaLaunchKernelEx(&cfg, exl2_gather_bf16_kernel<true>, x, nn, K, b)
-                         : cudaLaunchKernelEx(&cfg, exl2_gather_bf16_kernel<false>, x, nn, K, b));
+  if (split)
+    launch_pdl(ctx, exl2_gather_bf16_kernel<true>, grid, dim3(256), 0, x, nn, K, b);
+  else
+    launch_pdl(ctx, exl2_gather_bf16_kernel<false>, grid, dim3(256), 0, x, nn, K, b);
 }
+
 
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n) {
   const float* x = p.x + t0 * p.w[0].in_features;

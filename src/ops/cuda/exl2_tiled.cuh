@@ -120,18 +120,6 @@ __device__ __forceinline__ void unit_half(const uint32_t* unit, int lane, int ha
   pairs_of<BITS>(m, sec, b);
 }
 
-// A lane's words of a whole unit in registers (exl2_stream.cu): the first plane's in r[0..P0),
-// the second plane's in r[4], r[5] (never both: P1 > 0 only when P0 <= 4).
-template <int BITS, int HALF>
-__device__ __forceinline__ void unit_half_regs(const uint32_t (&r)[8], uint32_t (&b)[8]) {
-  constexpr int P0 = first_plane(BITS), P1 = BITS - P0, M = P0 / 2;
-  uint32_t m[M];
-#pragma unroll
-  for (int i = 0; i < M; ++i) m[i] = r[HALF * M + i];
-  const uint32_t sec = P1 == 1 ? r[4] >> (8 * HALF) : P1 == 2 ? r[4 + HALF] : 0u;
-  pairs_of<BITS>(m, sec, b);
-}
-
 __device__ __forceinline__ unsigned smem_addr(const void* p) { return static_cast<unsigned>(__cvta_generic_to_shared(p)); }
 
 // Asynchronous copies global -> shared (sm_80+): 16 bytes (L2 only) or 4 bytes; commit closes a
@@ -146,20 +134,6 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Programmatic dependent launch (Hopper; no-ops before): a kernel launched with the attribute may
-// start while the previous one runs; wait blocks until that one has finished and its writes are
-// visible, launch_dependents lets the next such kernel start.
-__device__ __forceinline__ void grid_dependency_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void grid_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
-#endif
 }
 
 template <int A, int B, int C>

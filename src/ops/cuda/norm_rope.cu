@@ -13,6 +13,7 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/pdl.cuh"
 
 namespace lathe::ops::cuda {
 namespace {
@@ -37,6 +38,7 @@ __device__ __forceinline__ float block_sum(float v, float (&partial)[32]) {
 template <typename T>
 __global__ void rms_norm_kernel(float* x, const float* __restrict__ delta, const T* __restrict__ w, float* y,
                                 uint16_t* ylp, bool lp_bf16, int64_t dim, float eps, float offset) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   __shared__ float partial[32];
   float* xr = x + int64_t(blockIdx.x) * dim;
   float* yr = y ? y + int64_t(blockIdx.x) * dim : nullptr;
@@ -73,6 +75,7 @@ __device__ __forceinline__ float4 load_w4(const T* w, int i4) {
 template <typename T, int PER>
 __global__ void rms_norm_vec_kernel(float* x, const float* __restrict__ delta, const T* __restrict__ w, float* y,
                                     uint16_t* ylp, bool lp_bf16, int dim4, float eps, float offset) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   __shared__ float partial[32];
   float4* xr = reinterpret_cast<float4*>(x + int64_t(blockIdx.x) * dim4 * 4);
   float4* yr = y ? reinterpret_cast<float4*>(y + int64_t(blockIdx.x) * dim4 * 4) : nullptr;
@@ -134,9 +137,9 @@ bool launch_rms_norm_vec(Context& ctx, float* x, const float* delta, const T* w,
   const int per = (dim4 + threads - 1) / threads;
   const unsigned blocks = unsigned(p.n);
   switch (per) {
-    case 1: rms_norm_vec_kernel<T, 1><<<blocks, threads, 0, ctx.stream>>>(x, delta, w, p.y, lp, lp_bf16, dim4, p.eps, p.weight_offset); break;
-    case 2: rms_norm_vec_kernel<T, 2><<<blocks, threads, 0, ctx.stream>>>(x, delta, w, p.y, lp, lp_bf16, dim4, p.eps, p.weight_offset); break;
-    default: rms_norm_vec_kernel<T, 4><<<blocks, threads, 0, ctx.stream>>>(x, delta, w, p.y, lp, lp_bf16, dim4, p.eps, p.weight_offset); break;
+    case 1: launch_pdl(ctx, rms_norm_vec_kernel<T, 1>, dim3(blocks), dim3(threads), 0, x, delta, w, p.y, lp, lp_bf16, dim4, p.eps, p.weight_offset); break;
+    case 2: launch_pdl(ctx, rms_norm_vec_kernel<T, 2>, dim3(blocks), dim3(threads), 0, x, delta, w, p.y, lp, lp_bf16, dim4, p.eps, p.weight_offset); break;
+    default: launch_pdl(ctx, rms_norm_vec_kernel<T, 4>, dim3(blocks), dim3(threads), 0, x, delta, w, p.y, lp, lp_bf16, dim4, p.eps, p.weight_offset); break;
   }
   LATHE_CUDA_CHECK_LAUNCH("rms_norm_vec_kernel");
   return true;
@@ -163,6 +166,7 @@ __global__ void rope_kernel(float* __restrict__ x, const float* __restrict__ cos
 // from its pair and written straight to the cache row; nothing reads what another thread writes.
 template <typename KV>
 __global__ void rope_store_kernel(const RopeStoreParams p, int half, int q_items_per_head) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   const int64_t t = blockIdx.x;
   const int n_heads = int(p.n_heads), head_dim = int(p.head_dim);
   const int row = int(p.n_kv_heads) * head_dim;
@@ -225,9 +229,9 @@ void rope_store_kv(Context& ctx, const RopeStoreParams& p) {
   if (chunks > 65535) raise(ErrorKind::kUnsupported, "cuda rope_store_kv: heads too large for one launch");
   const dim3 grid(unsigned(p.n), unsigned(chunks));
   if (p.kv_dtype == DType::kF32)
-    rope_store_kernel<float><<<grid, kThreads, 0, ctx.stream>>>(p, half, q_items_per_head);
+    launch_pdl(ctx, rope_store_kernel<float>, dim3(grid), dim3(kThreads), 0, p, half, q_items_per_head);
   else if (p.kv_dtype == DType::kBF16)
-    rope_store_kernel<Bf16><<<grid, kThreads, 0, ctx.stream>>>(p, half, q_items_per_head);
+    launch_pdl(ctx, rope_store_kernel<Bf16>, dim3(grid), dim3(kThreads), 0, p, half, q_items_per_head);
   else
     raise(ErrorKind::kUnsupported, "cuda rope_store_kv: K/V cache dtype ", dtype_name(p.kv_dtype), " is not supported");
   LATHE_CUDA_CHECK_LAUNCH("rope_store_kernel");
@@ -261,15 +265,15 @@ void add_rms_norm(Context& ctx, float* x, const float* delta, const RmsNormParam
   const unsigned blocks = unsigned(p.n);
   switch (p.w.dtype) {
     case DType::kF32:
-      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(x, delta, static_cast<const float*>(p.w.data), p.y, lp, lp_bf16,
+      launch_pdl(ctx, rms_norm_kernel<float>, dim3(blocks), dim3(threads), 0, x, delta, static_cast<const float*>(p.w.data), p.y, lp, lp_bf16,
                                                           p.dim, p.eps, p.weight_offset);
       break;
     case DType::kF16:
-      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(x, delta, static_cast<const F16*>(p.w.data), p.y, lp, lp_bf16,
+      launch_pdl(ctx, rms_norm_kernel<F16>, dim3(blocks), dim3(threads), 0, x, delta, static_cast<const F16*>(p.w.data), p.y, lp, lp_bf16,
                                                           p.dim, p.eps, p.weight_offset);
       break;
     case DType::kBF16:
-      rms_norm_kernel<<<blocks, threads, 0, ctx.stream>>>(x, delta, static_cast<const Bf16*>(p.w.data), p.y, lp, lp_bf16,
+      launch_pdl(ctx, rms_norm_kernel<Bf16>, dim3(blocks), dim3(threads), 0, x, delta, static_cast<const Bf16*>(p.w.data), p.y, lp, lp_bf16,
                                                           p.dim, p.eps, p.weight_offset);
       break;
     default: raise(ErrorKind::kUnsupported, "cuda rms_norm: weight dtype ", dtype_name(p.w.dtype), " is not supported");

@@ -17,6 +17,7 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/pdl.cuh"
 
 namespace lathe::ops::cuda {
 namespace {
@@ -66,6 +67,7 @@ __device__ __forceinline__ void for_row(const float* __restrict__ row, int64_t v
 }
 
 __global__ void penalties_kernel(PenaltyParams p) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   float* row = p.logits + int64_t(blockIdx.x) * p.vocab;
   const int r = blockIdx.x;
   const float rep = p.repetition[r], pres = p.presence[r], freq = p.frequency[r];
@@ -121,6 +123,7 @@ __device__ __forceinline__ float key_value(uint32_t key) {
 
 __global__ void __launch_bounds__(kArgmaxThreads) argmax_partial_kernel(const float* __restrict__ logits, int64_t vocab,
                                                                       int64_t chunk, unsigned long long* best) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   const int64_t r = blockIdx.y;
   const float* row = logits + r * vocab;
   const int64_t lo = int64_t(blockIdx.x) * chunk, hi = min(vocab, lo + chunk);
@@ -138,6 +141,7 @@ __global__ void __launch_bounds__(kArgmaxThreads) argmax_partial_kernel(const fl
 }
 
 __global__ void argmax_finish_kernel(const unsigned long long* best, int64_t rows, int32_t* ids, float* values) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   const int64_t r = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (r >= rows) return;
   const unsigned long long w = best[r];
@@ -146,6 +150,7 @@ __global__ void argmax_finish_kernel(const unsigned long long* best, int64_t row
 }
 
 __global__ void __launch_bounds__(kThreads) row_sum_kernel(TopKParams p) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   row_sum(p.logits + int64_t(blockIdx.x) * p.vocab, p.vocab, p.inv_temperature[blockIdx.x], p.sums + blockIdx.x);
 }
 
@@ -167,6 +172,7 @@ __device__ int block_scan(bool flag, int* total) {
 }
 
 __global__ void __launch_bounds__(kThreads) topk_kernel(TopKParams p) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   __shared__ int hist[256];
   __shared__ uint32_t s_prefix;
   __shared__ int s_remaining;
@@ -255,7 +261,7 @@ __global__ void __launch_bounds__(kThreads) topk_kernel(TopKParams p) {
 void apply_penalties(Context& ctx, const PenaltyParams& p) {
   if (p.rows <= 0) return;
   if (p.rows > INT_MAX) raise(ErrorKind::kUnsupported, "cuda apply_penalties: too many rows");
-  penalties_kernel<<<unsigned(p.rows), 128, 0, ctx.stream>>>(p);
+  launch_pdl(ctx, penalties_kernel, dim3(unsigned(p.rows)), dim3(128), 0, p);
   LATHE_CUDA_CHECK_LAUNCH("penalties_kernel");
 }
 
@@ -271,18 +277,18 @@ void top_k(Context& ctx, const TopKParams& p) {
     LATHE_CUDA_CHECK(cudaMemsetAsync(best, 0, size_t(p.rows) * 8, ctx.stream));
     const int64_t blocks = std::min<int64_t>(64, (p.vocab + 4095) / 4096);
     const int64_t chunk = (p.vocab + blocks - 1) / blocks;
-    argmax_partial_kernel<<<dim3(unsigned(blocks), unsigned(p.rows)), kArgmaxThreads, 0, ctx.stream>>>(
+    launch_pdl(ctx, argmax_partial_kernel, dim3(dim3(unsigned(blocks), unsigned(p.rows))), dim3(kArgmaxThreads), 0, 
         p.logits, p.vocab, chunk, best);
     LATHE_CUDA_CHECK_LAUNCH("argmax_partial_kernel");
-    argmax_finish_kernel<<<unsigned((p.rows + 127) / 128), 128, 0, ctx.stream>>>(best, p.rows, p.ids, p.values);
+    launch_pdl(ctx, argmax_finish_kernel, dim3(unsigned((p.rows + 127) / 128)), dim3(128), 0, best, p.rows, p.ids, p.values);
     LATHE_CUDA_CHECK_LAUNCH("argmax_finish_kernel");
     if (p.inv_temperature) {
-      row_sum_kernel<<<unsigned(p.rows), kThreads, 0, ctx.stream>>>(p);
+      launch_pdl(ctx, row_sum_kernel, dim3(unsigned(p.rows)), dim3(kThreads), 0, p);
       LATHE_CUDA_CHECK_LAUNCH("row_sum_kernel");
     }
     return;
   }
-  topk_kernel<<<unsigned(p.rows), kThreads, 0, ctx.stream>>>(p);
+  launch_pdl(ctx, topk_kernel, dim3(unsigned(p.rows)), dim3(kThreads), 0, p);
   LATHE_CUDA_CHECK_LAUNCH("top_k");
 }
 

@@ -58,9 +58,28 @@ void Ops::add_rms_norm(float* x, const float* delta, const RmsNormParams& p) {
 // The reference for every EXL2 kernel: walks each column's bitstream in act-order, as the format
 // defines it (quant/bitpack.h): row i of a group's unit at bit b * i of the unit's words, values
 // may straddle two words; weight = (q - 2^(b-1)) * (code + 1)^2 * scale_max / 256.
+bool Ops::matmul_exl2_glu_unfused(const Exl2MatmulParams& p) {
+  if (!p.glu_up) return false;
+  std::vector<float> a(static_cast<size_t>(p.n * p.w.in_features));
+  GluParams g;
+  g.gate = p.x;
+  g.up = p.glu_up;
+  g.out = a.data();
+  g.n = p.n;
+  g.dim = p.w.in_features;
+  g.act = p.glu_act;
+  glu(g);
+  Exl2MatmulParams q = p;
+  q.x = a.data();
+  q.glu_up = nullptr;
+  matmul_exl2(q);
+  return true;
+}
+
 void Ops::matmul_exl2(const Exl2MatmulParams& p) {
   if (!host_memory())
     fail(ErrorKind::kInternal, "backend {} must implement matmul_exl2 (its memory is not host memory)", name());
+  if (matmul_exl2_glu_unfused(p)) return;
   const Exl2View& w = p.w;
   const int64_t K = w.in_features, N = w.out_features, Np = w.padded_out();
   std::vector<double> acc(static_cast<size_t>(p.n * N), 0.0);
