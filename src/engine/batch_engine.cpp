@@ -152,7 +152,9 @@ std::vector<BatchEvent> BatchEngine::step() {
   bool want_logprobs = false;
   for (size_t i = 0; i < plan.items.size(); ++i) {
     const Live& L = live_.at(plan.items[i].id);
-    want_logprobs |= (plan.items[i].samples && (L.logprobs >= 0 || L.grammar)) || seqs[i].logits == model::LogitsFor::kAll;
+    // (A logit bias is applied to the whole row on the host: the backend's selection has no bias.)
+    want_logprobs |= (plan.items[i].samples && (L.logprobs >= 0 || L.grammar || !L.sampler.config().logit_bias.empty())) ||
+                     seqs[i].logits == model::LogitsFor::kAll;
   }
   if (want_logprobs) {
     // The whole logits rows come to the host (log-probabilities and grammar masks need every entry).

@@ -47,6 +47,8 @@ bool Sampler::penalized() const {
 
 void Sampler::penalize(std::vector<float>& work, std::span<const int32_t> history) const {
   const SamplerConfig& c = config_;
+  for (auto [id, bias] : c.logit_bias)
+    if (id >= 0 && size_t(id) < work.size()) work[size_t(id)] += bias;
   for (auto [id, n] : penalty_counts(history)) {
     if (size_t(id) >= work.size()) continue;
     float& l = work[size_t(id)];

@@ -20,6 +20,10 @@ struct SamplerConfig {
   float frequency_penalty = 0.f;  // OpenAI style: logit -= frequency * count
   int64_t penalty_last_n = 0;     // window of history the penalties look at (0: all of it)
   uint64_t seed = 0;
+  // OpenAI's logit_bias: (token id, value added to its logit) before the penalties; -100 / +100
+  // all but ban / force a token. Ids past the vocabulary are ignored. A request with a bias samples
+  // from the whole logits row on the host (see BatchEngine::step).
+  std::vector<std::pair<int32_t, float>> logit_bias;
 };
 
 class Sampler {
@@ -42,6 +46,7 @@ class Sampler {
   int32_t choose(std::span<const int32_t> ids, std::span<const float> values, double sum, int64_t vocab);
   int32_t choose_full(std::span<const float> penalized_logits);
   // Applies the penalties to a full row in place (what sample() does first).
+  // The logit bias, then the penalties, applied to a full row in place.
   void penalize(std::vector<float>& logits, std::span<const int32_t> history) const;
 
  private:

@@ -1,6 +1,10 @@
 #include "server/openai_protocol.h"
 
+#include <algorithm>
 #include <random>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "server/api_error.h"
 #include "server/request_fields.h"
@@ -37,8 +41,6 @@ engine::SamplerConfig read_sampling(const RequestFields& f, const model::Generat
 // Fields lathe does not implement: refused rather than silently ignored, so a client does not get
 // output it did not ask for.
 void refuse_unsupported(const RequestFields& f) {
-  if (const auto* b = f.get("logit_bias"); b && !(b->is_object() && b->empty()))
-    throw ApiError(400, "'logit_bias' is not supported", "logit_bias", "unsupported");
   if (const auto* t = f.get("tools"); t && !(t->is_array() && t->empty()))
     throw ApiError(400, "'tools' (function calling) is not supported yet", "tools", "unsupported");
   if (const auto* s = f.get("suffix"); s && !(s->is_string() && s->get<std::string>().empty()))
@@ -47,10 +49,37 @@ void refuse_unsupported(const RequestFields& f) {
     throw ApiError(400, "'best_of' other than n is not supported", "best_of", "unsupported");
 }
 
+// OpenAI's logit_bias: {"token id": bias in [-100, 100], ...}, at most one entry per vocabulary token.
+std::vector<std::pair<int32_t, float>> read_logit_bias(const RequestFields& f, int64_t vocab) {
+  std::vector<std::pair<int32_t, float>> out;
+  const nlohmann::json* b = f.get("logit_bias");
+  if (!b || b->is_null()) return out;
+  if (!b->is_object()) bad_field("logit_bias", "'logit_bias' must be an object of token ids (as strings) to numbers");
+  if (int64_t(b->size()) > vocab) bad_field("logit_bias", "'logit_bias' has more entries than the vocabulary has tokens");
+  for (auto it = b->begin(); it != b->end(); ++it) {
+    const std::string& key = it.key();
+    size_t used = 0;
+    long long id = -1;
+    try {
+      id = std::stoll(key, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    if (used != key.size() || key.empty() || id < 0 || id >= vocab)
+      bad_field("logit_bias", "'logit_bias' key \"{}\" is not a token id in [0, {})", key.substr(0, 40), vocab);
+    if (!it.value().is_number() || !(it.value().get<double>() >= -100 && it.value().get<double>() <= 100))
+      bad_field("logit_bias", "'logit_bias' value for token {} must be a number in [-100, 100]", id);
+    out.emplace_back(int32_t(id), it.value().get<float>());
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 // Fields both endpoints share; the prompt is set and checked by the caller.
 void read_common(const RequestFields& f, const ServedModel& m, GenerationJob& job) {
   refuse_unsupported(f);
   job.request.sampler = read_sampling(f, m.generation);
+  job.request.sampler.logit_bias = read_logit_bias(f, m.vocab_size);
   job.n = f.integer("n", 1, kMaxN).value_or(1);
   job.stream = f.boolean("stream").value_or(false);
   if (const nlohmann::json* so = f.get("stream_options")) {

@@ -47,7 +47,7 @@ std::string render_chat_impl(const ChatTemplateSource& source, const J& messages
   context["eos_token"] = source.eos_token;
   if (extra.is_object())
     for (auto it = extra.begin(); it != extra.end(); ++it) context[it.key()] = it.value();
-  return Template::parse(source.source).render(context);
+  return source.compiled ? source.compiled->render(context) : Template::parse(source.source).render(context);
 }
 
 }  // namespace
@@ -114,6 +114,10 @@ std::string Template::render(const nlohmann::json& context) const {
 
 std::string Template::render(const nlohmann::ordered_json& context) const {
   return Evaluator::render(*program_, make_globals(context));
+}
+
+void compile_chat_template(ChatTemplateSource& source) {
+  source.compiled = std::make_shared<const Template>(Template::parse(source.source));
 }
 
 std::string render_chat(const ChatTemplateSource& source, const nlohmann::json& messages, bool add_generation_prompt,

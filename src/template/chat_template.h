@@ -17,10 +17,14 @@
 namespace lathe::tmpl {
 
 struct Program;
+class Template;
 
 struct ChatTemplateSource {
   std::string source;
   std::string bos_token, eos_token;
+  // The parsed source (compile_chat_template), shared and immutable: render_chat reuses it
+  // instead of parsing the source again on every call (a server renders one per request).
+  std::shared_ptr<const Template> compiled;
 };
 
 // Reads DIR/chat_template.jinja if present, else tokenizer_config.json "chat_template" (a string,
@@ -49,6 +53,10 @@ class Template {
  private:
   std::shared_ptr<const Program> program_;
 };
+
+// Parses source.source into source.compiled (throws lathe::Error(kFormat) on a syntax error), so
+// a bad template fails when it is loaded, not on the first request.
+void compile_chat_template(ChatTemplateSource& source);
 
 // Renders messages (+ optional tools, documents and extra variables) the way transformers'
 // apply_chat_template does: tools/documents are None when absent, bos_token/eos_token come from

@@ -22,6 +22,30 @@ TEST(Sampler, GreedyPicksFirstMaximum) {
   EXPECT_EQ(s.sample(kLogits, {}), 1);  // ties: the first index, like torch.argmax
 }
 
+// logit_bias is added before the penalties: +100 forces a token, -100 bans one (greedy and
+// sampled), ids outside the row are ignored.
+TEST(Sampler, LogitBiasForcesAndBans) {
+  const std::vector<float> logits = {1.f, 3.f, 2.f, 0.5f};
+  SamplerConfig c;
+  c.temperature = 0;
+  c.logit_bias = {{1, -100.f}};
+  EXPECT_EQ(Sampler(c).sample(logits, {}), 2);
+  c.logit_bias = {{0, 100.f}, {99, 5.f}};
+  EXPECT_EQ(Sampler(c).sample(logits, {}), 0);
+  c.temperature = 1;
+  for (uint64_t seed = 0; seed < 20; ++seed) {
+    c.seed = seed;
+    c.logit_bias = {{3, 100.f}};
+    EXPECT_EQ(Sampler(c).sample(logits, {}), 3);
+  }
+  c.temperature = 0;
+  c.logit_bias = {{2, 1.5f}};  // 3.5 beats 3, then a presence penalty on token 2 takes it back below
+  EXPECT_EQ(Sampler(c).sample(logits, {}), 2);
+  c.presence_penalty = 1.f;
+  const std::vector<int32_t> history = {2};
+  EXPECT_EQ(Sampler(c).sample(logits, history), 1);
+}
+
 TEST(Sampler, TopKOneIsGreedy) {
   SamplerConfig c;
   c.top_k = 1;

@@ -76,6 +76,35 @@ std::vector<std::pair<std::vector<int32_t>, std::vector<int32_t>>> golden_cases(
   return cases;
 }
 
+// logit_bias: +100 forces a token at every step, -100 bans the greedy choice (the next-best one is
+// taken instead), for greedy and sampled requests alike.
+TEST(Server, LogitBiasForcesAndBansTokens) {
+  REQUIRE_LLAMA(dir);
+  TestServer s(dir);
+  const auto cases = golden_cases(s);
+  ASSERT_GE(cases.size(), 1u);
+  const auto& [prompt, greedy] = cases[0];
+  const int32_t forced = greedy[0] == 300 ? 301 : 300;
+  for (double temperature : {0.0, 1.0}) {
+    const json r = parse(s.post("/v1/completions", {{"prompt", prompt}, {"max_tokens", 4}, {"temperature", temperature},
+                                                    {"ignore_eos", true}, {"logit_bias", {{std::to_string(forced), 100}}}}));
+    EXPECT_EQ(r["choices"][0]["text"], s.fixture().tokenizer.decode(std::vector<int32_t>(4, forced), true)) << r.dump();
+  }
+  const json banned = parse(s.post("/v1/completions", {{"prompt", prompt}, {"max_tokens", 1}, {"temperature", 0},
+                                                        {"ignore_eos", true}, {"logprobs", 2},
+                                                        {"logit_bias", {{std::to_string(greedy[0]), -100}}}}));
+  const json& top = banned["choices"][0]["logprobs"]["top_logprobs"][0];
+  ASSERT_EQ(top.size(), 2u) << banned.dump();
+  // The unbiased distribution's second choice is what greedy takes once the first is banned.
+  std::string second;
+  double best = -1e30;
+  for (auto it = top.begin(); it != top.end(); ++it)
+    if (it.key() != s.fixture().tokenizer.decode(std::vector<int32_t>{greedy[0]}, true) && it.value().get<double>() > best)
+      best = it.value().get<double>(), second = it.key();
+  EXPECT_EQ(banned["choices"][0]["text"], second) << banned.dump();
+  EXPECT_EQ(s.settle(), 0);
+}
+
 TEST(Server, CompletionsGreedyEqualsTransformers) {
   REQUIRE_LLAMA(dir);
   TestServer s(dir);
@@ -437,7 +466,13 @@ TEST(Server, ErrorsHaveOpenAIShapeAndStatus) {
   expect_error(chat({{"messages", json::array({{{"role", "user"}, {"content", 5}}})}}), 400, "messages[0].content");
   expect_error(chat({{"model", "gpt-4"}}), 404, "model");
   expect_error(chat({{"tools", json::array({{{"type", "function"}}})}}), 400, "tools");
-  expect_error(chat({{"logit_bias", {{"5", 10}}}}), 400, "logit_bias");
+  expect_error(chat({{"logit_bias", 5}}), 400, "logit_bias");
+  expect_error(chat({{"logit_bias", {{"x", 10}}}}), 400, "logit_bias");
+  expect_error(chat({{"logit_bias", {{"5x", 10}}}}), 400, "logit_bias");
+  expect_error(chat({{"logit_bias", {{"512", 10}}}}), 400, "logit_bias");  // the fixture has 512 tokens
+  expect_error(chat({{"logit_bias", {{"-1", 10}}}}), 400, "logit_bias");
+  expect_error(chat({{"logit_bias", {{"5", 101}}}}), 400, "logit_bias");
+  expect_error(chat({{"logit_bias", {{"5", "up"}}}}), 400, "logit_bias");
   // response_format: text passes; JSON modes are enforced by the grammar (a bounded schema always
   // finishes as a document that validates); what the grammar cannot enforce is a 400 naming it.
   const auto text_fmt = chat({{"response_format", {{"type", "text"}}}});

@@ -74,6 +74,9 @@ TEST(ChatTemplateFixtures, RenderByteIdentical) {
     ordered tools = c.contains("tools") ? c["tools"] : ordered(nullptr);
     EXPECT_EQ(render_chat(src, c["messages"], c["add_generation_prompt"].get<bool>(), tools),
               c["rendered"].get<std::string>());
+    compile_chat_template(src);  // the parsed-once program renders the same bytes
+    EXPECT_EQ(render_chat(src, c["messages"], c["add_generation_prompt"].get<bool>(), tools),
+              c["rendered"].get<std::string>());
     ++rendered;
   }
   if (rendered == 0)
@@ -82,6 +85,29 @@ TEST(ChatTemplateFixtures, RenderByteIdentical) {
                  << ", or set LATHE_TOKENIZERS_DIR)";
   EXPECT_EQ(skipped, 0) << skipped << " fixture cases skipped: tokenizer folders missing under " << tokenizers_dir();
   EXPECT_GE(rendered, 15);
+}
+
+// A template parsed once renders like one parsed per call, and a syntax error surfaces when it is
+// compiled (lathe serve compiles at start), not on the first request.
+TEST(ChatTemplateCompiled, RendersLikeSourceAndFailsEarly) {
+  ChatTemplateSource src;
+  src.source = "{{ bos_token }}{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+               "{% if add_generation_prompt %}<assistant>{% endif %}";
+  src.bos_token = "<s>";
+  const nlohmann::json messages = nlohmann::json::parse(R"([{"role": "user", "content": "hi"}])");
+  const std::string want = render_chat(src, messages, true);
+  EXPECT_EQ(want, "<s><user>hi<assistant>");
+  compile_chat_template(src);
+  ASSERT_TRUE(src.compiled);
+  EXPECT_EQ(render_chat(src, messages, true), want);
+  ChatTemplateSource bad;
+  bad.source = "{% for m in messages %}{{ m.content }}";  // no endfor
+  try {
+    compile_chat_template(bad);
+    FAIL() << "a template without endfor compiled";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kFormat);
+  }
 }
 
 TEST(ChatTemplateFixtures, LoadsTokensFromConfig) {

@@ -93,6 +93,7 @@ void add_serve_command(CLI::App& app) {
     served.tokenizer = &tokenizer;
     try {
       served.chat_template = tmpl::load_chat_template(o->model, /*want_tools=*/false, o->template_file);
+      tmpl::compile_chat_template(*served.chat_template);  // parsed once: a syntax error stops the start
     } catch (const Error& e) {
       if (!o->template_file.empty() || e.kind() != ErrorKind::kNotFound) throw;
       fmt::print(stderr, "lathe serve: {} has no chat template; /v1/chat/completions needs --template\n", o->model);
