@@ -13,7 +13,7 @@ namespace lathe::engine::qz {
 GptqFactor::GptqFactor(ops::Ops& ops, const double* h, int64_t k, double damp) : k_(k), h_(h) {
   // Act-order from the diagonal (on the host: k values); ties keep channel order.
   std::vector<double> diag(static_cast<size_t>(k));
-  for (int64_t i = 0; i < k; ++i) ops.copy_to_host(&diag[size_t(i)], h + i * (k + 1), sizeof(double));
+  ops.copy_to_host_strided(diag.data(), h, sizeof(double), k, sizeof(double) * size_t(k + 1));
   perm_.resize(size_t(k));
   std::iota(perm_.begin(), perm_.end(), 0);
   std::stable_sort(perm_.begin(), perm_.end(), [&](int32_t a, int32_t b) { return diag[size_t(a)] > diag[size_t(b)]; });

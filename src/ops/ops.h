@@ -413,6 +413,11 @@ class Ops {
   virtual void copy_to_backend(void* dst, const void* host_src, size_t bytes);
   virtual void copy_to_host(void* host_dst, const void* src, size_t bytes);
   virtual void copy(void* dst, const void* src, size_t bytes);  // within backend memory
+  // `count` elements of elem_bytes each, stride_bytes apart from src in backend memory, to
+  // consecutive host memory (a matrix's diagonal or column) in one transfer; returns when done.
+  // Default: one copy_to_host per element.
+  virtual void copy_to_host_strided(void* host_dst, const void* src, size_t elem_bytes, int64_t count,
+                                    size_t stride_bytes);
   virtual void synchronize() {}
   // Seconds the calling threads have spent blocked on this backend's device work so far
   // (synchronize, copies to the host): a step's wall time less this is the host's share of it.

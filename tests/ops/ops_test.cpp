@@ -47,6 +47,18 @@ class OpsParity : public ::testing::Test {
 
 TEST_F(OpsParity, Name) { EXPECT_STREQ(cpu->name(), "cpu"); }
 
+// A strided copy to the host (a matrix's diagonal: GPTQ's act-order) takes every stride-th element.
+TEST_F(OpsParity, CopyToHostStridedTakesTheDiagonal) {
+  const int64_t k = 37;
+  std::vector<double> m(size_t(k * k));
+  for (size_t i = 0; i < m.size(); ++i) m[i] = double(i) * 0.5;
+  for (Ops* ops : {cpu.get(), ref.get()}) {
+    std::vector<double> diag(size_t(k), -1.0);
+    ops->copy_to_host_strided(diag.data(), m.data(), sizeof(double), k, sizeof(double) * size_t(k + 1));
+    for (int64_t i = 0; i < k; ++i) EXPECT_EQ(diag[size_t(i)], m[size_t(i * (k + 1))]) << ops->name() << " " << i;
+  }
+}
+
 // ---- accumulate_gram (the quantizer's input Hessians) ----------------------------------------
 
 // h += x^T x in double, onto what h holds, both triangles; rows past one slice (1024) included.

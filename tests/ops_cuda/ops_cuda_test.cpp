@@ -110,6 +110,17 @@ TEST_F(CudaParity, MemoryRoundTripsAndZeroFill) {
     EXPECT_EQ(back[0], 0.f);
     EXPECT_EQ(back[n + 4], 0.f);
   }
+  // A strided copy to the host (one cudaMemcpy2D): a float matrix's diagonal and every 3rd element.
+  {
+    const int64_t k = 513;
+    const auto m = random_floats(rng, size_t(k * k));
+    Buffer dm = upload(*cuda, m);
+    std::vector<float> diag(size_t(k), -1.f), third(size_t(k * k / 3), -1.f);
+    cuda->copy_to_host_strided(diag.data(), dm.data(), sizeof(float), k, sizeof(float) * size_t(k + 1));
+    cuda->copy_to_host_strided(third.data(), dm.data(), sizeof(float), int64_t(third.size()), 3 * sizeof(float));
+    for (int64_t i = 0; i < k; ++i) EXPECT_EQ(diag[size_t(i)], m[size_t(i * (k + 1))]) << i;
+    for (size_t i = 0; i < third.size(); ++i) ASSERT_EQ(third[i], m[3 * i]) << i;
+  }
   Buffer empty(*cuda, 0);
   EXPECT_NE(empty.data(), nullptr);
   cuda->copy_to_backend(empty.data(), nullptr, 0);

@@ -310,6 +310,17 @@ class CudaOps final : public Ops {
     if (profile_.enabled()) profile_.resolve();
   }
 
+  void copy_to_host_strided(void* host_dst, const void* src, size_t elem_bytes, int64_t count,
+                            size_t stride_bytes) override {
+    no_capture("copy_to_host_strided");
+    const auto t0 = std::chrono::steady_clock::now();
+    if (count > 0 && elem_bytes > 0)  // rows of one element: the pitch walks the stride
+      LATHE_CUDA_CHECK(cudaMemcpy2DAsync(host_dst, elem_bytes, src, stride_bytes, elem_bytes, size_t(count),
+                                         cudaMemcpyDeviceToHost, ctx_.stream));
+    LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
+    wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
   void copy(void* dst, const void* src, size_t bytes) override {
     if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, ctx_.stream));
   }

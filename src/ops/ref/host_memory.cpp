@@ -28,6 +28,11 @@ void Ops::copy_to_backend(void* dst, const void* src, size_t bytes) {
 void Ops::copy_to_host(void* dst, const void* src, size_t bytes) {
   if (bytes) std::memcpy(dst, src, bytes);
 }
+void Ops::copy_to_host_strided(void* host_dst, const void* src, size_t elem_bytes, int64_t count, size_t stride_bytes) {
+  auto* d = static_cast<char*>(host_dst);
+  const auto* s = static_cast<const char*>(src);
+  for (int64_t i = 0; i < count; ++i) copy_to_host(d + size_t(i) * elem_bytes, s + size_t(i) * stride_bytes, elem_bytes);
+}
 void Ops::copy(void* dst, const void* src, size_t bytes) {
   if (bytes) std::memmove(dst, src, bytes);
 }
