@@ -310,16 +310,21 @@ constexpr int64_t kPackedMaxTokens = 4;
 // when it has no float16 copy (device backends), else for steps of up to kPackedMaxTokens.
 bool runs_packed(const Linear& l, int64_t n, bool packed) { return packed && l.exl2 && (n <= kPackedMaxTokens || !l.w.data); }
 
-void linear(ops::Ops& ops, const float* x, const Linear& l, float* y, int64_t n, bool packed = false) {
+// glu_up (a packed layer only): the input is act(x) * glu_up (ops::Exl2MatmulParams::glu_up).
+void linear(ops::Ops& ops, const float* x, const Linear& l, float* y, int64_t n, bool packed = false,
+            const float* glu_up = nullptr, ops::Activation glu_act = ops::Activation::kSilu) {
   if (runs_packed(l, n, packed)) {
     ops::Exl2MatmulParams q;
     q.x = x;
     q.w = *l.exl2;  // the layer's bias is in the view
     q.y = y;
     q.n = n;
+    q.glu_up = glu_up;
+    q.glu_act = glu_act;
     ops.matmul_exl2(q);
     return;
   }
+  if (glu_up) fail(ErrorKind::kInternal, "linear: a fused glu input needs a layer that runs packed");
   ops::MatmulParams p;
   p.x = x;
   p.w = l.w;
@@ -522,14 +527,7 @@ void Runner::ffn_block(int64_t layer, const LayerWeights& L, const Step& st, Wor
     linear_multi(ops_, ws.h.f32(), proj, dst, 2, n, packed_);
     if (!tap_ && runs_packed(L.down, n, packed_)) {
       // The glu goes into down's matmul (Exl2MatmulParams::glu_up): one kernel fewer per layer.
-      ops::Exl2MatmulParams q;
-      q.x = ws.gate.f32();
-      q.glu_up = ws.up.f32();
-      q.glu_act = c.activation;
-      q.w = *L.down.exl2;
-      q.y = o;
-      q.n = n;
-      ops_.matmul_exl2(q);
+      linear(ops_, ws.gate.f32(), L.down, o, n, packed_, ws.up.f32(), c.activation);
     } else {
       glu(ops_, ws.gate.f32(), ws.up.f32(), n, c.intermediate_size, c.activation);
       if (tap_) tap_(layer, TapPoint::kFfnMid, ws.gate.f32(), n, c.intermediate_size);

@@ -95,11 +95,11 @@ struct Exl2Batch {
   int splits[3];
   int count;
 };
-// Fills b.xg: per layer, [planes][n][tiled_rows] bf16 x[t, perm[v]] (0 on padding rows; with b.up,
-// act(x) * up in place of x); split: plane 1 holds the remainders x - hi rounded again. In scratch
+// Fills b.xg for p's tokens [t0, t0 + n): per layer, [planes][n][tiled_rows] bf16 x[t, perm[v]] (0 on
+// padding rows; with p.glu_up, act(x) * up in place of x); split: plane 1 holds the remainders x - hi rounded again. In scratch
 // kMatmulX.
 // Launched as a programmatic dependent (pdl.cuh).
-void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split);
+void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0, int n, Exl2Batch& b, bool split);
 // The EXL2 kernels on the tiled layout, and which serves a call (exl2.cu; crossovers measured on
 // the H100, bench/RESULTS.md):
 //  * exl2_stream (exl2_stream.cu): 1..kExl2StreamTokens tokens a launch, both modes (exact: split

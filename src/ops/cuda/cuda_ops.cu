@@ -302,23 +302,20 @@ class CudaOps final : public Ops {
 
   void copy_to_host(void* host_dst, const void* src, size_t bytes) override {
     no_capture("copy_to_host");
-    // Into pageable memory the copy itself waits for the stream's work: both calls are timed.
-    const auto t0 = std::chrono::steady_clock::now();
-    if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
-    LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    wait_for_stream([&] {
+      if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
+    });
     if (profile_.enabled()) profile_.resolve();
   }
 
   void copy_to_host_strided(void* host_dst, const void* src, size_t elem_bytes, int64_t count,
                             size_t stride_bytes) override {
     no_capture("copy_to_host_strided");
-    const auto t0 = std::chrono::steady_clock::now();
-    if (count > 0 && elem_bytes > 0)  // rows of one element: the pitch walks the stride
-      LATHE_CUDA_CHECK(cudaMemcpy2DAsync(host_dst, elem_bytes, src, stride_bytes, elem_bytes, size_t(count),
-                                         cudaMemcpyDeviceToHost, ctx_.stream));
-    LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
-    wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    wait_for_stream([&] {
+      if (count > 0 && elem_bytes > 0)  // rows of one element: the pitch walks the stride
+        LATHE_CUDA_CHECK(cudaMemcpy2DAsync(host_dst, elem_bytes, src, stride_bytes, elem_bytes, size_t(count),
+                                           cudaMemcpyDeviceToHost, ctx_.stream));
+    });
   }
 
   void copy(void* dst, const void* src, size_t bytes) override {
@@ -372,7 +369,7 @@ class CudaOps final : public Ops {
 
   void synchronize() override {
     no_capture("synchronize");
-    wait_for_stream();
+    wait_for_stream([] {});
     if (profile_.enabled()) profile_.resolve();
     LATHE_CUDA_CHECK(cudaGetLastError());
   }
@@ -533,9 +530,13 @@ class CudaOps final : public Ops {
     cudaEvent_t start = nullptr;
   };
 
-  // Blocks until the stream's work is done, counting the time for device_wait_seconds().
-  void wait_for_stream() {
+  // Enqueues `then` (a copy to the host, or nothing) and blocks until the stream's work is done,
+  // counting the time for device_wait_seconds(): both calls, since a copy into pageable memory
+  // itself waits for the work before it.
+  template <typename F>
+  void wait_for_stream(F&& then) {
     const auto t0 = std::chrono::steady_clock::now();
+    then();
     LATHE_CUDA_CHECK(cudaStreamSynchronize(ctx_.stream));
     wait_seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }

@@ -251,7 +251,7 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <int NT, bool SPLIT>
-void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64_t t0) {
+void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
   constexpr int kPlanes = SPLIT ? 2 : 1;
   Exl2Batch b{};
   b.count = p.count;
@@ -291,9 +291,7 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
     LATHE_CUDA_CHECK(cudaFuncSetAttribute(exl2_stream_kernel<NT, SPLIT>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
     allowed = limit;
   }
-  b.up = p.glu_up ? p.glu_up + t0 * p.w[0].in_features : nullptr;
-  b.glu_act = p.glu_act;
-  exl2_gather_activations(ctx, x, n, b, SPLIT);
+  exl2_gather_activations(ctx, p, t0, n, b, SPLIT);
   size_t partial_bytes = 0;
   for (int i = 0; i < p.count; ++i)
     if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
@@ -313,10 +311,9 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
 }  // namespace
 
 void exl2_stream(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n) {
-  const float* x = p.x + t0 * p.w[0].in_features;
   if (n > kExl2StreamTokens) raise(ErrorKind::kInternal, "cuda exl2_stream: at most 16 tokens a launch");
-  if (ctx.exact_matmul) return n <= 8 ? launch<1, true>(ctx, x, int(n), p, t0) : launch<2, true>(ctx, x, int(n), p, t0);
-  return n <= 8 ? launch<1, false>(ctx, x, int(n), p, t0) : launch<2, false>(ctx, x, int(n), p, t0);
+  if (ctx.exact_matmul) return n <= 8 ? launch<1, true>(ctx, int(n), p, t0) : launch<2, true>(ctx, int(n), p, t0);
+  return n <= 8 ? launch<1, false>(ctx, int(n), p, t0) : launch<2, false>(ctx, int(n), p, t0);
 }
 
 }  // namespace lathe::ops::cuda

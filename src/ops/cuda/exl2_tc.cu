@@ -349,7 +349,7 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
 }
 
 template <int MT>
-void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64_t t0) {
+void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
   Exl2Batch b{};
   b.count = p.count;
   int64_t col_blocks = 0, stage_words = 0;
@@ -401,9 +401,7 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
   size_t partial_bytes = 0;
   for (int i = 0; i < p.count; ++i)
     if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
-  b.up = p.glu_up ? p.glu_up + t0 * p.w[0].in_features : nullptr;
-  b.glu_act = p.glu_act;
-  exl2_gather_activations(ctx, x, n, b, false);
+  exl2_gather_activations(ctx, p, t0, n, b, false);
   if (partial_bytes) {
     auto* at = static_cast<float*>(ctx.scratch(Scratch::kExl2, partial_bytes));
     for (int i = 0; i < p.count; ++i)
@@ -421,7 +419,10 @@ void launch(Context& ctx, const float* x, int n, const Exl2MultiParams& p, int64
 
 }  // namespace
 
-void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, bool split) {
+void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0, int n, Exl2Batch& b, bool split) {
+  const float* x = p.x + t0 * p.w[0].in_features;
+  b.up = p.glu_up ? p.glu_up + t0 * p.w[0].in_features : nullptr;
+  b.glu_act = p.glu_act;
   const int planes = split ? 2 : 1;
   size_t bytes = 0;
   for (int i = 0; i < b.count; ++i) bytes += sizeof(__nv_bfloat16) * size_t(planes * n * b.w[i].tiled_rows + 8);
@@ -442,10 +443,9 @@ void exl2_gather_activations(Context& ctx, const float* x, int n, Exl2Batch& b, 
 
 
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n) {
-  const float* x = p.x + t0 * p.w[0].in_features;
   if (ctx.exact_matmul) raise(ErrorKind::kInternal, "cuda exl2_tc: fast mode only (exact mode runs exl2_stream)");
-  if (n <= 16) return launch<1>(ctx, x, int(n), p, t0);
-  if (n <= kExl2TcTokens) return launch<2>(ctx, x, int(n), p, t0);
+  if (n <= 16) return launch<1>(ctx, int(n), p, t0);
+  if (n <= kExl2TcTokens) return launch<2>(ctx, int(n), p, t0);
   raise(ErrorKind::kInternal, "cuda exl2_tc: at most 32 tokens a launch");
 }
 
