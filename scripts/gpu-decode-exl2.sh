@@ -3,7 +3,8 @@
 # packed weights are written by `lathe quantize --synthetic` from a config.json alone (no bf16
 # folder), then `lathe bench` decodes under each variant (environment settings), one row each.
 #   scripts/gpu-decode-exl2.sh [LATHE_BINARY]
-# VARIANTS: space-separated label=ENV1=v1,ENV2=v2 (label alone: no settings); BATCHES (default 1,8,16);
+# VARIANTS: space-separated label=S1,S2 (label alone: no settings), each setting an environment
+# assignment ENV=v or a lathe option --opt:value (e.g. q4=--kv-cache:q4); BATCHES (default 1,8,16);
 # BENCH_ARGS (default -p 16 -c 128 -n 64 -r 3).
 set -u
 LATHE=${1:-/tmp/gpu-check-build/build/bin/lathe}
@@ -27,7 +28,11 @@ fi
 for v in ${VARIANTS:-default}; do
   label=${v%%=*}
   settings=""; [ "$label" != "$v" ] && settings=${v#*=}
-  j=$(env $(echo "$settings" | tr ',' ' ') timeout 200 "$LATHE" bench -m "$EXL2" --device cuda ${BENCH_ARGS:--p 16 -c 128 -n 64 -r 3} \
-      -b "${BATCHES:-1,8,16}" --json 2>/tmp/decode-bench.err) || { echo "$label: failed"; tail -3 /tmp/decode-bench.err; continue; }
+  envs=(); opts=()
+  for item in $(echo "$settings" | tr ',' ' '); do
+    case "$item" in --*) opts+=("${item%%:*}" "${item#*:}") ;; *) envs+=("$item") ;; esac
+  done
+  j=$(env "${envs[@]}" timeout 300 "$LATHE" bench -m "$EXL2" --device cuda ${BENCH_ARGS:--p 16 -c 128 -n 64 -r 3} \
+      -b "${BATCHES:-1,8,16}" "${opts[@]}" --json 2>/tmp/decode-bench.err) || { echo "$label: failed"; tail -3 /tmp/decode-bench.err; continue; }
   python3 -c 'import json,sys; j=json.loads(sys.argv[2]); print(f"{sys.argv[1]:28}", "  ".join(f"{k}={v:.1f}" if k.endswith("tok_s") else f"{k}={v:.3f}" for k,v in j.items() if k.endswith("tok_s") or k.endswith("host_ratio")))' "$label" "$j"
 done

@@ -20,7 +20,7 @@ namespace lathe::engine {
 
 namespace fs = std::filesystem;
 
-QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t ctx, int head_bits) {
+QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t ctx, int head_bits, ops::KvQuant kv_quant) {
   const model::ModelConfig& c = model.config();
   if (ctx < 1) fail(ErrorKind::kInvalidArgument, "--ctx must be positive");
   double linear = 0;
@@ -34,7 +34,7 @@ QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t c
   const double embed_bytes = head * 2.0;  // float16
   QuantAdvice a;
   // The GPU's K/V cache in fast precision (the default for generation).
-  a.kv_bytes = model::KvPool::block_bytes(c, ctx, ops::fast_kv_dtype(c.head_dim));
+  a.kv_bytes = model::KvPool::block_bytes(c, ctx, ops::fast_kv_dtype(c.head_dim), kv_quant);
   // Activations of a 512-token step and one row of logits, plus the runtime's own reserve.
   a.other_bytes = size_t(8 * std::max(c.hidden_size, c.intermediate_size) + c.vocab_size) * sizeof(float) * 512 +
                   (size_t(512) << 20);

@@ -79,7 +79,9 @@ struct QuantAdvice {
 // The built-in calibration text (varied prose, code, tables, numbers, several languages).
 std::string_view builtin_calibration_text();
 
-QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t ctx, int head_bits = 6);
+// kv_quant: the K/V cache format counted (kNone: the GPU's bf16/f32 cache of fast precision).
+QuantAdvice advise_bpw(const model::Model& model, size_t memory_bytes, int64_t ctx, int head_bits = 6,
+                       ops::KvQuant kv_quant = ops::KvQuant::kNone);
 
 QuantizeReport quantize_exl2(const model::Model& model, const tok::Tokenizer& tokenizer,
                              const std::filesystem::path& out_dir, const QuantizeOptions& options);

@@ -7,7 +7,9 @@
 // Layout: for each layer, K and V as [num_blocks * block_size, n_kv_heads, head_dim] of the
 // backend's kv_dtype (float32 on the CPU and in CUDA exact mode, bfloat16 in CUDA fast mode: half the
 // bytes for decode attention to stream and for prefill tiles to pull through L2), position-major
-// inside a block so attention streams keys in order.
+// inside a block so attention streams keys in order. With a quantized cache (Ops::kv_quant,
+// --kv-cache q8|q4) K and V hold codes of that layout and k_scale/v_scale their float16 group
+// scales (ops.h KvQuant).
 #pragma once
 
 #include <cstdint>
@@ -27,21 +29,29 @@ class KvPool {
   int64_t row_size() const { return row_; }  // n_kv_heads * head_dim
   void* k(int64_t layer) const { return k_[size_t(layer)].data(); }
   void* v(int64_t layer) const { return v_[size_t(layer)].data(); }
-  DType dtype() const { return dtype_; }
+  DType dtype() const { return dtype_; }  // of unquantized caches
+  ops::KvQuant quant() const { return quant_; }
+  uint16_t* k_scale(int64_t layer) const { return scale_ptr(k_scale_, layer); }  // null unless quantized
+  uint16_t* v_scale(int64_t layer) const { return scale_ptr(v_scale_, layer); }
   size_t bytes() const;
   // Distinct for every pool made in this process (recorded graphs remember which pool they read).
   uint64_t id() const { return id_; }
   // Bytes one block takes over all layers (K and V).
-  static size_t block_bytes(const ModelConfig& config, int64_t block_size, DType dtype = DType::kF32);
-  // Positions whose K/V (in the backend's kv_dtype) fit in `fraction` of the device memory free now
-  // (call after the weights are loaded); INT64_MAX on a host backend.
+  static size_t block_bytes(const ModelConfig& config, int64_t block_size, DType dtype = DType::kF32,
+                            ops::KvQuant quant = ops::KvQuant::kNone);
+  // Positions whose K/V (in the backend's kv_dtype or kv_quant) fit in `fraction` of the device
+  // memory free now (call after the weights are loaded); INT64_MAX on a host backend.
   static int64_t positions_that_fit(const ModelConfig& config, ops::Ops& ops, double fraction);
 
  private:
   int64_t num_blocks_ = 0, block_size_ = 0, row_ = 0;
   uint64_t id_ = 0;
+  static uint16_t* scale_ptr(const std::vector<ops::Buffer>& s, int64_t layer) {
+    return s.empty() ? nullptr : static_cast<uint16_t*>(s[size_t(layer)].data());
+  }
   DType dtype_ = DType::kF32;
-  std::vector<ops::Buffer> k_, v_;
+  ops::KvQuant quant_ = ops::KvQuant::kNone;
+  std::vector<ops::Buffer> k_, v_, k_scale_, v_scale_;
 };
 
 // A block table entry whose block went back to the pool because every layer's sliding window has

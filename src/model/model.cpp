@@ -461,6 +461,9 @@ void Runner::attention_block(int64_t layer, const LayerWeights& L, const Step& s
   r.k_cache = pool.k(layer);
   r.v_cache = pool.v(layer);
   r.kv_dtype = pool.dtype();
+  r.kv_quant = pool.quant();
+  r.k_scale = pool.k_scale(layer);
+  r.v_scale = pool.v_scale(layer);
   r.slots = st.slots;
   r.n = n;
   r.n_heads = nh;
@@ -473,6 +476,9 @@ void Runner::attention_block(int64_t layer, const LayerWeights& L, const Step& s
   a.k = pool.k(layer);
   a.v = pool.v(layer);
   a.kv_dtype = pool.dtype();
+  a.kv_quant = pool.quant();
+  a.k_scale = pool.k_scale(layer);
+  a.v_scale = pool.v_scale(layer);
   a.out = st.lowp ? nullptr : ws.attn.f32();
   a.out_lowp = st.lowp ? ws.attn_lowp.data() : nullptr;
   a.lowp_dtype = lowp_dtype_;

@@ -92,6 +92,19 @@ struct AttentionParams {
   int64_t window = 0;        // > 0: key j visible to query at p iff p - window < j <= p
 };
 
+// Quantized K/V cache (Ops::kv_quant, --kv-cache q8|q4): each head's row of a position is cut into
+// groups of kKvQuantGroup consecutive elements, stored as signed codes with one float16 scale per
+// group (x ~= code * scale), so an 8-bit cache takes ~53% and a 4-bit one ~28% of bf16's bytes.
+//  * q8: int8 codes in [-127, 127], scale = max |x| / 127.
+//  * q4: codes in [-8, 7] kept as code + 8 in a nibble (element 2 i in the low nibble of byte i),
+//    scale = m / -8 with m the group's element of largest magnitude, so m itself is exact.
+// Codes: [rows, n_kv_heads, head_dim] elements of 1 or 1/2 byte; scales: [rows, n_kv_heads,
+// head_dim / kKvQuantGroup] float16 bits. Attention reads codes and scales directly (ops/kv_quant.h
+// has the host reference both sides follow).
+enum class KvQuant : uint8_t { kNone, kQ8, kQ4 };
+inline constexpr int64_t kKvQuantGroup = 32;
+const char* kv_quant_name(KvQuant q);  // "none", "q8", "q4"
+
 // Attention for several sequences in one call (continuous batching), over a paged K/V pool.
 // Sequence s owns query rows [cu_q[s], cu_q[s + 1]) of q/out and kv_len[s] keys, its own queries
 // last (query i of s sits at position kv_len[s] - q_len + i). Key position j of sequence s lives in
@@ -101,7 +114,10 @@ struct BatchAttentionParams {
   const float* q = nullptr;       // [n, n_heads, head_dim]
   const void* k = nullptr;        // pool [rows, n_kv_heads, head_dim] of kv_dtype
   const void* v = nullptr;        // pool [rows, n_kv_heads, head_dim] of kv_dtype
-  DType kv_dtype = DType::kF32;   // what Ops::kv_dtype() chose for the pool
+  DType kv_dtype = DType::kF32;   // what Ops::kv_dtype() chose for the pool (kv_quant kNone)
+  KvQuant kv_quant = KvQuant::kNone;  // else k/v hold codes and these their scales (see KvQuant)
+  const uint16_t* k_scale = nullptr;
+  const uint16_t* v_scale = nullptr;
   float* out = nullptr;           // [n, n_heads, head_dim]
   void* out_lowp = nullptr;       // also out rounded to lowp_dtype, or null (see MatmulParams)
   DType lowp_dtype = DType::kBF16;
@@ -139,6 +155,9 @@ struct RopeStoreParams {
   void* k_cache = nullptr;     // [rows, n_kv_heads, head_dim] of kv_dtype
   void* v_cache = nullptr;
   DType kv_dtype = DType::kF32;
+  KvQuant kv_quant = KvQuant::kNone;  // else the caches take codes and these their scales (KvQuant)
+  uint16_t* k_scale = nullptr;
+  uint16_t* v_scale = nullptr;
   const int32_t* slots = nullptr;  // [n] (backend memory), distinct
   int64_t n = 0, n_heads = 0, n_kv_heads = 0, head_dim = 0, rot_dim = 0;
 };
@@ -401,6 +420,13 @@ class Ops {
     (void)head_dim;
     return DType::kF32;
   }
+  // The quantized K/V format new caches take (KvQuant; kNone: kv_dtype()). Set once after the
+  // backend is made (the CLI's --kv-cache); every backend reads such caches in its attention.
+  void set_kv_quant(KvQuant q) { kv_quant_ = q; }
+  KvQuant kv_quant() const { return kv_quant_; }
+  // Whether this backend's attention reads a quantized cache of this head_dim (host backends: any
+  // multiple of kKvQuantGroup; CUDA: 64, 128, 256, the head sizes of its attention kernels).
+  virtual bool supports_kv_quant(int64_t head_dim) const { return head_dim > 0 && head_dim % kKvQuantGroup == 0; }
   // Whether a GEMM over n rows with weights of this dtype rounds its input to that dtype, so its
   // producer may hand over a lowp copy instead (see MatmulParams).
   virtual bool lowp_activations(int64_t n, DType weight_dtype) const {
@@ -492,6 +518,9 @@ class Ops {
   // For host-memory backends' matmul_exl2: a call with glu_up runs as glu into a temporary, then
   // matmul_exl2 on it (returns true); false when p has no glu_up.
   bool matmul_exl2_glu_unfused(const Exl2MatmulParams& p);
+
+ private:
+  KvQuant kv_quant_ = KvQuant::kNone;
 };
 
 // Backend memory with an owner: freed through the backend that allocated it.

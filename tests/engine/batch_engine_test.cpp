@@ -33,14 +33,7 @@ std::unique_ptr<Fixture> load(const std::filesystem::path& dir) {
   return f;
 }
 
-BatchRequest greedy(const std::vector<int32_t>& prompt, int64_t n) {
-  BatchRequest r;
-  r.prompt = prompt;
-  r.max_new_tokens = n;
-  r.sampler.temperature = 0;
-  r.ignore_eos = true;
-  return r;
-}
+using testing::greedy;
 
 // Adds every case (each `copies` times), runs to the end, checks each against the reference.
 void run_all(Fixture& f, BatchEngine& e, int copies) {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 
+#include "engine/batch_engine.h"
 #include "model/model.h"
 #include "ops/ops.h"
 #include "support/golden.h"
@@ -26,5 +27,15 @@ struct FixtureModel {
   tok::Tokenizer tokenizer;
   nlohmann::json golden;
 };
+
+// A greedy request for n tokens that ignores EOS (so its length is known).
+inline BatchRequest greedy(const std::vector<int32_t>& prompt, int64_t n) {
+  BatchRequest r;
+  r.prompt = prompt;
+  r.max_new_tokens = n;
+  r.sampler.temperature = 0;
+  r.ignore_eos = true;
+  return r;
+}
 
 }  // namespace lathe::engine::testing

@@ -26,6 +26,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "ops/kv_quant.h"
 #include "ops/ops.h"
 #include "support/batch_attention.h"
 #include "support/exl2_case.h"
@@ -474,6 +475,50 @@ TEST_F(CudaParity, AttentionBatchPagedBf16Cache) {
                           kAttentionBf16Tol);
     check_batch_attention(*fast, *ref, rng, worst, {{65, 80}, {65, 81}, 4, 4, 256, 0, 0.f, 64, 2, bf}, kAttentionBf16Tol);
   }
+}
+
+// A quantized pool (--kv-cache q8|q4) in both precision modes: decode-sized calls widen the codes
+// in the decode kernel's registers (fp32 math: the fp32 tolerance against the reference on the
+// dequantized values), longer chunks in the tensor-core kernel's bf16 tiles.
+TEST_F(CudaParity, AttentionBatchPagedQuantizedCache) {
+  using lathe::testing::BatchAttnCase;
+  using lathe::testing::check_batch_attention;
+  auto fast = make_cuda_ops(BackendOptions{.exact_matmul = false});
+  EXPECT_TRUE(cuda->supports_kv_quant(128));
+  EXPECT_FALSE(cuda->supports_kv_quant(96));
+  const auto with = [](BatchAttnCase c, KvQuant q) {
+    c.kv_quant = q;
+    return c;
+  };
+  for (KvQuant q : {KvQuant::kQ8, KvQuant::kQ4})
+    for (Ops* ops : {cuda.get(), fast.get()}) {
+      {
+        Worst worst(std::string("attention batch, ") + kv_quant_name(q) + " cache, decode kernel");
+        for (int rep = 0; rep < 2; ++rep) {
+          check_batch_attention(*ops, *ref, rng, worst, with({{1, 1, 1, 1, 1}, {5, 40, 17, 1, 300}, 8, 2, 128, 0, 0.f, 16}, q),
+                                kAttentionTol);
+          check_batch_attention(*ops, *ref, rng, worst, with({{1}, {4000}, 32, 8, 128, 0, 0.f, 16}, q), kAttentionTol);
+        }
+        check_batch_attention(*ops, *ref, rng, worst, with({{1, 1}, {3000, 77}, 8, 1, 64, 0, 0.f, 32}, q), kAttentionTol);
+        check_batch_attention(*ops, *ref, rng, worst, with({{1, 1}, {900, 20}, 8, 2, 64, 100, 20.f, 16}, q), kAttentionTol);
+        check_batch_attention(*ops, *ref, rng, worst, with({{4, 2, 3}, {4, 700, 90}, 16, 4, 128, 0, 0.f, 16}, q),
+                              kAttentionTol);
+        check_batch_attention(*ops, *ref, rng, worst, with({{1, 2}, {2500, 9}, 8, 4, 256, 0, 0.f, 32}, q), kAttentionTol);
+        check_batch_attention(*ops, *ref, rng, worst, with({{1, 1, 1, 1}, {1, 130, 64, 5}, 8, 2, 128, 0, 0.f, 64, 3}, q),
+                              kAttentionTol);
+      }
+      {
+        Worst worst(std::string("attention batch, ") + kv_quant_name(q) + " cache, tensor cores");
+        check_batch_attention(*ops, *ref, rng, worst, with({{100, 1, 130, 70}, {100, 50, 400, 70}, 8, 2, 128, 0, 0.f, 16}, q),
+                              kAttentionBf16Tol);
+        check_batch_attention(*ops, *ref, rng, worst, with({{8, 1, 3}, {8, 600, 3}, 32, 8, 128, 0, 0.f, 16}, q),
+                              kAttentionBf16Tol);
+        check_batch_attention(*ops, *ref, rng, worst, with({{200, 64}, {230, 64}, 4, 1, 64, 50, 30.f, 32}, q),
+                              kAttentionBf16Tol);
+        check_batch_attention(*ops, *ref, rng, worst, with({{65, 80}, {65, 81}, 4, 4, 256, 0, 0.f, 64, 2}, q),
+                              kAttentionBf16Tol);
+      }
+    }
 }
 
 TEST_F(CudaParity, AttentionRejectsUnsupported) {
@@ -940,6 +985,52 @@ RopeStoreParams rope_store_shape(int64_t n, int64_t heads, int64_t kv_heads, int
   return p;
 }
 
+// The fused projection's layout (q|k|v interleaved per token, q to a dense q_out, partial rotary
+// tails copied): the reference's fp32 results (q_ref, k/v cache rows kc/vc) and the inputs uploaded,
+// with `dev` the device call's params, caches left for the test to set.
+struct StridedRopeCase {
+  int64_t n, row, rows;
+  std::vector<float> q_ref, kc, vc;
+  Buffer dqkv, dc, ds, dsl, dq;
+  RopeStoreParams dev;
+};
+StridedRopeCase strided_rope_case(Ops& ref, Ops& cuda, std::mt19937& rng, int64_t nh, int64_t hd, int64_t rot, int64_t n) {
+  const int64_t nkv = 2, row = nkv * hd, qrow = nh * hd, width = qrow + 2 * row, rows = n + 3, half = rot / 2;
+  const auto qkv = random_floats(rng, size_t(n * width));
+  const auto cos = random_floats(rng, size_t(n * half)), sin = random_floats(rng, size_t(n * half));
+  const std::vector<int32_t> slots = distinct_slots(rng, rows, n);
+  StridedRopeCase c{n, row, rows, std::vector<float>(size_t(n * qrow)), std::vector<float>(size_t(rows * row), 0.f),
+                    std::vector<float>(size_t(rows * row), 0.f), {}, {}, {}, {}, {}, {}};
+  std::vector<float> in = qkv;
+  RopeStoreParams p = rope_store_shape(n, nh, nkv, hd, rot);
+  p.q = in.data();
+  p.k = in.data() + qrow;
+  p.v = in.data() + qrow + row;
+  p.q_stride = p.k_stride = p.v_stride = width;
+  p.q_out = c.q_ref.data();
+  p.cos = cos.data();
+  p.sin = sin.data();
+  p.k_cache = c.kc.data();
+  p.v_cache = c.vc.data();
+  p.slots = slots.data();
+  ref.rope_store_kv(p);
+  c.dqkv = upload(cuda, qkv);
+  c.dc = upload(cuda, cos);
+  c.ds = upload(cuda, sin);
+  c.dsl = upload(cuda, slots);
+  c.dq = Buffer(cuda, c.q_ref.size() * sizeof(float));
+  p.q = c.dqkv.f32();
+  p.k = c.dqkv.f32() + qrow;
+  p.v = c.dqkv.f32() + qrow + row;
+  p.q_out = c.dq.f32();
+  p.cos = c.dc.f32();
+  p.sin = c.ds.f32();
+  p.k_cache = p.v_cache = nullptr;
+  p.slots = static_cast<const int32_t*>(c.dsl.data());
+  c.dev = p;
+  return c;
+}
+
 TEST_F(CudaParity, RopeStoreKv) {
   Worst worst("rope_store_kv");
   for (int64_t hd : {64, 96, 128})
@@ -989,54 +1080,86 @@ TEST_F(CudaParity, RopeStoreKvStridedIntoBf16Cache) {
   for (int64_t hd : {64, 128})
     for (int64_t rot : {hd, hd / 2})
       for (int64_t n : {1, 5, 300}) {
-        const int64_t nh = 8, nkv = 2, row = nkv * hd, qrow = nh * hd, width = qrow + 2 * row, rows = n + 3;
-        const int64_t half = rot / 2;
-        const auto qkv = random_floats(rng, size_t(n * width));
-        const auto cos = random_floats(rng, size_t(n * half)), sin = random_floats(rng, size_t(n * half));
-        const std::vector<int32_t> slots = distinct_slots(rng, rows, n);
-        std::vector<float> in = qkv, q_ref(static_cast<size_t>(n * qrow)), kc(size_t(rows * row), 0.f), vc(kc.size(), 0.f);
-        RopeStoreParams p = rope_store_shape(n, nh, nkv, hd, rot);
-        p.q = in.data();
-        p.k = in.data() + qrow;
-        p.v = in.data() + qrow + row;
-        p.q_stride = p.k_stride = p.v_stride = width;
-        p.q_out = q_ref.data();
-        p.cos = cos.data();
-        p.sin = sin.data();
-        p.k_cache = kc.data();
-        p.v_cache = vc.data();
-        p.slots = slots.data();
-        ref->rope_store_kv(p);
-        const std::vector<uint16_t> zero16(kc.size(), 0);
-        Buffer dqkv = upload(*cuda, qkv), dc = upload(*cuda, cos), ds = upload(*cuda, sin), dsl = upload(*cuda, slots);
-        Buffer dq(*cuda, q_ref.size() * sizeof(float));
+        StridedRopeCase c = strided_rope_case(*ref, *cuda, rng, 8, hd, rot, n);
+        const std::vector<uint16_t> zero16(c.kc.size(), 0);
         Buffer dkc = upload(*cuda, zero16), dvc = upload(*cuda, zero16);
-        p.q = dqkv.f32();
-        p.k = dqkv.f32() + qrow;
-        p.v = dqkv.f32() + qrow + row;
-        p.q_out = dq.f32();
-        p.cos = dc.f32();
-        p.sin = ds.f32();
+        RopeStoreParams p = c.dev;
         p.k_cache = dkc.data();
         p.v_cache = dvc.data();
         p.kv_dtype = DType::kBF16;
-        p.slots = static_cast<const int32_t*>(dsl.data());
         cuda->rope_store_kv(p);
-        std::vector<uint16_t> k16(kc.size()), v16(vc.size());
+        std::vector<uint16_t> k16(c.kc.size()), v16(c.vc.size());
         cuda->copy_to_host(k16.data(), dkc.data(), k16.size() * 2);
         cuda->copy_to_host(v16.data(), dvc.data(), v16.size() * 2);
         std::vector<float> kg, vg, kr, vr;
-        for (size_t i = 0; i < kc.size(); ++i) {
+        for (size_t i = 0; i < c.kc.size(); ++i) {
           kg.push_back(bf16_to_f32(k16[i]));
           vg.push_back(bf16_to_f32(v16[i]));
-          kr.push_back(bf16_to_f32(f32_to_bf16(kc[i])));
-          vr.push_back(bf16_to_f32(f32_to_bf16(vc[i])));
+          kr.push_back(bf16_to_f32(f32_to_bf16(c.kc[i])));
+          vr.push_back(bf16_to_f32(f32_to_bf16(c.vc[i])));
         }
         const std::string what = "d=" + std::to_string(hd) + " rot=" + std::to_string(rot) + " n=" + std::to_string(n);
-        worst.check(rel_error(download(*cuda, dq.data(), q_ref.size()), q_ref), kElementTol, "q_out " + what);
+        worst.check(rel_error(download(*cuda, c.dq.data(), c.q_ref.size()), c.q_ref), kElementTol, "q_out " + what);
         worst.check(rel_error(kg, kr), 1e-2, "k cache " + what);
         worst.check(rel_error(vg, vr), 0.0, "v cache " + what);
       }
+}
+
+// The same layout into a quantized cache: a warp quantizes each 32-element group as it stores it.
+// v (no rotation) gives the host reference's codes and scales exactly; k's rotated values differ
+// from the host's by fp32 contraction, so a code may sit one step away where a value meets a
+// rounding boundary (rare), and a scale one float16 ulp. 7 heads: the q items do not fill whole
+// warps, so the k/v items start after padding.
+TEST_F(CudaParity, RopeStoreKvIntoQuantizedCache) {
+  for (KvQuant quant : {KvQuant::kQ8, KvQuant::kQ4}) {
+    Worst worst(std::string("rope_store_kv (") + kv_quant_name(quant) + " cache): codes differing");
+    for (int64_t hd : {64, 128})
+      for (int64_t rot : {hd, hd / 2})
+        for (int64_t n : {1, 5, 300}) {
+          StridedRopeCase c = strided_rope_case(*ref, *cuda, rng, 7, hd, rot, n);
+          const int64_t elems = c.rows * c.row;
+          std::vector<uint8_t> kq(kv_code_bytes(quant, elems)), vq(kq.size());
+          std::vector<uint16_t> ks(size_t(elems / kKvQuantGroup)), vs(ks.size());
+          kv_quantize(quant, c.kc.data(), elems, kq.data(), ks.data());
+          kv_quantize(quant, c.vc.data(), elems, vq.data(), vs.data());
+          // The device pool starts as the quantized zero cache, so untouched slots compare equal too.
+          const std::vector<float> zero(size_t(elems), 0.f);
+          std::vector<uint8_t> zq(kq.size());
+          std::vector<uint16_t> zs(ks.size());
+          kv_quantize(quant, zero.data(), elems, zq.data(), zs.data());
+          Buffer dkc = upload(*cuda, zq), dvc = upload(*cuda, zq), dks = upload(*cuda, zs), dvs = upload(*cuda, zs);
+          RopeStoreParams p = c.dev;
+          p.k_cache = dkc.data();
+          p.v_cache = dvc.data();
+          p.kv_quant = quant;
+          p.k_scale = static_cast<uint16_t*>(dks.data());
+          p.v_scale = static_cast<uint16_t*>(dvs.data());
+          cuda->rope_store_kv(p);
+          std::vector<uint8_t> gkq(kq.size()), gvq(vq.size());
+          std::vector<uint16_t> gks(ks.size()), gvs(vs.size());
+          cuda->copy_to_host(gkq.data(), dkc.data(), gkq.size());
+          cuda->copy_to_host(gvq.data(), dvc.data(), gvq.size());
+          cuda->copy_to_host(gks.data(), dks.data(), gks.size() * 2);
+          cuda->copy_to_host(gvs.data(), dvs.data(), gvs.size() * 2);
+          const auto code = [&](const std::vector<uint8_t>& b, int64_t e) {
+            return quant == KvQuant::kQ8 ? int(int8_t(b[size_t(e)])) : int((b[size_t(e / 2)] >> (4 * (e % 2))) & 15) - 8;
+          };
+          int64_t k_diff = 0, k_far = 0, scale_far = 0;
+          for (int64_t e = 0; e < elems; ++e) {
+            const int d = std::abs(code(gkq, e) - code(kq, e));
+            k_diff += d != 0;
+            k_far += d > 1;
+          }
+          for (size_t g = 0; g < ks.size(); ++g) scale_far += std::abs(int(gks[g]) - int(ks[g])) > 1;
+          const std::string what = "d=" + std::to_string(hd) + " rot=" + std::to_string(rot) + " n=" + std::to_string(n);
+          worst.check(double(k_diff) / double(c.n * c.row), 2e-3, "k codes " + what);
+          EXPECT_EQ(k_far, 0) << what;
+          EXPECT_EQ(scale_far, 0) << what;
+          EXPECT_EQ(gvq, vq) << what;
+          EXPECT_EQ(gvs, vs) << what;
+          EXPECT_LE(rel_error(download(*cuda, c.dq.data(), c.q_ref.size()), c.q_ref), kElementTol) << what;
+        }
+  }
 }
 
 // ---- EXL2 matmul -------------------------------------------------------------------------------

@@ -7,6 +7,8 @@
 #include <numeric>
 #include <string>
 
+#include "ops/kv_quant.h"
+
 namespace lathe::testing {
 namespace {
 
@@ -49,6 +51,19 @@ double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng
     for (float x : k) k16.push_back(f32_to_bf16(x));
     for (float x : v) v16.push_back(f32_to_bf16(x));
   }
+  std::vector<uint8_t> kq, vq;
+  std::vector<uint16_t> ks16, vs16;
+  if (c.kv_quant != ops::KvQuant::kNone) {
+    const int64_t elems = int64_t(k.size());
+    kq.resize(ops::kv_code_bytes(c.kv_quant, elems));
+    vq.resize(kq.size());
+    ks16.resize(size_t(elems / ops::kKvQuantGroup));
+    vs16.resize(ks16.size());
+    ops::kv_quantize(c.kv_quant, k.data(), elems, kq.data(), ks16.data());
+    ops::kv_quantize(c.kv_quant, v.data(), elems, vq.data(), vs16.data());
+    ops::kv_dequantize(c.kv_quant, kq.data(), ks16.data(), elems, k.data());
+    ops::kv_dequantize(c.kv_quant, vq.data(), vs16.data(), elems, v.data());
+  }
   std::vector<int32_t> cu_q{0}, kv_len;
   for (int64_t s = 0; s < S; ++s) {
     cu_q.push_back(cu_q.back() + int32_t(c.q_len[size_t(s)]));
@@ -82,8 +97,10 @@ double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng
   }
 
   ops::Buffer dq = upload(backend, q);
-  ops::Buffer dk = c.kv_dtype == DType::kBF16 ? upload(backend, k16) : upload(backend, k);
-  ops::Buffer dv = c.kv_dtype == DType::kBF16 ? upload(backend, v16) : upload(backend, v);
+  const bool quant = c.kv_quant != ops::KvQuant::kNone;
+  ops::Buffer dk = quant ? upload(backend, kq) : c.kv_dtype == DType::kBF16 ? upload(backend, k16) : upload(backend, k);
+  ops::Buffer dv = quant ? upload(backend, vq) : c.kv_dtype == DType::kBF16 ? upload(backend, v16) : upload(backend, v);
+  ops::Buffer dks = upload(backend, ks16), dvs = upload(backend, vs16);
   ops::Buffer dcu = upload(backend, cu_q), dkv = upload(backend, kv_len), dtab = upload(backend, table);
   ops::Buffer dout(backend, q.size() * sizeof(float));
   ops::BatchAttentionParams p;
@@ -91,6 +108,9 @@ double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng
   p.k = dk.data();
   p.v = dv.data();
   p.kv_dtype = c.kv_dtype;
+  p.kv_quant = c.kv_quant;
+  p.k_scale = quant ? static_cast<const uint16_t*>(dks.data()) : nullptr;
+  p.v_scale = quant ? static_cast<const uint16_t*>(dvs.data()) : nullptr;
   p.out = dout.f32();
   p.n = n;
   p.num_seqs = S;
@@ -117,7 +137,7 @@ double check_batch_attention(ops::Ops& backend, ops::Ops& ref, std::mt19937& rng
   char tail[200];
   std::snprintf(tail, sizeof tail, " heads=%lld/%lld d=%lld window=%lld softcap=%g block=%lld spare=%lld kv=%s",
                 (long long)c.heads, (long long)c.kv_heads, (long long)hd, (long long)c.window, c.softcap,
-                (long long)bs, (long long)c.spare_blocks, dtype_name(c.kv_dtype));
+                (long long)bs, (long long)c.spare_blocks, quant ? ops::kv_quant_name(c.kv_quant) : dtype_name(c.kv_dtype));
   const double err = rel_error(got, o_ref);
   worst.check(err, tol, what + tail);
   if (c.lowp_out) {  // the same call handing over a bf16 copy only: bit-identical to got, rounded

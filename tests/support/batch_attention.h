@@ -22,6 +22,9 @@ struct BatchAttnCase {
   int64_t spare_blocks = 0;  // extra (unused) table entries per sequence, as a recorded graph has
   DType kv_dtype = DType::kF32;  // kBF16: the pool holds bf16 K/V (the reference gets the same rounded values)
   bool lowp_out = false;  // also run with only a bf16 output (out_lowp): must be the fp32 output rounded
+  // kQ8/kQ4: the pool holds codes and scales written by the host reference (ops/kv_quant.h); the
+  // reference attends over the dequantized values, so only the backend's reading is measured.
+  ops::KvQuant kv_quant = ops::KvQuant::kNone;
 };
 
 // Runs `backend.attention_batch` (inputs uploaded through its memory interface) and returns the

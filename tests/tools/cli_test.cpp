@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -123,6 +124,9 @@ TEST(Cli, ErrorsAreOneLineWithNonZeroExit) {
       {"generate -m " + dir.string() + " -n 4", "needs a prompt"},
       {"generate -m " + dir.string() + " --ids 1 --top-p 0 -n 2", "top-p"},
       {"perplexity -m " + dir.string() + " -f /nonexistent/text.txt", "not found"},
+      {"score -m " + dir.string() + " --ids 1,2 --kv-cache q9 --json", "unknown --kv-cache"},
+      // The fixture's head size is 16: a quantized cache needs whole groups of 32.
+      {"score -m " + dir.string() + " --ids 1,2 --kv-cache q8 --json", "multiple of 32"},
   };
   for (const auto& c : cases) {
     const auto r = lathe_cli(c.args);
@@ -313,6 +317,23 @@ TEST(Cli, QuantizeReferenceModel) {
 }
 
 // A model against itself: zero divergence, full agreement, equal perplexities.
+// --kv-cache q8 / q4 on the reference model: the perplexity moves little (q8) or a bit (q4), and
+// the quantized caches really are in use (their numbers differ from the full cache's).
+TEST(Cli, PerplexityWithQuantizedKvCache) {
+  LATHE_REQUIRE_SHARED(dir, "models/ref-llama-14m");
+  LATHE_REQUIRE_SHARED(val, "data/text/val.txt");
+  std::map<std::string, double> ppl;
+  for (const char* kv : {"auto", "q8", "q4"}) {
+    const auto r = lathe_cli("perplexity -m " + dir.string() + " -f " + val.string() +
+                             " --ctx 512 --max-windows 3 --kv-cache " + kv + " --json");
+    ASSERT_EQ(r.code, 0) << r.err;
+    ppl[kv] = json::parse(r.out)["ppl"].get<double>();
+  }
+  EXPECT_NEAR(ppl["q8"], ppl["auto"], ppl["auto"] * 0.005);
+  EXPECT_NEAR(ppl["q4"], ppl["auto"], ppl["auto"] * 0.02);
+  EXPECT_NE(ppl["q4"], ppl["auto"]);
+}
+
 TEST(Cli, EvalOfAModelAgainstItself) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   LATHE_REQUIRE_SHARED(val, "data/text/val.txt");

@@ -21,7 +21,7 @@ namespace lathe::cli {
 struct DeviceOptions {
   std::string device = "auto";
   std::string precision = "auto";
-  std::string kv_cache = "auto";  // auto (bf16 on a GPU in fast precision) or f32
+  std::string kv_cache = "auto";  // auto (bf16 on a GPU in fast precision), f32, q8 or q4
 };
 std::unique_ptr<ops::Ops> make_backend(const DeviceOptions& options, bool exact_by_default);
 void add_backend_option(CLI::App* cmd, DeviceOptions& options);

@@ -14,7 +14,7 @@ namespace lathe::cli {
 
 void add_quantize_command(CLI::App& app) {
   struct Opts {
-    std::string model, out, calib, measurement, objective = "output";
+    std::string model, out, calib, measurement, objective = "output", kv_cache = "auto";
     double bpw = 4.0;
     int head_bits = 6;
     int64_t rows = 64, length = 512, ctx = 4096, measure_rows = 16;
@@ -39,6 +39,8 @@ void add_quantize_command(CLI::App& app) {
                 "print the largest --bpw whose weights, KV cache (--ctx) and activations fit --memory GiB");
   cmd->add_option("--memory", opts->memory_gib, "GPU memory in GiB for --advise");
   cmd->add_option("--ctx", opts->ctx, "context length for --advise")->capture_default_str();
+  cmd->add_option("--kv-cache", opts->kv_cache, "K/V cache --advise counts: auto (bf16 on the GPU), q8 or q4")
+      ->capture_default_str();
   cmd->add_flag("--uniform", opts->uniform,
                 "one layout in every layer instead of per-sublayer layouts chosen by measurement");
   cmd->add_option("--measurement", opts->measurement,
@@ -81,8 +83,13 @@ void add_quantize_command(CLI::App& app) {
     auto model = model::Model::load(opts->model);
     if (opts->advise) {
       if (!(opts->memory_gib > 0)) fail(ErrorKind::kInvalidArgument, "--advise needs --memory GiB (e.g. --memory 24)");
+      ops::KvQuant kvq = ops::KvQuant::kNone;
+      if (opts->kv_cache == "q8") kvq = ops::KvQuant::kQ8;
+      else if (opts->kv_cache == "q4") kvq = ops::KvQuant::kQ4;
+      else if (opts->kv_cache != "auto")
+        fail(ErrorKind::kInvalidArgument, "unknown --kv-cache '{}' for --advise (choose auto, q8 or q4)", opts->kv_cache);
       const auto a = engine::advise_bpw(*model, size_t(opts->memory_gib * double(1ull << 30)), opts->ctx,
-                                        opts->head_bits);
+                                        opts->head_bits, kvq);
       const double gib = double(1ull << 30);
       if (opts->json) {
         nlohmann::ordered_json j;

@@ -24,7 +24,7 @@ namespace {
 // (host memory) eight full contexts, at most 4 GiB.
 int64_t kv_blocks(int64_t num_blocks, double kv_memory_gib, int64_t block_size, const model::ModelConfig& c, ops::Ops& ops) {
   if (num_blocks > 0) return num_blocks;
-  const size_t per_block = model::KvPool::block_bytes(c, block_size, ops.kv_dtype(c.head_dim));
+  const size_t per_block = model::KvPool::block_bytes(c, block_size, ops.kv_dtype(c.head_dim), ops.kv_quant());
   if (kv_memory_gib > 0) return std::max<int64_t>(1, int64_t(kv_memory_gib * double(1ull << 30) / double(per_block)));
   const int64_t fit = model::KvPool::positions_that_fit(c, ops, 0.9);
   if (fit != INT64_MAX) return std::max<int64_t>(1, fit / block_size);
@@ -132,8 +132,10 @@ void add_serve_command(CLI::App& app) {
       std::_Exit(130);
     }).detach();
 
-    fmt::print("lathe serve: {} ({}, {} KV blocks of {} tokens) at {}\n", served.name, c.architecture,
-               eo.engine.num_blocks, o->block_size, http.url());
+    const std::string kv_format = backend->kv_quant() != ops::KvQuant::kNone ? ops::kv_quant_name(backend->kv_quant())
+                                                                            : dtype_name(backend->kv_dtype(c.head_dim));
+    fmt::print("lathe serve: {} ({}, {} KV blocks of {} tokens, {} cache) at {}\n", served.name, c.architecture,
+               eo.engine.num_blocks, o->block_size, kv_format, http.url());
     std::fflush(stdout);
     http.serve();
     {

@@ -372,6 +372,9 @@ struct Call {
   const void* k;
   const void* v;
   DType kv_dtype;
+  KvQuant kv_quant;  // else the codes' format, with these scales
+  const uint16_t* k_scale;
+  const uint16_t* v_scale;
   float* out;
   uint16_t* out_lowp;
   bool lowp_bf16;
@@ -445,6 +448,8 @@ void attention_tensor_cores(Context& ctx, const Call& c, AttnArgs& a) {
   t.q = c.q;
   t.k = c.k;
   t.v = c.v;
+  t.k_scale = c.k_scale;
+  t.v_scale = c.v_scale;
   t.out = c.out;
   t.out_lowp = c.out_lowp;
   t.lowp_bf16 = c.lowp_bf16;
@@ -491,7 +496,11 @@ void attention_tensor_cores(Context& ctx, const Call& c, AttnArgs& a) {
   }
   // kv heads fastest, then row blocks (the kernel reverses them: longest first), then splits.
   const dim3 grid(unsigned(a.n_kv_heads), unsigned(seq_blocks * c.num_seqs), unsigned(splits));
-  if (c.kv_dtype == DType::kBF16)
+  if (c.kv_quant == KvQuant::kQ8)
+    attn_tc::run<KvQ8>(ctx, t, grid, a.head_dim);
+  else if (c.kv_quant == KvQuant::kQ4)
+    attn_tc::run<KvQ4>(ctx, t, grid, a.head_dim);
+  else if (c.kv_dtype == DType::kBF16)
     attn_tc::run<Bf16>(ctx, t, grid, a.head_dim);
   else
     attn_tc::run<float>(ctx, t, grid, a.head_dim);
@@ -510,6 +519,8 @@ void attention_decode(Context& ctx, const Call& c) {
   d.q = c.q;
   d.k = c.k;
   d.v = c.v;
+  d.k_scale = c.k_scale;
+  d.v_scale = c.v_scale;
   d.out = c.out;
   d.out_lowp = c.out_lowp;
   d.lowp_bf16 = c.lowp_bf16;
@@ -537,7 +548,9 @@ void attention_decode(Context& ctx, const Call& c) {
     return e ? int64_t(std::atoll(e)) : int64_t(0);
   }();
   const int64_t per_sm =
-      knob > 0 ? knob : attn_dec::blocks_per_sm(c.kv_dtype == DType::kBF16, c.head_dim, c.max_q * (c.n_heads / c.n_kv_heads));
+      knob > 0 ? knob
+               : attn_dec::blocks_per_sm(c.kv_quant != KvQuant::kNone || c.kv_dtype == DType::kBF16, c.head_dim,
+                                         c.max_q * (c.n_heads / c.n_kv_heads));
   const int64_t want = (per_sm * int64_t(ctx.sm_count) + blocks - 1) / blocks;
   const int64_t splits = std::clamp<int64_t>(std::min<int64_t>(want, (span + attn_dec::kMinKeys - 1) / attn_dec::kMinKeys),
                                              1, attn_dec::kMaxSplits);
@@ -550,7 +563,11 @@ void attention_decode(Context& ctx, const Call& c) {
   }
   const dim3 grid(unsigned(c.n_kv_heads), unsigned(c.num_seqs), unsigned(splits));
   const int rows = int(c.max_q * d.group);
-  if (c.kv_dtype == DType::kBF16)
+  if (c.kv_quant == KvQuant::kQ8)
+    attn_dec::launch<KvQ8>(ctx, d, grid, rows, int(c.head_dim));
+  else if (c.kv_quant == KvQuant::kQ4)
+    attn_dec::launch<KvQ4>(ctx, d, grid, rows, int(c.head_dim));
+  else if (c.kv_dtype == DType::kBF16)
     attn_dec::launch<Bf16>(ctx, d, grid, rows, int(c.head_dim));
   else
     attn_dec::launch<float>(ctx, d, grid, rows, int(c.head_dim));
@@ -558,6 +575,17 @@ void attention_decode(Context& ctx, const Call& c) {
 
 void run(Context& ctx, const Call& c) {
   validate(c);
+  if (c.kv_quant != KvQuant::kNone) {
+    // Quantized caches are read by the two kernels that widen codes as they load them: decode
+    // (fp32 math) and tensor cores (bf16 tiles), in either precision mode.
+    if (!attn_tc::supports_head_dim(c.head_dim) || !c.k_scale || !c.v_scale || !aligned16(c.q) || !aligned16(c.out) ||
+        !aligned16(c.out_lowp))
+      raise(ErrorKind::kUnsupported, "cuda attention: a ", kv_quant_name(c.kv_quant),
+            " K/V cache needs head_dim 64/128/256, its scales and aligned rows");
+    if (use_decode_kernel(c)) return attention_decode(ctx, c);
+    AttnArgs a = make_args(c);
+    return attention_tensor_cores(ctx, c, a);
+  }
   if (c.kv_dtype != DType::kF32 && c.kv_dtype != DType::kBF16)
     raise(ErrorKind::kUnsupported, "cuda attention: K/V cache dtype ", dtype_name(c.kv_dtype), " is not supported");
   if (use_decode_kernel(c)) return attention_decode(ctx, c);
@@ -627,6 +655,8 @@ Call common_call(const P& p) {
   c.k = p.k;
   c.v = p.v;
   c.kv_dtype = DType::kF32;
+  c.kv_quant = KvQuant::kNone;
+  c.k_scale = c.v_scale = nullptr;
   c.out = p.out;
   c.out_lowp = nullptr;
   c.lowp_bf16 = true;
@@ -663,6 +693,9 @@ void attention_batch(Context& ctx, const BatchAttentionParams& p) {
           " are inconsistent");
   Call c = common_call(p);
   c.kv_dtype = p.kv_dtype;
+  c.kv_quant = p.kv_quant;
+  c.k_scale = p.k_scale;
+  c.v_scale = p.v_scale;
   c.out_lowp = static_cast<uint16_t*>(p.out_lowp);
   c.lowp_bf16 = p.lowp_dtype == DType::kBF16;
   if (p.out_lowp && p.lowp_dtype != DType::kBF16 && p.lowp_dtype != DType::kF16)

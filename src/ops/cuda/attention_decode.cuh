@@ -1,6 +1,6 @@
 // Decode attention (flash-decoding) for the CUDA backend: calls whose sequences each bring a few
 // queries (rows = queries x group <= kMaxRows per kv head), any K/V cache dtype the backend keeps
-// (fp32 or bf16), fp32 math. Included by attention.cu only, which routes such calls here.
+// (fp32, bf16, or q8/q4 codes widened in registers), fp32 math. Included by attention.cu only, which routes such calls here.
 //
 // Why a kernel of its own: at decode the work per (sequence, kv head) is a few rows against the
 // cached keys, so time is latency (dependent global round trips), not math or bandwidth. The
@@ -27,6 +27,7 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/kv_quant.cuh"
 #include "ops/cuda/pdl.cuh"
 
 namespace lathe::ops::cuda::attn_dec {
@@ -39,16 +40,18 @@ inline constexpr int kChunk = 8;        // keys per warp per round
 inline constexpr int kMinKeys = 64;     // fewest keys a split is given
 inline constexpr int kMaxSplits = 128;  // merge weights live in shared memory
 inline constexpr int kMaxRows = 16;
-// Blocks resident per SM: two where the registers allow it without spilling (bf16 K/V, head_dim
-// <= 128, <= 4 rows: 128 registers a thread), so twice the loads are in flight; one elsewhere.
+// Blocks resident per SM: two where the registers allow it without spilling (bf16 or quantized K/V,
+// head_dim <= 128, <= 4 rows: 128 registers a thread), so twice the loads are in flight; one elsewhere.
 template <typename KV, int HD, int R>
-inline constexpr int kBlocksPerSm = std::is_same_v<KV, Bf16> && HD <= 128 && R <= 4 ? 2 : 1;
-inline int blocks_per_sm(bool bf16, int64_t head_dim, int64_t rows) { return bf16 && head_dim <= 128 && rows <= 4 ? 2 : 1; }
+inline constexpr int kBlocksPerSm = !std::is_same_v<KV, float> && HD <= 128 && R <= 4 ? 2 : 1;
+inline int blocks_per_sm(bool narrow, int64_t head_dim, int64_t rows) { return narrow && head_dim <= 128 && rows <= 4 ? 2 : 1; }
 
 struct Args {
   const float* q;
   const void* k;
   const void* v;
+  const uint16_t* k_scale;  // quantized caches (KvQ8, KvQ4): the group scales, else null
+  const uint16_t* v_scale;
   float* out;          // may be null when out_lowp is set
   uint16_t* out_lowp;  // bf16/f16 copy of out, or null
   bool lowp_bf16;
@@ -67,12 +70,16 @@ struct Args {
   int block_size, table_stride;
 };
 
-// VEC consecutive elements of a K/V row, held as loaded (bf16 stays packed two per register, so a
-// round's K/V, and the next round's in flight, take half the registers) and widened at use.
+// VEC consecutive elements of a K/V row (a lane's share: element `e` of the cache on), held as
+// loaded (bf16 stays packed two per register, codes four or eight per register, so a round's K/V,
+// and the next round's in flight, take few registers) and widened at use: dot() with the query
+// slice, axpy() into the accumulator. A lane's VEC elements lie in one quantization group (VEC
+// divides 32), so a quantized slice applies its one scale once per dot / axpy.
 template <typename KV, int VEC>
 struct KvRaw {
   float f[VEC];
-  __device__ __forceinline__ void load(const KV* p) {
+  __device__ __forceinline__ void load(const void* base, const uint16_t*, int64_t e) {
+    const float* p = static_cast<const float*>(base) + e;
     if constexpr (VEC == 2) {
       const float2 a = __ldg(reinterpret_cast<const float2*>(p));
       f[0] = a.x, f[1] = a.y;
@@ -85,12 +92,23 @@ struct KvRaw {
     }
   }
   __device__ __forceinline__ float at(int i) const { return f[i]; }
+  __device__ __forceinline__ float dot(const float (&q)[VEC]) const {
+    float d = 0.f;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) d = fmaf(q[i], f[i], d);
+    return d;
+  }
+  __device__ __forceinline__ void axpy(float p, float (&acc)[VEC]) const {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = fmaf(p, f[i], acc[i]);
+  }
 };
 
 template <int VEC>
 struct KvRaw<Bf16, VEC> {
   uint32_t w[VEC / 2];
-  __device__ __forceinline__ void load(const Bf16* p) {
+  __device__ __forceinline__ void load(const void* base, const uint16_t*, int64_t e) {
+    const Bf16* p = static_cast<const Bf16*>(base) + e;
     if constexpr (VEC == 2) {
       w[0] = __ldg(reinterpret_cast<const unsigned int*>(p));
     } else if constexpr (VEC == 4) {
@@ -102,6 +120,55 @@ struct KvRaw<Bf16, VEC> {
     }
   }
   __device__ __forceinline__ float at(int i) const { return i % 2 ? bf16_hi(w[i / 2]) : bf16_lo(w[i / 2]); }
+  __device__ __forceinline__ float dot(const float (&q)[VEC]) const {
+    float d = 0.f;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) d = fmaf(q[i], at(i), d);
+    return d;
+  }
+  __device__ __forceinline__ void axpy(float p, float (&acc)[VEC]) const {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = fmaf(p, at(i), acc[i]);
+  }
+};
+
+// Codes (VEC of 1 or 1/2 byte: at most 8 bytes) and their group's scale.
+template <typename KV, int VEC>
+  requires kIsQuantKv<KV>
+struct KvRaw<KV, VEC> {
+  static constexpr bool kQ4 = std::is_same_v<KV, KvQ4>;
+  static constexpr int kBytes = kQ4 ? VEC / 2 : VEC;
+  uint32_t w[kBytes > 4 ? 2 : 1];
+  float s;
+  __device__ __forceinline__ void load(const void* base, const uint16_t* scales, int64_t e) {
+    const uint8_t* p = static_cast<const uint8_t*>(base) + kv_code_byte<KV>(e);
+    if constexpr (kBytes == 1) {
+      w[0] = __ldg(p);
+    } else if constexpr (kBytes == 2) {
+      w[0] = __ldg(reinterpret_cast<const uint16_t*>(p));
+    } else if constexpr (kBytes == 4) {
+      w[0] = __ldg(reinterpret_cast<const unsigned int*>(p));
+    } else {
+      const uint2 u = __ldg(reinterpret_cast<const uint2*>(p));
+      w[0] = u.x, w[1] = u.y;
+    }
+    s = kv_scale_at(scales, e);
+  }
+  __device__ __forceinline__ float code(int i) const {
+    if constexpr (kQ4) return q4_code(w[i / 8], i % 8);
+    else return q8_code(w[i / 4], i % 4);
+  }
+  __device__ __forceinline__ float dot(const float (&q)[VEC]) const {
+    float d = 0.f;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) d = fmaf(q[i], code(i), d);
+    return d * s;
+  }
+  __device__ __forceinline__ void axpy(float p, float (&acc)[VEC]) const {
+    const float ps = p * s;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) acc[i] = fmaf(ps, code(i), acc[i]);
+  }
 };
 
 template <typename KV, int HD, int R>
@@ -138,7 +205,7 @@ __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>)
     if (r < rows) {
       const int t = q0 + r / a.group, h = g * a.group + r % a.group;
       KvRaw<float, VEC> qr;
-      qr.load(a.q + (int64_t(t) * a.n_heads + h) * HD + lane * VEC);
+      qr.load(a.q, nullptr, (int64_t(t) * a.n_heads + h) * HD + lane * VEC);
 #pragma unroll
       for (int i = 0; i < VEC; ++i) q[r][i] = qr.at(i);
       pos[r] = first_pos + r / a.group;
@@ -154,8 +221,7 @@ __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>)
   }
 
   const int64_t kv_row = int64_t(a.n_kv_heads) * HD;
-  const KV* kb = static_cast<const KV*>(a.k) + int64_t(g) * HD + lane * VEC;
-  const KV* vb = static_cast<const KV*>(a.v) + int64_t(g) * HD + lane * VEC;
+  const int64_t lane_e = int64_t(g) * HD + lane * VEC;  // the lane's first element of a position's row
   const int* table = a.table ? a.table + int64_t(s) * a.table_stride : nullptr;
 
   // Software pipeline: the next round's K/V loads are issued before this round's math.
@@ -165,13 +231,13 @@ __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>)
 #pragma unroll
     for (int u = 0; u < kChunk; ++u) {
       const int j = min(j0 + u, s_hi - 1);  // past the end: a repeat of the last key, masked below
-      at[u] = table ? (int64_t(__ldg(table + j / a.block_size)) * a.block_size + j % a.block_size) * kv_row
-                    : int64_t(j) * kv_row;
+      at[u] = (table ? (int64_t(__ldg(table + j / a.block_size)) * a.block_size + j % a.block_size) * kv_row
+                     : int64_t(j) * kv_row) + lane_e;
     }
 #pragma unroll
-    for (int u = 0; u < kChunk; ++u) kf[u].load(kb + at[u]);
+    for (int u = 0; u < kChunk; ++u) kf[u].load(a.k, a.k_scale, at[u]);
 #pragma unroll
-    for (int u = 0; u < kChunk; ++u) vf[u].load(vb + at[u]);
+    for (int u = 0; u < kChunk; ++u) vf[u].load(a.v, a.v_scale, at[u]);
   };
   Raw kf[kChunk], vf[kChunk], kn[kChunk], vn[kChunk];
   int j0 = s_lo + warp * kChunk;
@@ -186,10 +252,7 @@ __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>)
       float mx = -INFINITY;
 #pragma unroll
       for (int u = 0; u < kChunk; ++u) {
-        float d = 0.f;
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) d = fmaf(q[r][i], kf[u].at(i), d);
-        d = warp_sum(d) * a.scale;
+        float d = warp_sum(kf[u].dot(q[r])) * a.scale;
         if (a.softcap > 0.f) d = a.softcap * tanhf(d / a.softcap);
         const int j = j0 + u;
         const bool visible = j < s_hi && j <= pos[r] && (a.window <= 0 || j > pos[r] - a.window);
@@ -206,8 +269,7 @@ __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>)
       for (int u = 0; u < kChunk; ++u) {
         const float p = __expf(sc[u] - m_new);
         l[r] += p;
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) acc[r][i] = fmaf(p, vf[u].at(i), acc[r][i]);
+        vf[u].axpy(p, acc[r]);
       }
       m[r] = m_new;
     }

@@ -39,6 +39,7 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/kv_quant.cuh"
 
 namespace lathe::ops::cuda::attn_tc {
 
@@ -49,8 +50,10 @@ inline constexpr int kPad = 8;             // bf16 per shared-memory row beyond 
 
 struct Args {
   const float* q;
-  const void* k;  // float or Bf16 (the kernel's KV parameter)
+  const void* k;  // float, Bf16, or KvQ8 / KvQ4 codes (the kernel's KV parameter)
   const void* v;
+  const uint16_t* k_scale;  // quantized caches: the group scales, else null
+  const uint16_t* v_scale;
   float* out;          // may be null when out_lowp is set
   uint16_t* out_lowp;  // bf16/f16 copy of out, or null
   bool lowp_bf16;
@@ -115,16 +118,44 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// How a K/V tile of element type KV travels: 16-byte raw vectors (4 fp32 or 8 bf16) per load.
+// How a K/V tile of element type KV travels: raw vectors of kElems elements per load (16 bytes of
+// fp32 or bf16; 16 codes of a quantized cache, 16 or 8 bytes, with their group's scale).
 template <typename KV>
 struct TileRaw {
   using Raw = float4;
   static constexpr int kElems = 4;
+  __device__ static Raw load(const void* base, const uint16_t*, int64_t e) {
+    return __ldg(reinterpret_cast<const float4*>(static_cast<const float*>(base) + e));
+  }
 };
 template <>
 struct TileRaw<Bf16> {
   using Raw = uint4;
   static constexpr int kElems = 8;
+  __device__ static Raw load(const void* base, const uint16_t*, int64_t e) {
+    return __ldg(reinterpret_cast<const uint4*>(static_cast<const Bf16*>(base) + e));
+  }
+};
+struct QuantRaw {
+  uint4 c;  // KvQ8: 16 codes; KvQ4: 16 codes in c.x, c.y
+  float s;
+};
+template <>
+struct TileRaw<KvQ8> {
+  using Raw = QuantRaw;
+  static constexpr int kElems = 16;
+  __device__ static Raw load(const void* base, const uint16_t* scales, int64_t e) {
+    return {__ldg(reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(base) + e)), kv_scale_at(scales, e)};
+  }
+};
+template <>
+struct TileRaw<KvQ4> {
+  using Raw = QuantRaw;
+  static constexpr int kElems = 16;
+  __device__ static Raw load(const void* base, const uint16_t* scales, int64_t e) {
+    const uint2 c = __ldg(reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(base) + e / 2));
+    return {make_uint4(c.x, c.y, 0u, 0u), kv_scale_at(scales, e)};
+  }
 };
 template <typename KV, int HD>
 inline constexpr int kTileLoads = Shape<HD>::kKeys * HD / TileRaw<KV>::kElems / kThreads;  // per thread
@@ -133,11 +164,14 @@ inline constexpr int kTileLoads = Shape<HD>::kKeys * HD / TileRaw<KV>::kElems / 
 // [kKeys, HD] tile starting at key j0 (row-major, so a warp reads contiguous 512-byte runs). Keys past
 // `last` (the block's last needed key: beyond it the cache may end) read as zeros, which the causal
 // mask hides. Position j of sequence s is found through the block table when there is one.
+// base/scales: the cache (element `head0` starts this kv head's slice of position 0).
 template <typename KV, int HD>
 __device__ __forceinline__ void load_tile(typename TileRaw<KV>::Raw (&r)[kTileLoads<KV, HD>], const Args& a, int s,
-                                          const KV* base, int64_t row_stride, int j0, int last) {
+                                          const void* base, const uint16_t* scales, int64_t head0, int64_t row_stride,
+                                          int j0, int last) {
   using Raw = typename TileRaw<KV>::Raw;
-  constexpr int kVecs = HD / TileRaw<KV>::kElems;  // vectors per row
+  constexpr int kE = TileRaw<KV>::kElems;
+  constexpr int kVecs = HD / kE;  // vectors per row
 #pragma unroll
   for (int i = 0; i < kTileLoads<KV, HD>; ++i) {
     const int idx = int(threadIdx.x) + i * kThreads;
@@ -146,10 +180,27 @@ __device__ __forceinline__ void load_tile(typename TileRaw<KV>::Raw (&r)[kTileLo
     if (a.table && j <= last)
       row = int64_t(__ldg(a.table + int64_t(s) * a.table_stride + j / a.block_size)) * a.block_size + j % a.block_size;
     if (j <= last) {
-      r[i] = __ldg(reinterpret_cast<const Raw*>(base + row * row_stride) + idx % kVecs);
+      r[i] = TileRaw<KV>::load(base, scales, row * row_stride + head0 + kE * (idx % kVecs));
     } else {
       r[i] = Raw{};
     }
+  }
+}
+
+// 16 codes of a quantized tile vector, widened and scaled, as 8 bf16 pairs.
+template <typename KV>
+__device__ __forceinline__ void widen_codes(const QuantRaw& r, uint32_t (&out)[8]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    float lo, hi;
+    if constexpr (std::is_same_v<KV, KvQ8>) {
+      const uint32_t w = i < 2 ? r.c.x : i < 4 ? r.c.y : i < 6 ? r.c.z : r.c.w;
+      lo = q8_code(w, 2 * (i % 2)), hi = q8_code(w, 2 * (i % 2) + 1);
+    } else {
+      const uint32_t w = i < 4 ? r.c.x : r.c.y;
+      lo = q4_code(w, 2 * (i % 4)), hi = q4_code(w, 2 * (i % 4) + 1);
+    }
+    out[i] = pack_bf16(lo * r.s, hi * r.s);
   }
 }
 
@@ -162,7 +213,13 @@ __device__ __forceinline__ void store_tile(uint32_t tile, const typename TileRaw
   for (int i = 0; i < kTileLoads<KV, HD>; ++i) {
     const int idx = int(threadIdx.x) + i * kThreads;
     const uint32_t at = tile + 2u * uint32_t((idx / kVecs) * Shape<HD>::kStride + kE * (idx % kVecs));
-    if constexpr (kE == 4) {
+    if constexpr (kIsQuantKv<KV>) {
+      uint32_t w[8];
+      widen_codes<KV>(r[i], w);
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at), "r"(w[0]), "r"(w[1]), "r"(w[2]), "r"(w[3]));
+      asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at + 16u), "r"(w[4]), "r"(w[5]), "r"(w[6]),
+                   "r"(w[7]));
+    } else if constexpr (kE == 4) {
       st_shared_v2(at, pack_bf16(r[i].x, r[i].y), pack_bf16(r[i].z, r[i].w));
     } else {
       asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at), "r"(r[i].x), "r"(r[i].y), "r"(r[i].z),
@@ -220,8 +277,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
   for (int r = 0; r < 2; ++r) pos[r] = first_q + min(row_base + warp * 16 + gq + 8 * r, rows_per_kv - 1) / a.group;
 
   const int64_t kv_row = int64_t(a.n_kv_heads) * HD;  // elements between consecutive positions
-  const KV* kg = static_cast<const KV*>(a.k) + int64_t(g) * HD;
-  const KV* vg = static_cast<const KV*>(a.v) + int64_t(g) * HD;
+  const int64_t head0 = int64_t(g) * HD;
   using Raw = typename TileRaw<KV>::Raw;
 
   float o[HD / 8][4];
@@ -245,9 +301,9 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
     }
     {
       Raw st[kTileLoads<KV, HD>];
-      load_tile<KV, HD>(st, a, seq, kg, kv_row, s_lo, s_hi);
+      load_tile<KV, HD>(st, a, seq, a.k, a.k_scale, head0, kv_row, s_lo, s_hi);
       store_tile<KV, HD>(k_sm, st);
-      load_tile<KV, HD>(st, a, seq, vg, kv_row, s_lo, s_hi);
+      load_tile<KV, HD>(st, a, seq, a.v, a.v_scale, head0, kv_row, s_lo, s_hi);
       store_tile<KV, HD>(v_sm, st);
     }
     __syncthreads();
@@ -275,7 +331,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
       const uint32_t v_cur = v_sm + buf * kTileBytes, v_next = v_sm + (buf ^ 1u) * kTileBytes;
 
       Raw st[kTileLoads<KV, HD>];
-      if (more) load_tile<KV, HD>(st, a, seq, kg, kv_row, j0 + BN, s_hi);
+      if (more) load_tile<KV, HD>(st, a, seq, a.k, a.k_scale, head0, kv_row, j0 + BN, s_hi);
 
       // S = Q K^T for the warp's 16 rows x BN keys.
       float s[BN / 8][4];
@@ -299,7 +355,7 @@ __global__ void __launch_bounds__(kThreads, 1) attention_tc_kernel(const Args a)
       }
       if (more) {
         store_tile<KV, HD>(k_next, st);
-        load_tile<KV, HD>(st, a, seq, vg, kv_row, j0 + BN, s_hi);
+        load_tile<KV, HD>(st, a, seq, a.v, a.v_scale, head0, kv_row, j0 + BN, s_hi);
       }
 
       // Soft-capping acts on scaled scores, before masking (the reference's order).

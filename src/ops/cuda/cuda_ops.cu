@@ -237,6 +237,9 @@ class CudaOps final : public Ops {
   bool host_memory() const override { return false; }
   // Fast mode keeps K/V in bf16 where the tensor-core prefill kernel and the decode kernel cover
   // every attention call (head_dim 64/128/256); exact mode, and any other head_dim, keep fp32.
+  bool supports_kv_quant(int64_t head_dim) const override {
+    return head_dim == 64 || head_dim == 128 || head_dim == 256;  // the decode and tensor-core kernels' sizes
+  }
   DType kv_dtype(int64_t head_dim) const override {
     return ctx_.exact_matmul || kv_f32_ ? DType::kF32 : fast_kv_dtype(head_dim);
   }

@@ -13,6 +13,7 @@
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
 #include "ops/cuda/cuda_internal.h"
+#include "ops/cuda/kv_quant.cuh"
 #include "ops/cuda/pdl.cuh"
 
 namespace lathe::ops::cuda {
@@ -164,15 +165,21 @@ __global__ void rope_kernel(float* __restrict__ x, const float* __restrict__ cos
 // one item per thread, so a decode step's single token is handled by many blocks at once instead of
 // one block looping (each loop round was a dependent global round trip). Each k element is computed
 // from its pair and written straight to the cache row; nothing reads what another thread writes.
+//
+// Quantized caches (KV = KvQ8 / KvQ4): the k and v items start at q_span, q_items rounded up to a
+// whole warp, so every warp of them holds one quantization group (32 consecutive elements of a row;
+// head_dim is a multiple of 32) and quantizes it together (kv_quant.cuh).
 template <typename KV>
-__global__ void rope_store_kernel(const RopeStoreParams p, int half, int q_items_per_head) {
+__global__ void rope_store_kernel(const RopeStoreParams p, int half, int q_items_per_head, int q_span) {
   pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
   const int64_t t = blockIdx.x;
   const int n_heads = int(p.n_heads), head_dim = int(p.head_dim);
   const int row = int(p.n_kv_heads) * head_dim;
   const int q_items = n_heads * q_items_per_head;
-  const int item = int(blockIdx.y) * int(blockDim.x) + int(threadIdx.x);
-  if (item >= q_items + 2 * row) return;
+  int item = int(blockIdx.y) * int(blockDim.x) + int(threadIdx.x);
+  if (item >= q_span + 2 * row) return;  // whole warps (q_span and row are multiples of 32 when quantized)
+  if (item >= q_items && item < q_span) return;  // the quantized layout's padding
+  if (item >= q_span) item -= q_span - q_items;
   const float* ct = p.cos + t * half;
   const float* st = p.sin + t * half;
   const int64_t qrow = int64_t(n_heads) * head_dim;
@@ -202,11 +209,17 @@ __global__ void rope_store_kernel(const RopeStoreParams p, int half, int q_items
       const float a = kt[e - i + j], b = kt[e - i + j + half];
       out = i < half ? a * c - b * s : b * c + a * s;
     }
-    static_cast<KV*>(p.k_cache)[int64_t(slot) * row + e] = store_as<KV>(out);
+    if constexpr (kIsQuantKv<KV>)
+      kv_store_group<KV>(p.k_cache, p.k_scale, int64_t(slot) * row + e / kWarp * kWarp, out);
+    else
+      static_cast<KV*>(p.k_cache)[int64_t(slot) * row + e] = store_as<KV>(out);
   } else {
     const int e = item - q_items - row;
     const float* vt = p.v + t * (p.v_stride ? p.v_stride : row);
-    static_cast<KV*>(p.v_cache)[int64_t(slot) * row + e] = store_as<KV>(vt[e]);
+    if constexpr (kIsQuantKv<KV>)
+      kv_store_group<KV>(p.v_cache, p.v_scale, int64_t(slot) * row + e / kWarp * kWarp, vt[e]);
+    else
+      static_cast<KV*>(p.v_cache)[int64_t(slot) * row + e] = store_as<KV>(vt[e]);
   }
 }
 
@@ -223,15 +236,25 @@ void rope_store_kv(Context& ctx, const RopeStoreParams& p) {
     raise(ErrorKind::kInvalidArgument, "cuda rope_store_kv: a strided q needs q_out");
   const int half = int(p.rot_dim / 2);
   const int q_items_per_head = half + (p.q_out ? int(p.head_dim) - 2 * half : 0);
-  const int64_t items = p.n_heads * q_items_per_head + 2 * p.n_kv_heads * p.head_dim;
+  const bool quant = p.kv_quant != KvQuant::kNone;
+  if (quant && (p.head_dim % kKvQuantGroup != 0 || !p.k_scale || !p.v_scale))
+    raise(ErrorKind::kInvalidArgument, "cuda rope_store_kv: a ", kv_quant_name(p.kv_quant),
+          " cache needs scales and head_dim a multiple of ", kKvQuantGroup, " (got ", p.head_dim, ")");
+  const int q_items = int(p.n_heads) * q_items_per_head;
+  const int q_span = quant ? (q_items + kWarp - 1) / kWarp * kWarp : q_items;
+  const int64_t items = q_span + 2 * p.n_kv_heads * p.head_dim;
   constexpr int kThreads = 128;
   const int64_t chunks = (items + kThreads - 1) / kThreads;
   if (chunks > 65535) raise(ErrorKind::kUnsupported, "cuda rope_store_kv: heads too large for one launch");
   const dim3 grid(unsigned(p.n), unsigned(chunks));
-  if (p.kv_dtype == DType::kF32)
-    launch_pdl(ctx, rope_store_kernel<float>, dim3(grid), dim3(kThreads), 0, p, half, q_items_per_head);
+  if (p.kv_quant == KvQuant::kQ8)
+    launch_pdl(ctx, rope_store_kernel<KvQ8>, dim3(grid), dim3(kThreads), 0, p, half, q_items_per_head, q_span);
+  else if (p.kv_quant == KvQuant::kQ4)
+    launch_pdl(ctx, rope_store_kernel<KvQ4>, dim3(grid), dim3(kThreads), 0, p, half, q_items_per_head, q_span);
+  else if (p.kv_dtype == DType::kF32)
+    launch_pdl(ctx, rope_store_kernel<float>, dim3(grid), dim3(kThreads), 0, p, half, q_items_per_head, q_span);
   else if (p.kv_dtype == DType::kBF16)
-    launch_pdl(ctx, rope_store_kernel<Bf16>, dim3(grid), dim3(kThreads), 0, p, half, q_items_per_head);
+    launch_pdl(ctx, rope_store_kernel<Bf16>, dim3(grid), dim3(kThreads), 0, p, half, q_items_per_head, q_span);
   else
     raise(ErrorKind::kUnsupported, "cuda rope_store_kv: K/V cache dtype ", dtype_name(p.kv_dtype), " is not supported");
   LATHE_CUDA_CHECK_LAUNCH("rope_store_kernel");

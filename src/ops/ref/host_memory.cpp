@@ -8,6 +8,7 @@
 
 #include "core/dtype.h"
 #include "core/error.h"
+#include "ops/kv_quant.h"
 #include "ops/ops.h"
 
 namespace lathe::ops {
@@ -162,7 +163,7 @@ void Ops::ffn(const FfnParams& p) {
 }
 
 void Ops::rope_store_kv(const RopeStoreParams& p) {
-  if (p.kv_dtype != DType::kF32)
+  if (p.kv_quant == KvQuant::kNone && p.kv_dtype != DType::kF32)
     fail(ErrorKind::kUnsupported, "rope_store_kv on {}: a {} K/V cache is not supported", name(), dtype_name(p.kv_dtype));
   const int64_t qrow = p.n_heads * p.head_dim, row = p.n_kv_heads * p.head_dim;
   const int64_t qs = p.q_stride ? p.q_stride : qrow, ks = p.k_stride ? p.k_stride : row, vs = p.v_stride ? p.v_stride : row;
@@ -193,6 +194,20 @@ void Ops::rope_store_kv(const RopeStoreParams& p) {
     r.rot_dim = p.rot_dim;
     rope(r);
   }
+  if (p.kv_quant != KvQuant::kNone) {
+    if (!host_memory()) fail(ErrorKind::kInternal, "backend {} must implement a quantized rope_store_kv", name());
+    if (p.head_dim % kKvQuantGroup != 0)
+      fail(ErrorKind::kUnsupported, "rope_store_kv: a {} K/V cache needs head_dim a multiple of {}, not {}",
+           kv_quant_name(p.kv_quant), kKvQuantGroup, p.head_dim);
+    for (int64_t t = 0; t < p.n; ++t) {
+      const int64_t at = int64_t(p.slots[t]) * row;
+      kv_quantize(p.kv_quant, kd.data() + t * row, row, static_cast<uint8_t*>(p.k_cache) + kv_code_bytes(p.kv_quant, at),
+                  p.k_scale + at / kKvQuantGroup);
+      kv_quantize(p.kv_quant, v + t * row, row, static_cast<uint8_t*>(p.v_cache) + kv_code_bytes(p.kv_quant, at),
+                  p.v_scale + at / kKvQuantGroup);
+    }
+    return;
+  }
   for (auto [dst, src] : {std::pair{static_cast<float*>(p.k_cache), static_cast<const float*>(kd.data())},
                           std::pair{static_cast<float*>(p.v_cache), v}}) {
     ScatterRowsParams s;
@@ -208,8 +223,12 @@ void Ops::rope_store_kv(const RopeStoreParams& p) {
 void Ops::attention_batch(const BatchAttentionParams& p) {
   if (!host_memory())
     fail(ErrorKind::kInternal, "backend {} must implement attention_batch (its memory is not host memory)", name());
-  if (p.kv_dtype != DType::kF32)
+  const bool quant = p.kv_quant != KvQuant::kNone;
+  if (!quant && p.kv_dtype != DType::kF32)
     fail(ErrorKind::kUnsupported, "attention_batch on {}: a {} K/V cache is not supported", name(), dtype_name(p.kv_dtype));
+  if (quant && p.head_dim % kKvQuantGroup != 0)
+    fail(ErrorKind::kUnsupported, "attention_batch: a {} K/V cache needs head_dim a multiple of {}, not {}",
+         kv_quant_name(p.kv_quant), kKvQuantGroup, p.head_dim);
   const float* pk = static_cast<const float*>(p.k);
   const float* pv = static_cast<const float*>(p.v);
   const int64_t row = p.n_kv_heads * p.head_dim, qrow = p.n_heads * p.head_dim;
@@ -225,7 +244,22 @@ void Ops::attention_batch(const BatchAttentionParams& p) {
     bool consecutive = true;
     for (int64_t b = 1; b < blocks; ++b) consecutive &= table[b] == table[0] + b;
     AttentionParams a;
-    if (consecutive) {
+    if (quant) {
+      // The host reference widens the sequence's rows block by block (the CUDA kernels read the
+      // codes in place).
+      kbuf.resize(size_t(kv * row));
+      vbuf.resize(size_t(kv * row));
+      for (int64_t j = 0; j < kv; j += p.block_size) {
+        const int64_t len = std::min(p.block_size, kv - j);
+        const int64_t src = int64_t(table[j / p.block_size]) * p.block_size * row;
+        const auto* kc = static_cast<const uint8_t*>(p.k) + kv_code_bytes(p.kv_quant, src);
+        const auto* vc = static_cast<const uint8_t*>(p.v) + kv_code_bytes(p.kv_quant, src);
+        kv_dequantize(p.kv_quant, kc, p.k_scale + src / kKvQuantGroup, len * row, kbuf.data() + j * row);
+        kv_dequantize(p.kv_quant, vc, p.v_scale + src / kKvQuantGroup, len * row, vbuf.data() + j * row);
+      }
+      a.k = kbuf.data();
+      a.v = vbuf.data();
+    } else if (consecutive) {
       a.k = pk + int64_t(table[0]) * p.block_size * row;
       a.v = pv + int64_t(table[0]) * p.block_size * row;
     } else {
