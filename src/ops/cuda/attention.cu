@@ -547,10 +547,13 @@ void attention_decode(Context& ctx, const Call& c) {
     const char* e = std::getenv("LATHE_DECODE_BLOCKS_PER_SM");
     return e ? int64_t(std::atoll(e)) : int64_t(0);
   }();
-  const int64_t per_sm =
-      knob > 0 ? knob
-               : attn_dec::blocks_per_sm(c.kv_quant != KvQuant::kNone || c.kv_dtype == DType::kBF16, c.head_dim,
-                                         c.max_q * (c.n_heads / c.n_kv_heads));
+  const bool narrow = c.kv_quant != KvQuant::kNone || c.kv_dtype == DType::kBF16;
+  const int64_t rows_per_kv = c.max_q * (c.n_heads / c.n_kv_heads);
+  // The key-parallel kernel holds one block an SM (its registers).
+  const int64_t per_sm = knob > 0 ? knob
+                         : attn_dec::use_key_parallel(narrow, c.head_dim, rows_per_kv)
+                             ? 1
+                             : attn_dec::blocks_per_sm(narrow, c.head_dim, rows_per_kv);
   const int64_t want = (per_sm * int64_t(ctx.sm_count) + blocks - 1) / blocks;
   const int64_t splits = std::clamp<int64_t>(std::min<int64_t>(want, (span + attn_dec::kMinKeys - 1) / attn_dec::kMinKeys),
                                              1, attn_dec::kMaxSplits);

@@ -22,6 +22,7 @@
 #include <cuda_runtime.h>
 
 #include <climits>
+#include <cstdlib>
 #include <cstdint>
 
 #include "ops/cuda/check.h"
@@ -171,123 +172,55 @@ struct KvRaw<KV, VEC> {
   }
 };
 
-template <typename KV, int HD, int R>
-__global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>) decode_kernel(const Args a) {
-  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
-  constexpr int kWarps = kWarpsFor<R>, kThreads = kWarps * kWarp;
-  constexpr int VEC = HD / kWarp;
-  __shared__ float sm_m[kWarps][R], sm_l[kWarps][R];
-  __shared__ float sm_acc[kWarps][R][HD];
-  __shared__ float sm_w[R][kMaxSplits];
-  __shared__ int sm_last;
-
-  const int g = int(blockIdx.x), s = int(blockIdx.y), z = int(blockIdx.z);
-  const int lane = int(threadIdx.x) % kWarp, warp = int(threadIdx.x) / kWarp;
-  const int q0 = a.cu_q ? a.cu_q[s] : 0;
-  const int nq = a.cu_q ? a.cu_q[s + 1] - q0 : a.n;
-  const int kv_len = a.cu_q ? a.kv_lens[s] : a.kv_len;
-  const int rows = nq * a.group;  // <= R (the launcher's bound)
-  const int first_pos = kv_len - nq;
-  const int lo = a.window > 0 ? max(0, first_pos - a.window + 1) : 0;
-  const int span = max(0, kv_len - lo);
-  int per = (span + a.splits - 1) / a.splits;
-  per = max(kMinKeys, (per + kWarp - 1) / kWarp * kWarp);
-  const int s_lo = lo + z * per;
-  const int s_hi = min(kv_len, s_lo + per);  // exclusive
-
-  float q[R][VEC];
-  int pos[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    pos[r] = -1;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) q[r][i] = 0.f;
-    if (r < rows) {
-      const int t = q0 + r / a.group, h = g * a.group + r % a.group;
-      KvRaw<float, VEC> qr;
-      qr.load(a.q, nullptr, (int64_t(t) * a.n_heads + h) * HD + lane * VEC);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) q[r][i] = qr.at(i);
-      pos[r] = first_pos + r / a.group;
-    }
-  }
-  float m[R], l[R], acc[R][VEC];
+// An online softmax with nothing seen yet: running max -inf, sums and accumulators 0.
+template <int R, int N>
+__device__ __forceinline__ void empty_state(float (&m)[R], float (&l)[R], float (&acc)[R][N]) {
 #pragma unroll
   for (int r = 0; r < R; ++r) {
     m[r] = -INFINITY;
     l[r] = 0.f;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) acc[r][i] = 0.f;
+    for (int i = 0; i < N; ++i) acc[r][i] = 0.f;
   }
+}
 
-  const int64_t kv_row = int64_t(a.n_kv_heads) * HD;
-  const int64_t lane_e = int64_t(g) * HD + lane * VEC;  // the lane's first element of a position's row
-  const int* table = a.table ? a.table + int64_t(s) * a.table_stride : nullptr;
-
-  // Software pipeline: the next round's K/V loads are issued before this round's math.
-  using Raw = KvRaw<KV, VEC>;
-  const auto fetch = [&](int j0, Raw (&kf)[kChunk], Raw (&vf)[kChunk]) {
-    int64_t at[kChunk];
-#pragma unroll
-    for (int u = 0; u < kChunk; ++u) {
-      const int j = min(j0 + u, s_hi - 1);  // past the end: a repeat of the last key, masked below
-      at[u] = (table ? (int64_t(__ldg(table + j / a.block_size)) * a.block_size + j % a.block_size) * kv_row
-                     : int64_t(j) * kv_row) + lane_e;
-    }
-#pragma unroll
-    for (int u = 0; u < kChunk; ++u) kf[u].load(a.k, a.k_scale, at[u]);
-#pragma unroll
-    for (int u = 0; u < kChunk; ++u) vf[u].load(a.v, a.v_scale, at[u]);
-  };
-  Raw kf[kChunk], vf[kChunk], kn[kChunk], vn[kChunk];
-  int j0 = s_lo + warp * kChunk;
-  if (j0 < s_hi) fetch(j0, kf, vf);
-  for (; j0 < s_hi; j0 += kWarps * kChunk) {
-    const bool more = j0 + kWarps * kChunk < s_hi;
-    if (more) fetch(j0 + kWarps * kChunk, kn, vn);
-#pragma unroll
-    for (int r = 0; r < R; ++r) {
-      if (r >= rows) break;  // warp-uniform
-      float sc[kChunk];
-      float mx = -INFINITY;
-#pragma unroll
-      for (int u = 0; u < kChunk; ++u) {
-        float d = warp_sum(kf[u].dot(q[r])) * a.scale;
-        if (a.softcap > 0.f) d = a.softcap * tanhf(d / a.softcap);
-        const int j = j0 + u;
-        const bool visible = j < s_hi && j <= pos[r] && (a.window <= 0 || j > pos[r] - a.window);
-        sc[u] = visible ? d : -INFINITY;
-        mx = fmaxf(mx, sc[u]);
-      }
-      const float m_new = fmaxf(m[r], mx);
-      if (m_new == -INFINITY) continue;  // nothing visible to this row yet
-      const float corr = __expf(m[r] - m_new);  // m = -inf: 0 (acc and l are 0 then anyway)
-      l[r] *= corr;
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) acc[r][i] *= corr;
-#pragma unroll
-      for (int u = 0; u < kChunk; ++u) {
-        const float p = __expf(sc[u] - m_new);
-        l[r] += p;
-        vf[u].axpy(p, acc[r]);
-      }
-      m[r] = m_new;
-    }
-    if (more) {
-#pragma unroll
-      for (int u = 0; u < kChunk; ++u) kf[u] = kn[u], vf[u] = vn[u];
-    }
+// What a block of either decode kernel works on: kv head g of sequence s, split z, its query rows
+// and the split's key range [s_lo, s_hi).
+struct Block {
+  int g, s, z, q0, rows, first_pos, s_lo, s_hi;
+  __device__ __forceinline__ explicit Block(const Args& a) {
+    g = int(blockIdx.x), s = int(blockIdx.y), z = int(blockIdx.z);
+    q0 = a.cu_q ? a.cu_q[s] : 0;
+    const int nq = a.cu_q ? a.cu_q[s + 1] - q0 : a.n;
+    const int kv_len = a.cu_q ? a.kv_lens[s] : a.kv_len;
+    rows = nq * a.group;  // <= R (the launcher's bound)
+    first_pos = kv_len - nq;
+    const int lo = a.window > 0 ? max(0, first_pos - a.window + 1) : 0;
+    const int span = max(0, kv_len - lo);
+    int per = (span + a.splits - 1) / a.splits;
+    per = max(kMinKeys, (per + kWarp - 1) / kWarp * kWarp);
+    s_lo = lo + z * per;
+    s_hi = min(kv_len, s_lo + per);  // exclusive
   }
-
-  // Merge the warps: every warp's state to shared memory, then one thread per (row, dim).
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    if (r >= rows) break;
-    if (lane == 0) sm_m[warp][r] = m[r], sm_l[warp][r] = l[r];
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) sm_acc[warp][r][lane * VEC + i] = acc[r][i];
+  // Whether key j is visible to a row at position p.
+  __device__ __forceinline__ bool visible(const Args& a, int j, int p) const {
+    return j < s_hi && j <= p && (a.window <= 0 || j > p - a.window);
   }
-  __syncthreads();
+};
+
+// The merge both kernels end with, once every warp has put its state (m, l per row; acc per row
+// and dim) into shared memory and the block has synchronised: warps merged one thread per (row,
+// dim); with one split, the output; else the split's partial, and the last block of a (sequence,
+// kv head) to finish (an atomic counter it resets) merges all splits.
+template <int HD, int R, int kWarps>
+__device__ __forceinline__ void merge_and_store(const Args& a, const Block& b, const float (&sm_m)[kWarps][R],
+                                                const float (&sm_l)[kWarps][R], const float (&sm_acc)[kWarps][R][HD]) {
+  constexpr int kThreads = kWarps * kWarp;
+  __shared__ float sm_w[R][kMaxSplits];
+  __shared__ int sm_last;
+  const int lane = int(threadIdx.x) % kWarp, warp = int(threadIdx.x) / kWarp;
+  const int g = b.g, s = b.s, z = b.z, q0 = b.q0, rows = b.rows;
+
   for (int idx = int(threadIdx.x); idx < rows * HD; idx += kThreads) {
     const int r = idx / HD, d = idx % HD;
     float M = -INFINITY;
@@ -354,6 +287,339 @@ __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>)
   }
 }
 
+template <typename KV, int HD, int R>
+__global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>) decode_kernel(const Args a) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
+  constexpr int kWarps = kWarpsFor<R>;
+  constexpr int VEC = HD / kWarp;
+  __shared__ float sm_m[kWarps][R], sm_l[kWarps][R];
+  __shared__ float sm_acc[kWarps][R][HD];
+  const Block blk(a);
+  const int g = blk.g, s = blk.s, q0 = blk.q0, rows = blk.rows, first_pos = blk.first_pos;
+  const int s_lo = blk.s_lo, s_hi = blk.s_hi;
+  const int lane = int(threadIdx.x) % kWarp, warp = int(threadIdx.x) / kWarp;
+
+  float q[R][VEC];
+  int pos[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    pos[r] = -1;
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) q[r][i] = 0.f;
+    if (r < rows) {
+      const int t = q0 + r / a.group, h = g * a.group + r % a.group;
+      KvRaw<float, VEC> qr;
+      qr.load(a.q, nullptr, (int64_t(t) * a.n_heads + h) * HD + lane * VEC);
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) q[r][i] = qr.at(i);
+      pos[r] = first_pos + r / a.group;
+    }
+  }
+  float m[R], l[R], acc[R][VEC];
+  empty_state(m, l, acc);
+
+  const int64_t kv_row = int64_t(a.n_kv_heads) * HD;
+  const int64_t lane_e = int64_t(g) * HD + lane * VEC;  // the lane's first element of a position's row
+  const int* table = a.table ? a.table + int64_t(s) * a.table_stride : nullptr;
+
+  // Software pipeline: the next round's K/V loads are issued before this round's math.
+  using Raw = KvRaw<KV, VEC>;
+  const auto fetch = [&](int j0, Raw (&kf)[kChunk], Raw (&vf)[kChunk]) {
+    int64_t at[kChunk];
+#pragma unroll
+    for (int u = 0; u < kChunk; ++u) {
+      const int j = min(j0 + u, s_hi - 1);  // past the end: a repeat of the last key, masked below
+      at[u] = (table ? (int64_t(__ldg(table + j / a.block_size)) * a.block_size + j % a.block_size) * kv_row
+                     : int64_t(j) * kv_row) + lane_e;
+    }
+#pragma unroll
+    for (int u = 0; u < kChunk; ++u) kf[u].load(a.k, a.k_scale, at[u]);
+#pragma unroll
+    for (int u = 0; u < kChunk; ++u) vf[u].load(a.v, a.v_scale, at[u]);
+  };
+  Raw kf[kChunk], vf[kChunk], kn[kChunk], vn[kChunk];
+  int j0 = s_lo + warp * kChunk;
+  if (j0 < s_hi) fetch(j0, kf, vf);
+  for (; j0 < s_hi; j0 += kWarps * kChunk) {
+    const bool more = j0 + kWarps * kChunk < s_hi;
+    if (more) fetch(j0 + kWarps * kChunk, kn, vn);
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      if (r >= rows) break;  // warp-uniform
+      float sc[kChunk];
+      float mx = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) {
+        float d = warp_sum(kf[u].dot(q[r])) * a.scale;
+        if (a.softcap > 0.f) d = a.softcap * tanhf(d / a.softcap);
+        const int j = j0 + u;
+        const bool visible = blk.visible(a, j, pos[r]);
+        sc[u] = visible ? d : -INFINITY;
+        mx = fmaxf(mx, sc[u]);
+      }
+      const float m_new = fmaxf(m[r], mx);
+      if (m_new == -INFINITY) continue;  // nothing visible to this row yet
+      const float corr = __expf(m[r] - m_new);  // m = -inf: 0 (acc and l are 0 then anyway)
+      l[r] *= corr;
+#pragma unroll
+      for (int i = 0; i < VEC; ++i) acc[r][i] *= corr;
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) {
+        const float p = __expf(sc[u] - m_new);
+        l[r] += p;
+        vf[u].axpy(p, acc[r]);
+      }
+      m[r] = m_new;
+    }
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) kf[u] = kn[u], vf[u] = vn[u];
+    }
+  }
+
+  // Merge the warps: every warp's state to shared memory, then one thread per (row, dim).
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (r >= rows) break;
+    if (lane == 0) sm_m[warp][r] = m[r], sm_l[warp][r] = l[r];
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) sm_acc[warp][r][lane * VEC + i] = acc[r][i];
+  }
+  __syncthreads();
+  merge_and_store<HD, R, kWarps>(a, blk, sm_m, sm_l, sm_acc);
+}
+
+// ---- key-parallel decode kernel (bf16 and quantized caches, <= 4 rows) ---------------------------
+//
+// The kernel above gives each lane head_dim / 32 elements of one key, so every (row, key) score is
+// a 5-shuffle warp reduction and every lane widens every element of every key once per row: at
+// long contexts its cost is instructions per key (~35 per row and key), not bytes, and a quantized
+// cache, with 2-4x fewer bytes a key, ran no faster (bench/RESULTS.md). Here kKpElems = 16
+// consecutive elements of a key sit in one lane, so G = head_dim / 16 lanes share a key and a
+// warp takes 32 / G keys per load: a score is a log2(G)-shuffle reduction inside the lane group,
+// K and V are widened once per key (not per row) and reused by every row, and the softmax of a key
+// is computed by its own group only. Each group keeps its own l and accumulator (the running max m
+// is warp-uniform, so the groups' states share one base) and the groups are added once at the end.
+inline constexpr int kKpElems = 16;
+inline constexpr int kKpWarps = 8;
+inline constexpr int kKpRows = 4;
+
+// 16 consecutive K/V elements of a lane as loaded, widened to float, and the factor the widened
+// values still need (a quantized group's scale, applied once per score and per weight p instead
+// of once per element).
+template <typename KV>
+struct KpRaw;
+template <>
+struct KpRaw<Bf16> {
+  __device__ __forceinline__ float scale() const { return 1.f; }
+  uint4 w[2];
+  __device__ __forceinline__ void load(const void* base, const uint16_t*, int64_t e) {
+    const uint4* p = reinterpret_cast<const uint4*>(static_cast<const Bf16*>(base) + e);
+    w[0] = __ldg(p), w[1] = __ldg(p + 1);
+  }
+  __device__ __forceinline__ void widen(float (&f)[kKpElems]) const {
+    const uint32_t u[8] = {w[0].x, w[0].y, w[0].z, w[0].w, w[1].x, w[1].y, w[1].z, w[1].w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) f[2 * i] = bf16_lo(u[i]), f[2 * i + 1] = bf16_hi(u[i]);
+  }
+};
+// Codes widen without an integer-to-float conversion (a quarter-rate instruction): a code's bits
+// under the exponent of 2^23 make the float 2^23 + bits exactly, and one subtraction leaves the
+// code (q8: the byte's sign bit flipped first, so bits = code + 128).
+template <>
+struct KpRaw<KvQ8> {
+  uint4 w;
+  float s;
+  __device__ __forceinline__ float scale() const { return s; }
+  __device__ __forceinline__ void load(const void* base, const uint16_t* scales, int64_t e) {
+    w = __ldg(reinterpret_cast<const uint4*>(static_cast<const uint8_t*>(base) + e));
+    s = kv_scale_at(scales, e);
+  }
+  __device__ __forceinline__ void widen(float (&f)[kKpElems]) const {
+    const uint32_t u[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      // Byte i % 4 of u[i / 4] into the low byte of 0x4B000000 (byte_perm selector: byte 0 from x,
+      // bytes 1-3 from y = 0x4B000000), its sign bit flipped: 2^23 + code + 128.
+      const uint32_t b = __byte_perm(u[i / 4], 0x4B000000u, 0x7650u | uint32_t(i % 4)) ^ 0x80u;
+      f[i] = __uint_as_float(b) - 8388736.f;  // 2^23 + 128
+    }
+  }
+};
+template <>
+struct KpRaw<KvQ4> {
+  uint2 w;
+  float s;
+  __device__ __forceinline__ float scale() const { return s; }
+  __device__ __forceinline__ void load(const void* base, const uint16_t* scales, int64_t e) {
+    w = __ldg(reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(base) + e / 2));
+    s = kv_scale_at(scales, e);
+  }
+  __device__ __forceinline__ void widen(float (&f)[kKpElems]) const {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t n = ((i < 8 ? w.x : w.y) >> (4 * (i % 8))) & 15u;  // code + 8
+      f[i] = __uint_as_float(n | 0x4B000000u) - 8388616.f;             // 2^23 + 8
+    }
+  }
+};
+
+// Keys a warp takes per round: 8 for bf16 and q8 (two or one 16-byte loads a lane per key), 16
+// for q4 (8 bytes a key: more keys keep as many bytes in flight). More spills registers.
+template <typename KV>
+inline constexpr int kKpKeysPerRound = std::is_same_v<KV, KvQ4> ? 16 : 8;
+
+template <typename KV, int HD>
+__global__ void __launch_bounds__(kKpWarps * kWarp, 1) decode_kp_kernel(const Args a) {
+  pdl_enter();  // pdl.cuh: the next kernel may start; wait for the previous one
+  constexpr int R = kKpRows, E = kKpElems, G = HD / E, KPS = kWarp / G;  // lanes a key, keys a load step
+  constexpr int KPR = kKpKeysPerRound<KV>, U = KPR / KPS;                // keys a round, load steps a round
+  static_assert(KPR % KPS == 0 && G >= 4 && G <= kWarp / 2, "head_dim 64 or 128");
+  __shared__ float sm_m[kKpWarps][R], sm_l[kKpWarps][R];
+  __shared__ float sm_acc[kKpWarps][R][HD];
+  const Block blk(a);
+  const int lane = int(threadIdx.x) % kWarp, warp = int(threadIdx.x) / kWarp;
+  const int gi = lane / G, li = lane % G;  // key slot of the step, element chunk of the key
+
+  float q[R][E];
+  int pos[R];
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    pos[r] = -1;
+#pragma unroll
+    for (int i = 0; i < E; ++i) q[r][i] = 0.f;
+    if (r < blk.rows) {
+      const int t = blk.q0 + r / a.group, h = blk.g * a.group + r % a.group;
+      const float4* qp = reinterpret_cast<const float4*>(a.q + (int64_t(t) * a.n_heads + h) * HD + li * E);
+#pragma unroll
+      for (int i = 0; i < E / 4; ++i) {
+        const float4 v = __ldg(qp + i);
+        q[r][4 * i] = v.x, q[r][4 * i + 1] = v.y, q[r][4 * i + 2] = v.z, q[r][4 * i + 3] = v.w;
+      }
+      pos[r] = blk.first_pos + r / a.group;
+    }
+  }
+  float m[R], l[R], acc[R][E];
+  empty_state(m, l, acc);
+
+  const int64_t kv_row = int64_t(a.n_kv_heads) * HD;
+  const int64_t lane_e = int64_t(blk.g) * HD + li * E;
+  const int* table = a.table ? a.table + int64_t(blk.s) * a.table_stride : nullptr;
+  using Raw = KpRaw<KV>;
+  const auto fetch = [&](int j0, Raw (&kr)[U], Raw (&vr)[U]) {
+    int64_t at[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int j = min(j0 + u * KPS + gi, blk.s_hi - 1);  // past the end: the last key again, masked
+      at[u] = (table ? (int64_t(__ldg(table + j / a.block_size)) * a.block_size + j % a.block_size) * kv_row
+                     : int64_t(j) * kv_row) + lane_e;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) kr[u].load(a.k, a.k_scale, at[u]);
+#pragma unroll
+    for (int u = 0; u < U; ++u) vr[u].load(a.v, a.v_scale, at[u]);
+  };
+  Raw kr[U], vr[U], kn[U], vn[U];
+  int j0 = blk.s_lo + warp * KPR;
+  if (j0 < blk.s_hi) fetch(j0, kr, vr);
+  for (; j0 < blk.s_hi; j0 += kKpWarps * KPR) {
+    const bool more = j0 + kKpWarps * KPR < blk.s_hi;
+    if (more) fetch(j0 + kKpWarps * KPR, kn, vn);
+    // Scores: partial dots over the lane's 16 elements, then added inside the lane group.
+    float sc[R][U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float kf[E];
+      kr[u].widen(kf);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        float d = 0.f;
+#pragma unroll
+        for (int i = 0; i < E; ++i) d = fmaf(q[r][i], kf[i], d);
+        sc[r][u] = d * kr[u].scale();
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+      for (int u = 0; u < U; ++u)
+#pragma unroll
+        for (int o = G / 2; o > 0; o >>= 1) sc[r][u] += __shfl_xor_sync(0xffffffffu, sc[r][u], o);
+    float p[R][U];
+#pragma unroll
+    for (int r = 0; r < R; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        float d = sc[r][u] * a.scale;
+        if (a.softcap > 0.f) d = a.softcap * tanhf(d / a.softcap);
+        const bool vis = r < blk.rows && blk.visible(a, j0 + u * KPS + gi, pos[r]);
+        sc[r][u] = vis ? d : -INFINITY;
+        mx = fmaxf(mx, sc[r][u]);
+      }
+#pragma unroll
+      for (int o = G; o < kWarp; o <<= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+      const float m_new = fmaxf(m[r], mx);
+      const float base = m_new == -INFINITY ? 0.f : m_new;  // nothing visible yet: any finite base
+      const float corr = __expf(m[r] - base);               // m = -inf: 0 (l and acc are 0 then)
+      m[r] = m_new;
+      l[r] *= corr;
+#pragma unroll
+      for (int i = 0; i < E; ++i) acc[r][i] *= corr;
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        p[r][u] = __expf(sc[r][u] - base);
+        l[r] += p[r][u];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      float vf[E];
+      vr[u].widen(vf);
+#pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const float ps = p[r][u] * vr[u].scale();
+#pragma unroll
+        for (int i = 0; i < E; ++i) acc[r][i] = fmaf(ps, vf[i], acc[r][i]);
+      }
+    }
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) kr[u] = kn[u], vr[u] = vn[u];
+    }
+  }
+
+  // Add the lane groups' states (they share the base m), then the warp's state to shared memory.
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    if (r >= blk.rows) break;
+#pragma unroll
+    for (int o = G; o < kWarp; o <<= 1) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], o);
+#pragma unroll
+      for (int i = 0; i < E; ++i) acc[r][i] += __shfl_xor_sync(0xffffffffu, acc[r][i], o);
+    }
+    if (lane == 0) sm_m[warp][r] = m[r], sm_l[warp][r] = l[r];
+    if (gi == 0) {
+#pragma unroll
+      for (int i = 0; i < E; ++i) sm_acc[warp][r][li * E + i] = acc[r][i];
+    }
+  }
+  __syncthreads();
+  merge_and_store<HD, R, kKpWarps>(a, blk, sm_m, sm_l, sm_acc);
+}
+
+// Whether the key-parallel kernel takes a call: bf16 or quantized K/V, head_dim 64 or 128 (256
+// would spill its registers), <= kKpRows rows a kv head. LATHE_DECODE_KP=0 keeps every call on
+// decode_kernel (for A/B measurements).
+inline bool use_key_parallel(bool narrow_kv, int64_t head_dim, int64_t rows) {
+  static const bool on = [] {
+    const char* e = std::getenv("LATHE_DECODE_KP");
+    return !(e && e[0] == '0');
+  }();
+  return on && narrow_kv && (head_dim == 64 || head_dim == 128) && rows <= kKpRows;
+}
+
 inline int max_rows(int64_t head_dim) { return head_dim == 256 ? 8 : kMaxRows; }
 
 inline bool supports_head_dim(int64_t head_dim) { return head_dim == 64 || head_dim == 128 || head_dim == 256; }
@@ -372,6 +638,16 @@ void launch_hd(const Context& ctx, const Args& a, dim3 grid, int rows) {
 
 template <typename KV>
 void launch(const Context& ctx, const Args& a, dim3 grid, int rows, int head_dim) {
+  if constexpr (!std::is_same_v<KV, float>) {
+    if (use_key_parallel(true, head_dim, rows)) {
+      if (head_dim == 64)
+        launch_pdl(ctx, decode_kp_kernel<KV, 64>, dim3(grid), dim3(kKpWarps * kWarp), 0, a);
+      else
+        launch_pdl(ctx, decode_kp_kernel<KV, 128>, dim3(grid), dim3(kKpWarps * kWarp), 0, a);
+      LATHE_CUDA_CHECK_LAUNCH("attention decode_kp_kernel");
+      return;
+    }
+  }
   switch (head_dim) {
     case 64: return launch_hd<KV, 64>(ctx, a, grid, rows);
     case 128: return launch_hd<KV, 128>(ctx, a, grid, rows);
