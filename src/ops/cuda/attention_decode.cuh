@@ -184,6 +184,23 @@ __device__ __forceinline__ void empty_state(float (&m)[R], float (&l)[R], float 
   }
 }
 
+// Both decode kernels' loads: the K and V slices (element lane_e on of a position's row) of keys
+// j[0..N), positions found through the block table (null: contiguous rows); all addresses first,
+// then every load, so they are in flight together.
+template <int N, typename Raw>
+__device__ __forceinline__ void fetch_keys(const Args& a, const int* table, int64_t kv_row, int64_t lane_e,
+                                           const int (&j)[N], Raw (&k)[N], Raw (&v)[N]) {
+  int64_t at[N];
+#pragma unroll
+  for (int u = 0; u < N; ++u)
+    at[u] = (table ? int64_t(__ldg(table + j[u] / a.block_size)) * a.block_size + j[u] % a.block_size : int64_t(j[u])) *
+                kv_row + lane_e;
+#pragma unroll
+  for (int u = 0; u < N; ++u) k[u].load(a.k, a.k_scale, at[u]);
+#pragma unroll
+  for (int u = 0; u < N; ++u) v[u].load(a.v, a.v_scale, at[u]);
+}
+
 // What a block of either decode kernel works on: kv head g of sequence s, split z, its query rows
 // and the split's key range [s_lo, s_hi).
 struct Block {
@@ -325,17 +342,10 @@ __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>)
   // Software pipeline: the next round's K/V loads are issued before this round's math.
   using Raw = KvRaw<KV, VEC>;
   const auto fetch = [&](int j0, Raw (&kf)[kChunk], Raw (&vf)[kChunk]) {
-    int64_t at[kChunk];
+    int j[kChunk];
 #pragma unroll
-    for (int u = 0; u < kChunk; ++u) {
-      const int j = min(j0 + u, s_hi - 1);  // past the end: a repeat of the last key, masked below
-      at[u] = (table ? (int64_t(__ldg(table + j / a.block_size)) * a.block_size + j % a.block_size) * kv_row
-                     : int64_t(j) * kv_row) + lane_e;
-    }
-#pragma unroll
-    for (int u = 0; u < kChunk; ++u) kf[u].load(a.k, a.k_scale, at[u]);
-#pragma unroll
-    for (int u = 0; u < kChunk; ++u) vf[u].load(a.v, a.v_scale, at[u]);
+    for (int u = 0; u < kChunk; ++u) j[u] = min(j0 + u, s_hi - 1);  // past the end: the last key again, masked below
+    fetch_keys(a, table, kv_row, lane_e, j, kf, vf);
   };
   Raw kf[kChunk], vf[kChunk], kn[kChunk], vn[kChunk];
   int j0 = s_lo + warp * kChunk;
@@ -507,17 +517,10 @@ __global__ void __launch_bounds__(kKpWarps * kWarp, 1) decode_kp_kernel(const Ar
   const int* table = a.table ? a.table + int64_t(blk.s) * a.table_stride : nullptr;
   using Raw = KpRaw<KV>;
   const auto fetch = [&](int j0, Raw (&kr)[U], Raw (&vr)[U]) {
-    int64_t at[U];
+    int j[U];
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int j = min(j0 + u * KPS + gi, blk.s_hi - 1);  // past the end: the last key again, masked
-      at[u] = (table ? (int64_t(__ldg(table + j / a.block_size)) * a.block_size + j % a.block_size) * kv_row
-                     : int64_t(j) * kv_row) + lane_e;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u) kr[u].load(a.k, a.k_scale, at[u]);
-#pragma unroll
-    for (int u = 0; u < U; ++u) vr[u].load(a.v, a.v_scale, at[u]);
+    for (int u = 0; u < U; ++u) j[u] = min(j0 + u * KPS + gi, blk.s_hi - 1);  // past the end: masked
+    fetch_keys(a, table, kv_row, lane_e, j, kr, vr);
   };
   Raw kr[U], vr[U], kn[U], vn[U];
   int j0 = blk.s_lo + warp * KPR;
