@@ -6,6 +6,8 @@
 # `lathe bench -b 1,8,32,64` for decode throughput by batch size. Run after gpu-check.sh unpacked the
 # bundle (it carries serve_load).
 #   scripts/gpu-bench-serve.sh [MODEL_DIR] [TEXT]
+# Environment: RATES, REQUESTS (serve_load), SERVE_ARGS (extra `lathe serve` options, e.g.
+# "--kv-cache q4"), SKIP_BENCH (no `lathe bench` at the end).
 set -u
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BIN=${BIN:-/tmp/gpu-check-build/build/bin}
@@ -34,9 +36,10 @@ for i in range(have, cfg["vocab_size"]):
 json.dump(tok, open(sys.argv[3], "w"))
 PY
 fi
-"$BIN/lathe" serve -m "$MODEL" --port "$PORT" --device cuda >"$LOGS/serve.log" 2>&1 &
+"$BIN/lathe" serve -m "$MODEL" --port "$PORT" --device cuda ${SERVE_ARGS:-} >"$LOGS/serve.log" 2>&1 &
 server=$!
 for _ in $(seq 120); do curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break; sleep 1; done
+grep -m1 "KV blocks" "$LOGS/serve.log"
 "$BIN/serve_load" --url "http://127.0.0.1:$PORT" --text "$TEXT" --rates ${RATES:-1,4,16,inf} --requests ${REQUESTS:-64} \
   --prompt-words 32:1024 --output-tokens 16:256 --prefix-words 1500 --prefix-requests 8 | tee "$LOGS/serve_load.txt"
 curl -s "http://127.0.0.1:$PORT/metrics" | grep -E "^lathe_" | head -40
