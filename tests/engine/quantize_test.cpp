@@ -154,6 +154,11 @@ TEST(Quantize, AdviseBpwFitsTheMemory) {
   EXPECT_DOUBLE_EQ(last, 8.0);
   // A longer context leaves less room for weights.
   EXPECT_LT(advise_bpw(*model, floor + 4 * MiB, 2048 + 512).bpw, advise_bpw(*model, floor + 4 * MiB, 2048).bpw);
+  // A quantized K/V cache counts its own bytes (9/32 of bf16's for q4) and leaves more for weights.
+  const auto bf16 = advise_bpw(*model, floor + 4 * MiB, 2048);
+  const auto q4 = advise_bpw(*model, floor + 4 * MiB, 2048, 6, ops::KvQuant::kQ4);
+  EXPECT_EQ(q4.kv_bytes * 32, bf16.kv_bytes * 9);
+  EXPECT_GT(q4.bpw, bf16.bpw);
 }
 
 TEST(Quantize, BadRequestsAreClearErrors) {
