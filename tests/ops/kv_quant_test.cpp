@@ -88,6 +88,24 @@ TEST(KvQuant, ZeroGroupsStoreZeroScaleAndZeroCodes) {
   }
 }
 
+// A NaN (a broken activation) neither becomes the group's scale nor an undefined code: code 0,
+// and the rest of the group keeps its scale.
+TEST(KvQuant, NanStoresCodeZero) {
+  std::vector<float> x(kKvQuantGroup, 1.f);
+  x[3] = std::nanf("");
+  x[5] = -2.f;
+  for (KvQuant q : {KvQuant::kQ8, KvQuant::kQ4}) {
+    std::vector<uint8_t> codes(kv_code_bytes(q, kKvQuantGroup));
+    uint16_t scale = 0;
+    kv_quantize(q, x.data(), kKvQuantGroup, codes.data(), &scale);
+    std::vector<float> back(x.size());
+    kv_dequantize(q, codes.data(), &scale, kKvQuantGroup, back.data());
+    EXPECT_EQ(back[3], 0.f) << kv_quant_name(q);
+    EXPECT_NEAR(back[5], -2.f, 5e-3f) << kv_quant_name(q);  // q8: scale rounded up, 1 float16 ulp
+    EXPECT_NEAR(back[0], 1.f, q == KvQuant::kQ8 ? 1e-2f : 0.13f) << kv_quant_name(q);
+  }
+}
+
 TEST(KvQuant, ElementCountMustBeWholeGroups) {
   const std::vector<float> x(40, 1.f);
   std::vector<uint8_t> codes(64);

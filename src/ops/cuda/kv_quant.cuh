@@ -48,7 +48,7 @@ __device__ __forceinline__ void kv_store_group(void* codes, uint16_t* scales, in
   if (fabsf(__half2float(__ushort_as_half(s16))) < fabsf(s_raw)) ++s16;  // away from zero, as the host
   const float s = __half2float(__ushort_as_half(s16));
   int c = 0;
-  if (s != 0.f && isfinite(s)) {
+  if (s != 0.f && isfinite(s) && !isnan(x)) {  // as the host: a NaN stores code 0
     const float r = rintf(x / s);
     c = std::is_same_v<KV, KvQ8> ? int(fminf(fmaxf(r, -127.f), 127.f)) : int(fminf(fmaxf(r, -8.f), 7.f));
   }

@@ -35,7 +35,7 @@ uint16_t kv_group_scale(KvQuant q, const float* x) {
 }
 
 int kv_code(KvQuant q, float x, float scale) {
-  if (scale == 0.f || !std::isfinite(scale)) return 0;
+  if (scale == 0.f || !std::isfinite(scale) || std::isnan(x)) return 0;  // (a NaN is not an amax: see kv_group_scale)
   const float r = std::rint(x / scale);
   return q == KvQuant::kQ8 ? int(std::clamp(r, -127.f, 127.f)) : int(std::clamp(r, -8.f, 7.f));
 }
