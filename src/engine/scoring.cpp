@@ -100,7 +100,9 @@ CompareResult compare(const model::Runner& base, const model::Runner& other, std
     fail(ErrorKind::kInvalidArgument, "the text has {} tokens, fewer than one window of --ctx {}", tokens.size(), opt.ctx);
   if (opt.max_windows > 0) windows = std::min(windows, opt.max_windows);
   const auto t0 = std::chrono::steady_clock::now();
-  model::KvCache ca(c, opt.ctx, base.ops()), cb(other.config(), opt.ctx, other.ops());
+  // The base keeps the unquantized cache, so the same model against itself with a quantized
+  // backend cache measures what that cache costs.
+  model::KvCache ca(c, opt.ctx, base.ops(), ops::KvQuant::kNone), cb(other.config(), opt.ctx, other.ops());
   model::Workspace wa(base.ops()), wb(other.ops());
   Tensor la, lb;
   const int64_t V = c.vocab_size, rows = opt.ctx - 1;

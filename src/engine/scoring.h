@@ -43,7 +43,9 @@ PerplexityResult perplexity(const model::Runner& runner, std::span<const int32_t
 
 // A model against a base model on the same windows (the perplexity protocol): both perplexities,
 // the mean KL divergence KL(base || model) of the next-token distributions, and how often their
-// top-1 tokens agree. The two models must share the tokenizer's vocabulary.
+// top-1 tokens agree. The two models must share the tokenizer's vocabulary. The base always runs
+// with the backend's unquantized K/V cache, the model with its Ops::kv_quant (--kv-cache q8|q4), so
+// a model against itself measures the quantized cache.
 struct CompareResult {
   double ppl_base = 0, ppl = 0;
   double kld = 0;           // mean over scored positions, nats

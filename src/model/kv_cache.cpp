@@ -9,9 +9,10 @@
 
 namespace lathe::model {
 
-KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops::Ops& ops)
+KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops::Ops& ops,
+               std::optional<ops::KvQuant> quant)
     : num_blocks_(num_blocks), block_size_(block_size), row_(c.num_kv_heads * c.head_dim),
-      dtype_(ops.kv_dtype(c.head_dim)), quant_(ops.kv_quant()) {
+      dtype_(ops.kv_dtype(c.head_dim)), quant_(quant.value_or(ops.kv_quant())) {
   if (num_blocks <= 0 || block_size <= 0)
     fail(ErrorKind::kInvalidArgument, "KV cache needs at least one block of at least one position (got {} x {})",
          num_blocks, block_size);
@@ -73,7 +74,8 @@ int64_t KvPool::positions_that_fit(const ModelConfig& c, ops::Ops& ops, double f
   return int64_t(free * fraction / per_position);
 }
 
-KvCache::KvCache(const ModelConfig& c, int64_t capacity, ops::Ops& ops) : pool_(c, 1, capacity, ops) {
+KvCache::KvCache(const ModelConfig& c, int64_t capacity, ops::Ops& ops, std::optional<ops::KvQuant> quant)
+    : pool_(c, 1, capacity, ops, quant) {
   seq_.blocks = {0};
 }
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "model/config.h"
@@ -22,7 +23,9 @@ namespace lathe::model {
 
 class KvPool {
  public:
-  KvPool(const ModelConfig& config, int64_t num_blocks, int64_t block_size, ops::Ops& ops);
+  // quant: the cache format, by default the backend's (Ops::kv_quant).
+  KvPool(const ModelConfig& config, int64_t num_blocks, int64_t block_size, ops::Ops& ops,
+         std::optional<ops::KvQuant> quant = std::nullopt);
 
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
@@ -67,7 +70,7 @@ struct SeqKv {
 
 class KvCache {
  public:
-  KvCache(const ModelConfig& config, int64_t capacity, ops::Ops& ops);
+  KvCache(const ModelConfig& config, int64_t capacity, ops::Ops& ops, std::optional<ops::KvQuant> quant = std::nullopt);
 
   int64_t length() const { return seq_.length; }
   int64_t capacity() const { return pool_.block_size(); }

@@ -332,6 +332,15 @@ TEST(Cli, PerplexityWithQuantizedKvCache) {
   EXPECT_NEAR(ppl["q8"], ppl["auto"], ppl["auto"] * 0.005);
   EXPECT_NEAR(ppl["q4"], ppl["auto"], ppl["auto"] * 0.02);
   EXPECT_NE(ppl["q4"], ppl["auto"]);
+  // eval of the model against itself: --kv-cache applies to -m only, so the KLD is the cache's.
+  const auto ev = lathe_cli("eval -m " + dir.string() + " --base " + dir.string() + " -f " + val.string() +
+                            " --ctx 512 --max-windows 3 --kv-cache q4 --json");
+  ASSERT_EQ(ev.code, 0) << ev.err;
+  const auto j = json::parse(ev.out);
+  EXPECT_GT(j["kld"].get<double>(), 1e-4);
+  EXPECT_LT(j["kld"].get<double>(), 3e-2);
+  EXPECT_DOUBLE_EQ(j["ppl"].get<double>(), ppl["q4"]);
+  EXPECT_DOUBLE_EQ(j["ppl_base"].get<double>(), ppl["auto"]);
 }
 
 TEST(Cli, EvalOfAModelAgainstItself) {
