@@ -10,6 +10,18 @@
 
 namespace lathe::cli {
 
+ops::KvQuant parse_kv_quant(const std::string& name) {
+  if (name == "q8") return ops::KvQuant::kQ8;
+  if (name == "q4") return ops::KvQuant::kQ4;
+  if (name != "auto" && name != "f32")
+    fail(ErrorKind::kInvalidArgument, "unknown --kv-cache '{}' (choose auto, f32, q8 or q4)", name);
+  return ops::KvQuant::kNone;
+}
+
+std::string kv_cache_name(const ops::Ops& ops, int64_t head_dim) {
+  return ops.kv_quant() != ops::KvQuant::kNone ? ops::kv_quant_name(ops.kv_quant()) : dtype_name(ops.kv_dtype(head_dim));
+}
+
 std::unique_ptr<ops::Ops> make_backend(const DeviceOptions& options, bool exact_by_default) {
   const std::string& name = options.device;
   ops::BackendOptions bo;
@@ -17,12 +29,8 @@ std::unique_ptr<ops::Ops> make_backend(const DeviceOptions& options, bool exact_
   else if (options.precision == "fast") bo.exact_matmul = false;
   else if (options.precision == "auto") bo.exact_matmul = exact_by_default;
   else fail(ErrorKind::kInvalidArgument, "unknown precision '{}' (choose auto, exact or fast)", options.precision);
-  ops::KvQuant quant = ops::KvQuant::kNone;
-  if (options.kv_cache == "f32") bo.kv_f32 = true;
-  else if (options.kv_cache == "q8") quant = ops::KvQuant::kQ8;
-  else if (options.kv_cache == "q4") quant = ops::KvQuant::kQ4;
-  else if (options.kv_cache != "auto")
-    fail(ErrorKind::kInvalidArgument, "unknown --kv-cache '{}' (choose auto, f32, q8 or q4)", options.kv_cache);
+  const ops::KvQuant quant = parse_kv_quant(options.kv_cache);
+  bo.kv_f32 = options.kv_cache == "f32";
   const auto with_quant = [&](std::unique_ptr<ops::Ops> ops) {
     if (ops) ops->set_kv_quant(quant);
     return ops;

@@ -23,6 +23,11 @@ struct DeviceOptions {
   std::string precision = "auto";
   std::string kv_cache = "auto";  // auto (bf16 on a GPU in fast precision), f32, q8 or q4
 };
+// --kv-cache q8 / q4 as the quantized format; auto (and f32) as KvQuant::kNone; anything else is a
+// clear error naming the choices.
+ops::KvQuant parse_kv_quant(const std::string& name);
+// What a backend's new caches hold for this head size: "q8", "q4", or the element type ("BF16").
+std::string kv_cache_name(const ops::Ops& ops, int64_t head_dim);
 std::unique_ptr<ops::Ops> make_backend(const DeviceOptions& options, bool exact_by_default);
 void add_backend_option(CLI::App* cmd, DeviceOptions& options);
 

@@ -105,8 +105,7 @@ void add_bench_command(CLI::App& app) {
     j["threads"] = num_threads();
     j["weight_bytes"] = model->loader().weight_bytes();
     j["load_seconds"] = load_s;
-    j["kv_cache"] = backend->kv_quant() != ops::KvQuant::kNone ? ops::kv_quant_name(backend->kv_quant())
-                                                              : dtype_name(backend->kv_dtype(c.head_dim));
+    j["kv_cache"] = kv_cache_name(*backend, c.head_dim);
     struct Row {
       std::string test;
       double tok_s, ms;

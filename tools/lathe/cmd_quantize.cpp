@@ -83,11 +83,7 @@ void add_quantize_command(CLI::App& app) {
     auto model = model::Model::load(opts->model);
     if (opts->advise) {
       if (!(opts->memory_gib > 0)) fail(ErrorKind::kInvalidArgument, "--advise needs --memory GiB (e.g. --memory 24)");
-      ops::KvQuant kvq = ops::KvQuant::kNone;
-      if (opts->kv_cache == "q8") kvq = ops::KvQuant::kQ8;
-      else if (opts->kv_cache == "q4") kvq = ops::KvQuant::kQ4;
-      else if (opts->kv_cache != "auto")
-        fail(ErrorKind::kInvalidArgument, "unknown --kv-cache '{}' for --advise (choose auto, q8 or q4)", opts->kv_cache);
+      const ops::KvQuant kvq = parse_kv_quant(opts->kv_cache);
       const auto a = engine::advise_bpw(*model, size_t(opts->memory_gib * double(1ull << 30)), opts->ctx,
                                         opts->head_bits, kvq);
       const double gib = double(1ull << 30);

@@ -132,8 +132,7 @@ void add_serve_command(CLI::App& app) {
       std::_Exit(130);
     }).detach();
 
-    const std::string kv_format = backend->kv_quant() != ops::KvQuant::kNone ? ops::kv_quant_name(backend->kv_quant())
-                                                                            : dtype_name(backend->kv_dtype(c.head_dim));
+    const std::string kv_format = kv_cache_name(*backend, c.head_dim);
     fmt::print("lathe serve: {} ({}, {} KV blocks of {} tokens, {} cache) at {}\n", served.name, c.architecture,
                eo.engine.num_blocks, o->block_size, kv_format, http.url());
     std::fflush(stdout);
