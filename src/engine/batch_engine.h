@@ -8,8 +8,17 @@
 // device, the whole row only when a draw reaches past them); a step with a request that asks for
 // logprobs brings every row to the host instead. Works on any backend (tests use the CPU). The
 // HTTP server sits above it.
+//
+// Overlap (on by default on device backends): once a step's tokens are drawn and the requests that
+// ended at EOS or their limit are off, step() launches the next step before it turns the tokens
+// into text and matches stop strings, and returns while that step runs, so the caller's own work
+// on the events (streaming them to clients) hides behind the device too. A request that a stop
+// string ends has one more token computed that is then dropped, which changes no request's
+// tokens. A step that needs whole logits rows (logprobs, grammars, logit bias, prompt logprobs)
+// runs without overlap.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -69,12 +78,18 @@ struct BatchEvent {
 struct BatchEngineOptions {
   int64_t num_blocks = 256;  // KV blocks of scheduler.block_size positions each
   SchedulerConfig scheduler;
+  // Launch step k+1 before step k's text work (see above). Unset: on for device backends unless
+  // LATHE_ENGINE_OVERLAP=0; host backends compute in launch, where overlap gains nothing.
+  std::optional<bool> overlap;
 };
 
 class BatchEngine {
  public:
   // `tokenizer` may be null: then events carry no text and stop strings are refused.
   BatchEngine(const model::Runner& runner, const BatchEngineOptions& options, const tok::Tokenizer* tokenizer = nullptr);
+  ~BatchEngine();
+  BatchEngine(const BatchEngine&) = delete;
+  BatchEngine& operator=(const BatchEngine&) = delete;
 
   // Throws kInvalidArgument / kOutOfRange for a request that can never run (empty prompt, too long
   // for the model's context or the cache).
@@ -84,22 +99,28 @@ class BatchEngine {
   std::vector<RequestId> add(const BatchRequest& request, int64_t n);
   // Ends a request at once; its blocks are free when this returns. False when unknown or finished.
   bool cancel(RequestId id);
-  // One forward pass over the scheduler's plan; events in plan order.
+  // One forward pass over the scheduler's plan; events in plan order. With overlap, the events
+  // are the last launched step's, and the next step is running when this returns.
   std::vector<BatchEvent> step();
-  bool idle() const { return scheduler_.num_running() + scheduler_.num_waiting() == 0; }
+  // No request left and no step in flight (one launched for requests that then ended still needs
+  // a step() to be collected).
+  bool idle() const { return scheduler_.num_running() + scheduler_.num_waiting() == 0 && !in_flight_ && !held_; }
+  bool overlaps() const { return overlap_; }
 
   // The request's generated tokens so far (kept after it finishes until forget()).
   std::vector<int32_t> generated(RequestId id) const;
   int64_t cached_tokens(RequestId id) const { return scheduler_.cached_tokens(id); }
   bool forget(RequestId id);
   const cache::BlockPool& blocks() const { return pool_; }
-  // Where the steps' time went: wall seconds of step() calls, and the part of it spent blocked on
-  // the device (ops::Ops::device_wait_seconds); the rest is host work (planning, launching,
-  // sampling, detokenizing), during which the device may sit idle.
+  // Where the steps' time went. `seconds`: the time from one step's results to the next's, over
+  // steps that followed another without a pause (the engine never idle between them);
+  // `host_seconds`: the part of it when the device had no step queued, from the previous step's
+  // results until this step was launched (sampling, planning, staging; without overlap also the
+  // text work and the caller's), taken as all of it when the device was done before the results
+  // were asked for (then how long it idled is unknown). The rest is the device's.
   struct StepClock {
-    int64_t steps = 0;
-    double seconds = 0, device_wait_seconds = 0;
-    double host_seconds() const { return seconds - device_wait_seconds; }
+    int64_t steps = 0;  // every step, timed or not
+    double seconds = 0, host_seconds = 0;
   };
   const StepClock& clock() const { return clock_; }
   // The same over decode-only steps (one token for every request in the plan): what a recorded
@@ -118,6 +139,23 @@ class BatchEngine {
     int64_t prompt_logprobs = -1;  // -1 once they were handed out (or never asked)
     std::vector<TokenLogprob> prompt_lp;  // collected as the prompt's chunks run
   };
+  using Clock = std::chrono::steady_clock;
+  // A launched step whose selection has not been read yet.
+  struct InFlight {
+    StepPlan plan;
+    bool decode_only = false;
+    Clock::time_point launched;
+    std::optional<Clock::time_point> after;  // the previous step's results, if it ran right before
+  };
+  bool needs_rows(const StepPlan& plan) const;
+  void inputs(const StepPlan& plan, std::vector<model::SeqKv>& kvs, std::vector<model::SeqInput>& seqs) const;
+  void launch(StepPlan plan);
+  std::vector<BatchEvent> collect();
+  std::vector<BatchEvent> run_rows(const StepPlan& plan);  // a whole-rows step, launch to results
+  void end_early(std::vector<BatchEvent>& events);          // EOS and token limits (before the next plan)
+  void finish_text(std::vector<BatchEvent>& events);        // text, stop strings, grammars
+  void account(bool decode_only, std::optional<Clock::time_point> after, Clock::time_point launched,
+               double wait, Clock::time_point ready);
   void collect_prompt_logprobs(Live& L, const StepItem& item, const float* rows);
   RequestId add_after(BatchRequest request, RequestId after);
   std::string text_of(Live& L, int32_t token);  // the token's final text through the stop matcher
@@ -129,6 +167,10 @@ class BatchEngine {
   Scheduler scheduler_;
   std::unordered_map<RequestId, Live> live_;
   StepClock clock_, decode_clock_;
+  bool overlap_ = false;
+  std::optional<InFlight> in_flight_;
+  std::optional<StepPlan> held_;  // planned after a step but needing whole rows: the next step() runs it
+  std::optional<Clock::time_point> ready_;  // the last step's results were in (while work remained)
 };
 
 }  // namespace lathe::engine

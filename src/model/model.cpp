@@ -49,21 +49,22 @@ float* Workspace::get(ops::Buffer& b, int64_t rows, int64_t cols) {
   return b.f32();
 }
 
-void* Workspace::staging(size_t bytes) {
-  if (staging_bytes_ < bytes) {
-    if (staging_) ops_->free_pinned(staging_);
-    staging_ = nullptr;
-    staging_bytes_ = 0;
+void* Workspace::pinned(void*& buf, size_t& have, size_t bytes) {
+  if (have < bytes) {
+    if (buf) ops_->free_pinned(buf);
+    buf = nullptr;
+    have = 0;
     const size_t rounded = std::max<size_t>(bytes * 2, 64 << 10);
-    staging_ = ops_->alloc_pinned(rounded);
-    staging_bytes_ = rounded;
+    buf = ops_->alloc_pinned(rounded);
+    have = rounded;
   }
-  return staging_;
+  return buf;
 }
 
 Workspace::~Workspace() {
   graphs.clear();
   if (staging_) ops_->free_pinned(staging_);
+  if (readback_) ops_->free_pinned(readback_);
 }
 
 Runner::Runner(const Model& model, ops::Ops& ops)
@@ -782,7 +783,6 @@ void Runner::ensure_rope_rows(int64_t positions) const {
 struct Runner::SelectRequest {
   std::span<const SelectRow> rows;
   int64_t k = 1;
-  Selection* out = nullptr;
 };
 
 void Runner::forward_batch(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, Tensor* logits) const {
@@ -791,11 +791,34 @@ void Runner::forward_batch(std::span<const SeqInput> seqs, KvPool& pool, Workspa
 
 void Runner::forward_select(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws,
                             std::span<const SelectRow> rows, int64_t k, Selection* out) const {
+  launch_select(seqs, pool, ws, rows, k);
+  collect_selection(ws, out);
+}
+
+void Runner::launch_select(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, std::span<const SelectRow> rows,
+                           int64_t k) const {
   SelectRequest req;
   req.rows = rows;
   req.k = k;
-  req.out = out;
+  ws.selection = {};
   step(seqs, pool, ws, nullptr, &req);
+}
+
+void Runner::collect_selection(Workspace& ws, Selection* out) const {
+  Workspace::PendingSelection& p = ws.selection;
+  if (!p.pending) fail(ErrorKind::kInternal, "collect_selection: no selection was launched");
+  p.pending = false;
+  ops_.synchronize();
+  const size_t n = size_t(p.rows * p.k);
+  const auto* ids = static_cast<const int32_t*>(ws.readback(0));
+  const auto* values = reinterpret_cast<const float*>(ids + n);
+  out->k = p.k;
+  out->ids.assign(ids, ids + n);
+  out->values.assign(values, values + n);
+  if (p.sums)
+    out->sums.assign(values + n, values + n + size_t(p.rows));
+  else
+    out->sums.assign(size_t(p.rows), 0.f);
 }
 
 void Runner::selected_logits_row(Workspace& ws, int64_t row, std::span<float> out) const {
@@ -1027,19 +1050,13 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
     tk.values = ws.get(ws.sel_values, R, k);
     tk.sums = ws.get(ws.sel_sums, R, 1);
     ops_.top_k(tk);
-    Selection& out = *select->out;
-    out.k = k;
-    out.ids.resize(size_t(R * k));
-    out.values.resize(size_t(R * k));
-    out.sums.assign(size_t(R), 0.f);
-    if (!sampled) {
-      ops_.copy_to_host(out.ids.data(), tk.ids, out.ids.size() * sizeof(int32_t));
-      ops_.copy_to_host(out.values.data(), tk.values, out.values.size() * sizeof(float));
-      return;
-    }
-    ops_.copy_to_host(out.ids.data(), tk.ids, out.ids.size() * sizeof(int32_t));
-    ops_.copy_to_host(out.values.data(), tk.values, out.values.size() * sizeof(float));
-    ops_.copy_to_host(out.sums.data(), tk.sums, out.sums.size() * sizeof(float));
+    // Queued behind the step into pinned memory (ids, values, then sums): collect_selection waits.
+    const size_t n_sel = size_t(R * k);
+    auto* back = static_cast<int32_t*>(ws.readback((2 * n_sel + size_t(R)) * 4));
+    ops_.copy_to_host_async(back, tk.ids, n_sel * sizeof(int32_t));
+    ops_.copy_to_host_async(back + n_sel, tk.values, n_sel * sizeof(float));
+    if (sampled) ops_.copy_to_host_async(back + 2 * n_sel, tk.sums, size_t(R) * sizeof(float));
+    ws.selection = {true, R, k, sampled};
     return;
   }
   if (st.rows > 0 && !host) {

@@ -89,8 +89,16 @@ class Workspace {
   Workspace& operator=(const Workspace&) = delete;
 
   float* get(ops::Buffer& b, int64_t rows, int64_t cols);
-  // Pinned host memory of at least `bytes` (contents kept only until the next call).
-  void* staging(size_t bytes);
+  // Pinned host memory of at least `bytes` (contents kept only until the next call): the step's
+  // inputs on their way to the device, and its token selection on its way back.
+  void* staging(size_t bytes) { return pinned(staging_, staging_bytes_, bytes); }
+  void* readback(size_t bytes) { return pinned(readback_, readback_bytes_, bytes); }
+  // The selection Runner::launch_select queued into readback(): collect_selection reads it.
+  struct PendingSelection {
+    bool pending = false;
+    int64_t rows = 0, k = 0;
+    bool sums = false;  // sums were copied too (a row samples at a temperature)
+  } selection;
   uint64_t generation() const { return generation_; }
 
   ops::Buffer x, h, q, k, v, qkv, attn, o, gate, up, router, moe_in, moe_out, moe_idx, moe_w, logits, logit_in;
@@ -108,8 +116,11 @@ class Workspace {
 
  private:
   ops::Ops* ops_;
+  void* pinned(void*& buf, size_t& have, size_t bytes);
   void* staging_ = nullptr;
   size_t staging_bytes_ = 0;
+  void* readback_ = nullptr;
+  size_t readback_bytes_ = 0;
   uint64_t generation_ = 1;
 };
 
@@ -149,6 +160,13 @@ class Runner {
   // row, k candidates each (1 <= k <= ops::TopKParams::kMaxK and the vocabulary).
   void forward_select(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, std::span<const SelectRow> rows,
                       int64_t k, Selection* out) const;
+  // forward_select in two halves, so the caller's host work overlaps the device's: launch_select
+  // queues the step and its selection and returns (on a device backend) before they ran;
+  // collect_selection waits for them and reads the selection. Between the two, nothing else may
+  // use `ws` or the pool's blocks of these sequences; the sequences' lengths advance at launch.
+  void launch_select(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, std::span<const SelectRow> rows,
+                     int64_t k) const;
+  void collect_selection(Workspace& ws, Selection* out) const;
   // Row `row` of the penalized logits of the last forward_select (a sampler's fallback).
   void selected_logits_row(Workspace& ws, int64_t row, std::span<float> out) const;
 

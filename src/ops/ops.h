@@ -457,6 +457,11 @@ class Ops {
   virtual void copy_to_backend_async(void* dst, const void* pinned_src, size_t bytes) {
     copy_to_backend(dst, pinned_src, bytes);
   }
+  // The other way: queued behind the work before it and returns at once (device backends); the
+  // pinned destination holds the bytes after the next synchronize(). Host backends: a plain copy.
+  virtual void copy_to_host_async(void* pinned_dst, const void* src, size_t bytes) {
+    copy_to_host(pinned_dst, src, bytes);
+  }
   // Records the ops `enqueue` issues into a replayable graph, or returns null (host backends, or
   // a device that cannot capture). While recording, ops must not allocate, copy to the host or
   // synchronise; nothing is executed until replay().

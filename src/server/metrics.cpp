@@ -33,19 +33,21 @@ std::string render_metrics(const EngineStats& s, const std::map<int, int64_t>& r
   metric(out, "lathe_requests_cancelled_total", "counter", "Requests cancelled because their client went away.",
          double(s.requests_cancelled_total));
   metric(out, "lathe_engine_steps_total", "counter", "Forward passes (engine steps) run.", double(s.steps.steps));
-  metric(out, "lathe_engine_step_seconds_total", "counter", "Wall time of the engine steps.", s.steps.seconds);
+  metric(out, "lathe_engine_step_seconds_total", "counter",
+         "Time from one step's results to the next's, over steps that followed another without a pause.",
+         s.steps.seconds);
   metric(out, "lathe_engine_step_host_seconds_total", "counter",
-         "Part of the steps' wall time not spent waiting for the device (planning, launching, sampling).",
-         s.steps.host_seconds());
-  metric(out, "lathe_engine_step_host_ratio", "gauge", "Host share of the engine steps' wall time since start.",
-         s.steps.seconds > 0 ? s.steps.host_seconds() / s.steps.seconds : 0.0);
+         "Part of that time with no step queued on the device (sampling, planning, launching; the device idles).",
+         s.steps.host_seconds);
+  metric(out, "lathe_engine_step_host_ratio", "gauge", "Host share of the engine steps' time since start.",
+         s.steps.seconds > 0 ? s.steps.host_seconds / s.steps.seconds : 0.0);
   metric(out, "lathe_engine_decode_steps_total", "counter", "Engine steps that decoded one token for every request.",
          double(s.decode_steps.steps));
-  metric(out, "lathe_engine_decode_step_seconds_total", "counter", "Wall time of the decode-only steps.",
+  metric(out, "lathe_engine_decode_step_seconds_total", "counter", "Time of the decode-only steps (as above).",
          s.decode_steps.seconds);
   metric(out, "lathe_engine_decode_step_host_ratio", "gauge",
-         "Host share of the decode-only steps' wall time since start (launching, sampling, streaming).",
-         s.decode_steps.seconds > 0 ? s.decode_steps.host_seconds() / s.decode_steps.seconds : 0.0);
+         "Host share of the decode-only steps' time since start: the part the device had no step queued.",
+         s.decode_steps.seconds > 0 ? s.decode_steps.host_seconds / s.decode_steps.seconds : 0.0);
   metric(out, "lathe_preemptions_total", "counter", "Sequences preempted (KV blocks ran out) and recomputed.",
          double(s.preemptions_total));
   out += "# HELP lathe_http_responses_total HTTP responses by status code.\n# TYPE lathe_http_responses_total counter\n";

@@ -61,10 +61,12 @@ TEST(BatchEngine, BatchedGreedyEqualsTransformers) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto fp = load(dir);
   Fixture& f = *fp;
-  for (int64_t budget : {int64_t(7), int64_t(64), int64_t(4096)}) {  // 7: every prompt in chunks beside decodes
-    BatchEngine e(f.runner, {.num_blocks = 512, .scheduler = {.block_size = 4, .token_budget = budget}});
-    run_all(f, e, 2);
-  }
+  for (bool overlap : {false, true})
+    for (int64_t budget : {int64_t(7), int64_t(64), int64_t(4096)}) {  // 7: every prompt in chunks beside decodes
+      BatchEngine e(f.runner, {.num_blocks = 512, .scheduler = {.block_size = 4, .token_budget = budget}, .overlap = overlap});
+      EXPECT_EQ(e.overlaps(), overlap);
+      run_all(f, e, 2);
+    }
 }
 
 // The second copy of each prompt starts from the first one's cached blocks and still matches.
@@ -93,9 +95,12 @@ TEST(BatchEngine, PreemptionGivesTheSameTokens) {
   Fixture& f = *fp;
   int64_t longest = 0;
   for (const auto& [p, w] : f.cases) longest = std::max<int64_t>(longest, int64_t(p.size() + w.size()));
-  BatchEngine e(f.runner, {.num_blocks = (longest + 3) / 4 + 2, .scheduler = {.block_size = 4, .token_budget = 4096}});
-  run_all(f, e, 2);
-  EXPECT_GT(e.scheduler().preemptions(), 0);
+  for (bool overlap : {false, true}) {
+    BatchEngine e(f.runner, {.num_blocks = (longest + 3) / 4 + 2, .scheduler = {.block_size = 4, .token_budget = 4096},
+                             .overlap = overlap});
+    run_all(f, e, 2);
+    EXPECT_GT(e.scheduler().preemptions(), 0);
+  }
 }
 
 TEST(BatchEngine, CancelFreesEveryBlock) {
@@ -115,8 +120,8 @@ TEST(BatchEngine, CancelFreesEveryBlock) {
   EXPECT_TRUE(e.step().empty());
 }
 
-// The step clock counts every step that ran (not the empty ones) and its wall time; the CPU
-// backend never waits for a device.
+// The step clock counts every step that ran (not the empty ones) and times each that followed
+// another (not the first); the CPU backend computes in the calling thread, so all of it is host time.
 TEST(BatchEngine, StepClockCountsSteps) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   auto fp = load(dir);
@@ -129,11 +134,18 @@ TEST(BatchEngine, StepClockCountsSteps) {
   EXPECT_EQ(e.clock().steps, ran);
   EXPECT_EQ(ran, 5);  // the prompt in one step (its first token), then one step per token
   EXPECT_GT(e.clock().seconds, 0);
-  EXPECT_EQ(e.clock().device_wait_seconds, 0);
-  EXPECT_EQ(e.clock().host_seconds(), e.clock().seconds);
+  EXPECT_EQ(e.clock().host_seconds, e.clock().seconds);
   EXPECT_EQ(e.decode_clock().steps, 4);  // all but the prompt's step
   EXPECT_GT(e.decode_clock().seconds, 0);
-  EXPECT_LT(e.decode_clock().seconds, e.clock().seconds);
+  EXPECT_EQ(e.decode_clock().host_seconds, e.decode_clock().seconds);
+  // The prompt's step is the first (untimed): the decodes are all of the timed steps.
+  EXPECT_DOUBLE_EQ(e.decode_clock().seconds, e.clock().seconds);
+  // After a pause the first step is not timed again.
+  const double before = e.clock().seconds;
+  e.add(greedy(f.cases[0].first, 1));
+  while (!e.idle()) e.step();
+  EXPECT_EQ(e.clock().steps, ran + 1);
+  EXPECT_EQ(e.clock().seconds, before);
 }
 
 TEST(BatchEngine, EosEndsARequest) {

@@ -225,6 +225,28 @@ struct Block {
   }
 };
 
+// Both kernels' query rows: N floats of row r (query t = q0 + r / group, head g * group + r %
+// group) from element e of the head, zeros for rows past b.rows; pos[r] is the row's position
+// (-1 past the end, so no key is visible to it).
+template <int R, int N>
+__device__ __forceinline__ void load_queries(const Args& a, const Block& b, int HD, int e, float (&q)[R][N],
+                                             int (&pos)[R]) {
+#pragma unroll
+  for (int r = 0; r < R; ++r) {
+    pos[r] = -1;
+#pragma unroll
+    for (int i = 0; i < N; ++i) q[r][i] = 0.f;
+    if (r < b.rows) {
+      const int t = b.q0 + r / a.group, h = b.g * a.group + r % a.group;
+      KvRaw<float, N> qr;
+      qr.load(a.q, nullptr, (int64_t(t) * a.n_heads + h) * HD + e);
+#pragma unroll
+      for (int i = 0; i < N; ++i) q[r][i] = qr.at(i);
+      pos[r] = b.first_pos + r / a.group;
+    }
+  }
+}
+
 // The merge both kernels end with, once every warp has put its state (m, l per row; acc per row
 // and dim) into shared memory and the block has synchronised: warps merged one thread per (row,
 // dim); with one split, the output; else the split's partial, and the last block of a (sequence,
@@ -318,20 +340,7 @@ __global__ void __launch_bounds__(kWarpsFor<R> * kWarp, kBlocksPerSm<KV, HD, R>)
 
   float q[R][VEC];
   int pos[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    pos[r] = -1;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) q[r][i] = 0.f;
-    if (r < rows) {
-      const int t = q0 + r / a.group, h = g * a.group + r % a.group;
-      KvRaw<float, VEC> qr;
-      qr.load(a.q, nullptr, (int64_t(t) * a.n_heads + h) * HD + lane * VEC);
-#pragma unroll
-      for (int i = 0; i < VEC; ++i) q[r][i] = qr.at(i);
-      pos[r] = first_pos + r / a.group;
-    }
-  }
+  load_queries(a, blk, HD, lane * VEC, q, pos);
   float m[R], l[R], acc[R][VEC];
   empty_state(m, l, acc);
 
@@ -493,22 +502,7 @@ __global__ void __launch_bounds__(kKpWarps * kWarp, 1) decode_kp_kernel(const Ar
 
   float q[R][E];
   int pos[R];
-#pragma unroll
-  for (int r = 0; r < R; ++r) {
-    pos[r] = -1;
-#pragma unroll
-    for (int i = 0; i < E; ++i) q[r][i] = 0.f;
-    if (r < blk.rows) {
-      const int t = blk.q0 + r / a.group, h = blk.g * a.group + r % a.group;
-      const float4* qp = reinterpret_cast<const float4*>(a.q + (int64_t(t) * a.n_heads + h) * HD + li * E);
-#pragma unroll
-      for (int i = 0; i < E / 4; ++i) {
-        const float4 v = __ldg(qp + i);
-        q[r][4 * i] = v.x, q[r][4 * i + 1] = v.y, q[r][4 * i + 2] = v.z, q[r][4 * i + 3] = v.w;
-      }
-      pos[r] = blk.first_pos + r / a.group;
-    }
-  }
+  load_queries(a, blk, HD, li * E, q, pos);
   float m[R], l[R], acc[R][E];
   empty_state(m, l, acc);
 

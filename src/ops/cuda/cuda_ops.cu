@@ -344,6 +344,11 @@ class CudaOps final : public Ops {
     if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(dst, pinned_src, bytes, cudaMemcpyHostToDevice, ctx_.stream));
   }
 
+  void copy_to_host_async(void* pinned_dst, const void* src, size_t bytes) override {
+    no_capture("copy_to_host_async");
+    if (bytes) LATHE_CUDA_CHECK(cudaMemcpyAsync(pinned_dst, src, bytes, cudaMemcpyDeviceToHost, ctx_.stream));
+  }
+
   // Records on our stream (thread-local mode: other threads' CUDA calls are not affected). Ops that
   // would allocate or synchronise throw while recording; the partial graph is discarded then.
   std::unique_ptr<Graph> capture(const std::function<void()>& enqueue) override {
