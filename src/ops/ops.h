@@ -77,6 +77,9 @@ struct RopeParams {
 
 // Causal self-attention of n new queries against a KV cache holding kv_len positions, the last n
 // of which belong to the queries (query i sits at position kv_len - n + i).
+// (What a quantized K/V cache stores: see below.)
+enum class KvQuant : uint8_t { kNone, kQ8, kQ4 };
+
 struct AttentionParams {
   const float* q = nullptr;  // [n, n_heads, head_dim]
   const float* k = nullptr;  // [>= kv_len, n_kv_heads, head_dim]  (position-major cache)
@@ -90,6 +93,17 @@ struct AttentionParams {
   float scale = 1.f;         // multiplies q.k
   float softcap = 0.f;       // > 0: score = softcap * tanh(score / softcap) (Gemma 2)
   int64_t window = 0;        // > 0: key j visible to query at p iff p - window < j <= p
+  // A paged source (backends whose attention reads it: Ops::attention_reads_paged): key j is row
+  // block_table[j / block_size] * block_size + j % block_size of the pool k / v point at (float),
+  // or of k_codes / v_codes with their scales when kv_quant is set (see KvQuant), read a tile of
+  // keys at a time, never the whole context at once.
+  const int32_t* block_table = nullptr;
+  int64_t block_size = 0;
+  KvQuant kv_quant = KvQuant::kNone;
+  const void* k_codes = nullptr;
+  const void* v_codes = nullptr;
+  const uint16_t* k_scale = nullptr;
+  const uint16_t* v_scale = nullptr;
 };
 
 // Quantized K/V cache (Ops::kv_quant, --kv-cache q8|q4): each head's row of a position is cut into
@@ -101,7 +115,6 @@ struct AttentionParams {
 // Codes: [rows, n_kv_heads, head_dim] elements of 1 or 1/2 byte; scales: [rows, n_kv_heads,
 // head_dim / kKvQuantGroup] float16 bits. Attention reads codes and scales directly (ops/kv_quant.h
 // has the host reference both sides follow).
-enum class KvQuant : uint8_t { kNone, kQ8, kQ4 };
 inline constexpr int64_t kKvQuantGroup = 32;
 const char* kv_quant_name(KvQuant q);  // "none", "q8", "q4"
 
@@ -516,8 +529,11 @@ class Ops {
   virtual void apply_penalties(const PenaltyParams& p);
   virtual void top_k(const TopKParams& p);
   // Default (host backends): one attention() per sequence, over its K/V rows in place when its
-  // blocks are consecutive, else gathered into a contiguous copy first.
+  // blocks are consecutive (and not quantized); else, where attention_reads_paged(), through the
+  // block table a tile at a time (AttentionParams' paged source), and otherwise gathered and
+  // widened into a contiguous float copy first (the reference backend's way).
   virtual void attention_batch(const BatchAttentionParams& p);
+  virtual bool attention_reads_paged() const { return false; }
 
  protected:
   // For host-memory backends' matmul_exl2: a call with glu_up runs as glu into a temporary, then

@@ -199,13 +199,16 @@ TEST_F(OpsParity, AttentionOddHeadDimAndLongContext) {
 }
 
 // Several sequences over a paged pool: the host backends run each sequence on its own (blocks in
-// place when consecutive, else gathered); the result must equal the per-sequence reference.
+// place when consecutive; else the CPU reads them through the table a tile at a time, the
+// reference gathers them); the result must equal the per-sequence reference.
 TEST_F(OpsParity, AttentionBatchPaged) {
   using lathe::testing::check_batch_attention;
   Worst worst("attention batch (paged)");
   check_batch_attention(*cpu, *ref, rng, worst, {{1, 1, 1}, {5, 40, 17}, 4, 2, 32, 0, 0.f, 4}, kAttentionTol);
   check_batch_attention(*cpu, *ref, rng, worst, {{7, 1, 20}, {7, 90, 60}, 4, 1, 64, 9, 5.f, 8}, kAttentionTol);
   check_batch_attention(*cpu, *ref, rng, worst, {{3, 1}, {300, 64}, 2, 2, 16, 0, 0.f, 64, 2}, kAttentionTol);
+  // A long decode split over threads, and a prefill of 40 queries (K^T packed through the table).
+  check_batch_attention(*cpu, *ref, rng, worst, {{1, 40}, {1500, 300}, 4, 1, 64, 0, 0.f, 16}, kAttentionTol);
 }
 
 TEST_F(OpsParity, AttentionAnyThreadCount) {

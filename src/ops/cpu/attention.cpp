@@ -11,6 +11,9 @@
 // P V always runs on the micro-kernel, reading V rows in place (they are contiguous along d).
 // When there are fewer items than threads (decode with few kv heads) the key range is split and
 // the partial (m, l, O) results are merged afterwards.
+// A paged source (a block table, float or quantized rows: AttentionParams) is read a block of kBk
+// keys at a time: the item gathers (and widens) the block's K and V rows of its kv head into its
+// own scratch, so no copy of the whole context is ever made.
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "ops/cpu/attention.cpp"
 #include <hwy/foreach_target.h>  // IWYU pragma: keep
@@ -27,6 +30,7 @@
 #include "core/parallel.h"
 #include "ops/cpu/cpu_internal.h"
 #include "ops/cpu/simd-inl.h"
+#include "ops/kv_quant.h"
 
 HWY_BEFORE_NAMESPACE();
 namespace lathe::ops::cpu {
@@ -50,6 +54,18 @@ struct Plan {
   float* part_m = nullptr;
   float* part_l = nullptr;
 
+  // Row j of kv head g of K (v = false) or V: in place in a plain source, else from the block
+  // table, widened into `tmp` (head_dim floats) when quantized.
+  const float* row(bool v, size_t j, size_t g, float* tmp) const {
+    if (!p->block_table) return (v ? p->v : p->k) + (j * Hkv + g) * d;
+    const int64_t bs = p->block_size;
+    const int64_t slot = int64_t(p->block_table[int64_t(j) / bs]) * bs + int64_t(j) % bs;
+    const int64_t e = (slot * int64_t(Hkv) + int64_t(g)) * int64_t(d);
+    if (p->kv_quant == KvQuant::kNone) return (v ? p->v : p->k) + e;
+    const auto* codes = static_cast<const uint8_t*>(v ? p->v_codes : p->k_codes) + kv_code_bytes(p->kv_quant, e);
+    kv_dequantize(p->kv_quant, codes, (v ? p->v_scale : p->k_scale) + e / kKvQuantGroup, int64_t(d), tmp);
+    return tmp;
+  }
   size_t pos(size_t t) const { return L - n + t; }
   size_t first(size_t t) const {
     const int64_t w = p->window;
@@ -140,9 +156,23 @@ void ProcessItem(const Plan& P, size_t item) {
   const size_t nr = kTileVecs * N;
   const float* a[kTileRows];
   float* c[kTileRows];
+  // A paged source: the block's K and V rows of kv head g, gathered (widened) kBk at a time.
+  const bool paged = p.block_table != nullptr;
+  float* kblk = paged ? thread_scratch(6, kBk * dd) : nullptr;
+  float* vblk = paged ? thread_scratch(7, kBk * dd) : nullptr;
   // Packed K^T is padded to a multiple of kBk, so prefill blocks start aligned.
   for (size_t j0 = P.kt ? kbeg / kBk * kBk : kbeg; j0 < kend; j0 += kBk) {
     const size_t bk = std::min(kBk, kend - j0);
+    if (paged) {
+      for (size_t jj = 0; jj < bk; ++jj) {
+        if (!P.kt) {
+          const float* kr = P.row(false, j0 + jj, g, kblk + jj * dd);
+          if (kr != kblk + jj * dd) std::copy(kr, kr + dd, kblk + jj * dd);
+        }
+        const float* vr = P.row(true, j0 + jj, g, vblk + jj * dd);
+        if (vr != vblk + jj * dd) std::copy(vr, vr + dd, vblk + jj * dd);
+      }
+    }
     // ---- S = Q K^T for this block
     if (P.kt) {
       const float* ktg = P.kt + g * dd * P.ldkt + j0;
@@ -159,7 +189,7 @@ void ProcessItem(const Plan& P, size_t item) {
     } else {
       for (size_t jj = 0; jj < bk; ++jj) {
         const size_t j = j0 + jj;
-        const float* kj = p.k + (j * P.Hkv + g) * dd;
+        const float* kj = paged ? kblk + jj * dd : p.k + (j * P.Hkv + g) * dd;
         for (size_t r = 0; r < rows; ++r)
           if (j >= row_first(r) && j < row_end(r)) S[r * kBk + jj] = Dot(qrow(r), kj, dd);
       }
@@ -185,7 +215,8 @@ void ProcessItem(const Plan& P, size_t item) {
     }
     if (!any) continue;
     // ---- O += P V (V rows read in place, ldkv apart)
-    const float* vb = p.v + (j0 * P.Hkv + g) * dd;
+    const float* vb = paged ? vblk : p.v + (j0 * P.Hkv + g) * dd;
+    const size_t ldv = paged ? dd : P.ldkv;
     for (size_t r0 = 0; r0 < rows; r0 += kTileRows) {
       const int rr = int(std::min<size_t>(kTileRows, rows - r0));
       for (size_t c0 = 0; c0 < dfull; c0 += nr) {
@@ -193,13 +224,13 @@ void ProcessItem(const Plan& P, size_t item) {
           a[i] = S + (r0 + size_t(i)) * kBk;
           c[i] = O + (r0 + size_t(i)) * dd + c0;
         }
-        Tile(rr, int(std::min(nr, dfull - c0) / N), a, bk, vb + c0, P.ldkv, c, nullptr, true);
+        Tile(rr, int(std::min(nr, dfull - c0) / N), a, bk, vb + c0, ldv, c, nullptr, true);
       }
       for (size_t col = dfull; col < dd; ++col)  // head_dim not a multiple of the vector width
         for (int i = 0; i < rr; ++i) {
           const float* pr = S + (r0 + size_t(i)) * kBk;
           float acc = 0.f;
-          for (size_t jj = 0; jj < bk; ++jj) acc += pr[jj] * vb[jj * P.ldkv + col];
+          for (size_t jj = 0; jj < bk; ++jj) acc += pr[jj] * vb[jj * ldv + col];
           O[(r0 + size_t(i)) * dd + col] += acc;
         }
     }
@@ -272,9 +303,10 @@ void AttentionImpl(const AttentionParams& p) {
       for (size_t blk = size_t(b); blk < size_t(e); ++blk) {
         const size_t g = blk / kblocks, j0 = (blk % kblocks) * kBk;
         float* dst = kt + g * P.d * P.ldkt;
+        float* tmp = p.block_table ? thread_scratch(6, P.d) : nullptr;  // a quantized row widened
         for (size_t j = j0; j < j0 + kBk; ++j) {
           if (j < P.L) {
-            const float* src = p.k + (j * P.Hkv + g) * P.d;
+            const float* src = P.row(false, j, g, tmp);
             for (size_t i = 0; i < P.d; ++i) dst[i * P.ldkt + j] = src[i];
           } else {
             for (size_t i = 0; i < P.d; ++i) dst[i * P.ldkt + j] = 0.f;

@@ -31,9 +31,10 @@ inline constexpr int64_t kGemvMaxTokens = 8;
 // Per-thread growable scratch, 64-byte aligned so packed panels start on a cache line. `slot`
 // separates buffers a kernel needs at the same time: slots 0-2 belong to code running inside a
 // parallel region, 3-5 to the calling thread for buffers it shares with the workers (the caller is
-// also worker 0, so the two ranges must not overlap). Memory is kept between calls (the OpenMP pool
-// is persistent), so steady-state decode and prefill allocate nothing.
-inline constexpr int kScratchSlots = 6;
+// also worker 0, so the two ranges must not overlap), 6-7 to code inside a parallel region again.
+// Memory is kept between calls (the OpenMP pool is persistent), so steady-state decode and prefill
+// allocate nothing.
+inline constexpr int kScratchSlots = 8;
 inline float* thread_scratch(int slot, size_t floats) {
   struct Buffer {
     std::unique_ptr<float, decltype(&std::free)> data{nullptr, &std::free};

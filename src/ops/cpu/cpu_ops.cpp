@@ -17,6 +17,7 @@ class CpuOps final : public Ops {
   void rms_norm(const RmsNormParams& p) override { cpu::rms_norm(p); }
   void rope(const RopeParams& p) override { cpu::rope(p); }
   void attention(const AttentionParams& p) override { cpu::attention(p); }
+  bool attention_reads_paged() const override { return true; }
   void glu(const GluParams& p) override { cpu::glu(p); }
   void embedding(const EmbeddingParams& p) override { cpu::embedding(p); }
   void add(float* y, const float* x, int64_t n) override { cpu::add(y, x, n); }

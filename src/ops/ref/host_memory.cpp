@@ -244,7 +244,17 @@ void Ops::attention_batch(const BatchAttentionParams& p) {
     bool consecutive = true;
     for (int64_t b = 1; b < blocks; ++b) consecutive &= table[b] == table[0] + b;
     AttentionParams a;
-    if (quant) {
+    if ((quant || !consecutive) && attention_reads_paged()) {
+      a.block_table = table;
+      a.block_size = p.block_size;
+      a.kv_quant = p.kv_quant;
+      a.k = pk;
+      a.v = pv;
+      a.k_codes = p.k;
+      a.v_codes = p.v;
+      a.k_scale = p.k_scale;
+      a.v_scale = p.v_scale;
+    } else if (quant) {
       // The host reference widens the sequence's rows block by block (the CUDA kernels read the
       // codes in place).
       kbuf.resize(size_t(kv * row));
