@@ -62,7 +62,9 @@ class EngineLoop {
   bool draining() const;
   EngineStats stats() const;
   int64_t capacity() const { return capacity_; }
-  // Runs fn on the engine thread between steps and waits for it (tests: block audits).
+  // Runs fn on the engine thread between steps and waits for it (tests: block audits). With the
+  // engine's overlap a step may be running on the device meanwhile: fn may use the runner with its
+  // own workspace and pool (the backend orders the work), not the engine's.
   void run_on_engine(const std::function<void(engine::BatchEngine&)>& fn);
 
  private:
