@@ -16,7 +16,7 @@ KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops
   if (num_blocks <= 0 || block_size <= 0)
     fail(ErrorKind::kInvalidArgument, "KV cache needs at least one block of at least one position (got {} x {})",
          num_blocks, block_size);
-  if (num_blocks * block_size > (int64_t(1) << 31) - 1)
+  if (num_blocks * block_size + 1 > (int64_t(1) << 31) - 1)
     fail(ErrorKind::kOutOfRange, "KV cache of {} x {} positions is too large (at most 2^31 - 1)", num_blocks,
          block_size);
   if (quant_ != ops::KvQuant::kNone && !ops.supports_kv_quant(c.head_dim))
@@ -26,7 +26,7 @@ KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops
          ops::kv_quant_name(quant_), ops.name(), ops.host_memory() ? "a multiple of 32" : "64, 128 or 256", c.head_dim);
   static std::atomic<uint64_t> next_id{1};
   id_ = next_id++;
-  const int64_t elems = num_blocks * block_size * row_;
+  const int64_t elems = (num_blocks * block_size + 1) * row_;  // (+1: the scratch row)
   const size_t bytes = quant_ != ops::KvQuant::kNone ? ops::kv_code_bytes(quant_, elems) : size_t(elems) * dtype_size(dtype_);
   const size_t scale_bytes = quant_ != ops::KvQuant::kNone ? ops::kv_scale_bytes(elems) : 0;
   // On a device, say what is needed and what is free before allocating anything.

@@ -30,6 +30,9 @@ class KvPool {
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   int64_t row_size() const { return row_; }  // n_kv_heads * head_dim
+  // One more row past the blocks that no sequence owns: where the padding sequences of a
+  // bucketed decode step (Runner::set_decode_buckets) write their K/V.
+  int64_t scratch_slot() const { return num_blocks_ * block_size_; }
   void* k(int64_t layer) const { return k_[size_t(layer)].data(); }
   void* v(int64_t layer) const { return v_[size_t(layer)].data(); }
   DType dtype() const { return dtype_; }  // of unquantized caches

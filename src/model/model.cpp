@@ -70,6 +70,8 @@ Workspace::~Workspace() {
 Runner::Runner(const Model& model, ops::Ops& ops)
     : model_(model), ops_(ops), rope_short_(rope_frequencies(model.config(), 1)) {
   if (const char* g = std::getenv("LATHE_GRAPHS"); g && std::string_view(g) == "0") graphs_ = false;
+  buckets_ = graphs_ && !ops.host_memory();
+  if (const char* b = std::getenv("LATHE_DECODE_BUCKETS"); b && std::string_view(b) == "0") buckets_ = false;
   // EXL2 layers run from their packed bits (LATHE_EXL2_PACKED=0: from the float16 copy), except
   // MoE experts on a device backend (their kernels read float weights).
   packed_ = packed_exl2_enabled() && (ops.host_memory() || !model.arch().moe);
@@ -795,6 +797,13 @@ void Runner::forward_select(std::span<const SeqInput> seqs, KvPool& pool, Worksp
   collect_selection(ws, out);
 }
 
+int64_t Runner::decode_bucket(int64_t seqs) {
+  if (seqs <= 2) return seqs;
+  if (seqs <= 4) return 4;
+  if (seqs > 512) return seqs;
+  return (seqs + 7) / 8 * 8;
+}
+
 void Runner::launch_select(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, std::span<const SelectRow> rows,
                            int64_t k) const {
   SelectRequest req;
@@ -872,6 +881,14 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
   std::sort(seen.begin(), seen.end());
   if (std::adjacent_find(seen.begin(), seen.end()) != seen.end())
     fail(ErrorKind::kInvalidArgument, "forward: a sequence appears twice in one batch");
+  // Padding sequences up to the step's bucket (set_decode_buckets): one token each at position 0,
+  // K/V written to the scratch row, keys read from block 0 (whatever it holds: their outputs are
+  // never used), a greedy selection row each after the real ones.
+  const int64_t pad = decode && select && buckets_ ? decode_bucket(S) - S : 0;
+  st.seqs += pad;
+  st.n += pad;
+  st.max_kv = std::max<int64_t>(st.max_kv, 1);
+  st.rows += pad;
 
   // Decode steps replay a graph: its shapes must not depend on this step's lengths, so the table
   // row length is rounded up to a power of two and the key bound is what that table can hold.
@@ -892,6 +909,7 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
         rows.push_back(int32_t(t + n - 1));
       t += n;
     }
+    for (int64_t i = 0; i < pad; ++i) rows.push_back(int32_t(t++));
     st.rows_first = rows.empty() ? 0 : rows.front();
     for (size_t i = 0; i < rows.size(); ++i)
       if (rows[i] != rows.front() + int32_t(i)) st.rows_first = -1;
@@ -919,16 +937,17 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
   // Selection inputs: per row penalty pairs (offsets, ids, counts), then four floats per row.
   size_t n_pairs = 0;
   if (select) {
-    if (int64_t(select->rows.size()) != st.rows)
-      fail(ErrorKind::kInternal, "forward_select: {} selection rows for {} logits rows", select->rows.size(), st.rows);
+    if (int64_t(select->rows.size()) + pad != st.rows)
+      fail(ErrorKind::kInternal, "forward_select: {} selection rows for {} logits rows", select->rows.size(), st.rows - pad);
     const int64_t kmax = std::min<int64_t>(c.vocab_size, ops::TopKParams::kMaxK);
     if (select->k < 1 || select->k > kmax)
       fail(ErrorKind::kInvalidArgument, "token selection wants {} candidates; 1..{} are possible", select->k, kmax);
     for (const SelectRow& r : select->rows) n_pairs += r.penalized.size();
   }
+  const int64_t SP = st.seqs;  // with the padding sequences
   const size_t o_ids = 0, o_slots = align16(size_t(n)), o_cu = o_slots + align16(size_t(n)),
-               o_kv = o_cu + align16(size_t(S + 1)), o_table = o_kv + align16(size_t(S)),
-               o_rows = o_table + align16(size_t(S * st.stride)), o_cos = o_rows + align16(rows.size()),
+               o_kv = o_cu + align16(size_t(SP + 1)), o_table = o_kv + align16(size_t(SP)),
+               o_rows = o_table + align16(size_t(SP * st.stride)), o_cos = o_rows + align16(rows.size()),
                o_sin = o_cos + align16(size_t(n * half)), o_poff = o_sin + align16(size_t(n * half)),
                o_pid = o_poff + align16(select ? rows.size() + 1 : 0), o_pcnt = o_pid + align16(n_pairs),
                o_pval = o_pcnt + align16(n_pairs), total = o_pval + align16(select ? 4 * rows.size() : 0);
@@ -971,13 +990,22 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
       rope_rows(kv.length, cnt, sf + o_cos + size_t(t * half), sf + o_sin + size_t(t * half));
       t += cnt;
     }
-    si[o_cu + size_t(S)] = int32_t(t);
+    for (int64_t s = S; s < SP; ++s, ++t) {  // padding sequences
+      si[o_cu + size_t(s)] = int32_t(t);
+      si[o_kv + size_t(s)] = 1;
+      for (int64_t b = 0; b < st.stride; ++b) si[o_table + size_t(s * st.stride + b)] = 0;
+      si[o_ids + size_t(t)] = 0;
+      si[o_slots + size_t(t)] = int32_t(pool.scratch_slot());
+      rope_rows(0, 1, sf + o_cos + size_t(t * half), sf + o_sin + size_t(t * half));
+    }
+    si[o_cu + size_t(SP)] = int32_t(t);
     std::copy(rows.begin(), rows.end(), si + o_rows);
     if (select) {
       const size_t R = rows.size();
+      const SelectRow greedy;  // the padding rows'
       size_t at = 0;
       for (size_t r = 0; r < R; ++r) {
-        const SelectRow& row = select->rows[r];
+        const SelectRow& row = r < select->rows.size() ? select->rows[r] : greedy;
         si[o_poff + r] = int32_t(at);
         for (auto [id, count] : row.penalized) {
           if (id < 0 || id >= c.vocab_size) fail(ErrorKind::kInternal, "penalized token {} is outside the vocabulary", id);
@@ -1005,7 +1033,7 @@ void Runner::step(std::span<const SeqInput> seqs, KvPool& pool, Workspace& ws, T
   st.sin = meta + o_sin;
 
   if (graph) {
-    Workspace::GraphEntry& g = ws.graphs[{S, st.stride, pool.id()}];
+    Workspace::GraphEntry& g = ws.graphs[{st.seqs, st.stride, pool.id()}];
     if (g.graph && g.generation == ws.generation() && g.graph->valid()) {
       g.graph->replay();
     } else {

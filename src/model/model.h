@@ -195,6 +195,14 @@ class Runner {
 
   // Decode graphs on or off (on by default; LATHE_GRAPHS=0 in the environment turns them off).
   void set_graphs(bool on) { graphs_ = on; }
+  // Bucketed decode steps: a token-selection decode step of S sequences runs as decode_bucket(S)
+  // (1, 2, 4, then multiples of 8 up to 512), the rest padding sequences of one token over the
+  // pool's scratch row whose selections the caller ignores, so a batch that shrinks and grows
+  // replays a few recorded graphs instead of launching op by op and recording one per size. On
+  // by default where graphs are (LATHE_DECODE_BUCKETS=0 turns it off); tests turn it on for host
+  // backends to check the padding.
+  void set_decode_buckets(bool on) { buckets_ = on; }
+  static int64_t decode_bucket(int64_t seqs);
   // EXL2 layers from their packed bits (ops::Ops::matmul_exl2) or from the dequantized copy. On by
   // default (LATHE_EXL2_PACKED=0 turns it off). Host backends use the packed bits for steps of a
   // few tokens and the float16 copy above; device backends keep only the packed bits (uploaded at
@@ -238,6 +246,7 @@ class Runner {
   mutable std::vector<float> rope_cos_, rope_sin_;
   mutable int64_t rope_rows_ = 0;
   bool graphs_ = true;
+  bool buckets_ = false;  // see set_decode_buckets
   bool packed_ = false;  // see set_packed_quantized
   static constexpr int64_t kNoRelease = int64_t(1) << 60;
   int64_t release_window_ = kNoRelease;  // see release_window()

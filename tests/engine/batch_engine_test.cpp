@@ -69,6 +69,27 @@ TEST(BatchEngine, BatchedGreedyEqualsTransformers) {
     }
 }
 
+// Bucketed decode steps (Runner::set_decode_buckets, the default on the GPU): a step of 3, 5, 6 or
+// 7 sequences runs padded to 4 or 8, the padding over the pool's scratch row; every request's
+// tokens still equal transformers' and no block is lost.
+TEST(BatchEngine, BucketedDecodeStepsGiveTheSameTokens) {
+  LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
+  auto fp = load(dir);
+  Fixture& f = *fp;
+  EXPECT_EQ(model::Runner::decode_bucket(1), 1);
+  EXPECT_EQ(model::Runner::decode_bucket(3), 4);
+  EXPECT_EQ(model::Runner::decode_bucket(5), 8);
+  EXPECT_EQ(model::Runner::decode_bucket(41), 48);
+  EXPECT_EQ(model::Runner::decode_bucket(600), 600);
+  f.runner.set_decode_buckets(true);
+  for (bool overlap : {false, true})
+    for (int copies : {1, 3}) {
+      BatchEngine e(f.runner, {.num_blocks = 512, .scheduler = {.block_size = 4, .token_budget = 4096}, .overlap = overlap});
+      run_all(f, e, copies);
+    }
+  f.runner.set_decode_buckets(false);
+}
+
 // The second copy of each prompt starts from the first one's cached blocks and still matches.
 TEST(BatchEngine, PrefixHitsGiveTheSameTokens) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");

@@ -51,7 +51,8 @@ TEST(KvQuantEngine, PoolTakesAQuarterToAHalfOfTheBytes) {
   f.ops->set_kv_quant(ops::KvQuant::kQ4);
   model::KvPool pool(c, 3, 64, *f.ops);
   EXPECT_EQ(pool.quant(), ops::KvQuant::kQ4);
-  EXPECT_EQ(pool.bytes(), 3 * q4);
+  // (and the scratch row: model::KvPool::scratch_slot)
+  EXPECT_EQ(pool.bytes(), 3 * q4 + model::KvPool::block_bytes(c, 1, DType::kBF16, ops::KvQuant::kQ4));
   EXPECT_NE(pool.k_scale(0), nullptr);
 }
 
