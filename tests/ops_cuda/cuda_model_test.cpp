@@ -15,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <nlohmann/json.hpp>
 
@@ -233,6 +234,23 @@ TEST(CudaKvCache, PositionsThatFitScaleWithTheFraction) {
   EXPECT_THROW(KvPool::positions_that_fit(c, *ops, 0.0), Error);
 }
 
+// A fixture model on a CUDA backend and its golden prompts; null when the backend failed to start.
+struct CudaModel {
+  std::unique_ptr<ops::Ops> ops;
+  std::unique_ptr<Model> model;
+  Runner runner;
+  std::vector<std::vector<int32_t>> prompts;
+  CudaModel(std::unique_ptr<ops::Ops> o, std::unique_ptr<Model> m)
+      : ops(std::move(o)), model(std::move(m)), runner(*model, *ops) {}
+  static std::unique_ptr<CudaModel> load(const std::filesystem::path& dir) {
+    auto ops = ops::make_cuda_ops();
+    if (!ops) return nullptr;
+    auto fx = std::make_unique<CudaModel>(std::move(ops), Model::load(dir));
+    for (const auto& cs : read_json(dir / "golden.json")["cases"]) fx->prompts.push_back(cs["ids"].get<std::vector<int32_t>>());
+    return fx;
+  }
+};
+
 // Continuous batching on the device: paged K/V, mixed prefill/decode steps, and all-decode steps
 // replayed from a recorded graph, against each prompt alone (exact mode: fp32-accurate matmuls, so
 // the only differences are summation orders).
@@ -240,13 +258,10 @@ TEST_P(CudaGolden, BatchedEqualsOneAtATime) {
   const char* arch = GetParam();
   LATHE_REQUIRE_SHARED(dir, std::string("fixtures/models/") + arch);
   if (!ops::cuda_available()) GTEST_SKIP() << "no CUDA device: CUDA model tests skipped";
-  auto ops = ops::make_cuda_ops();
-  ASSERT_NE(ops, nullptr);
-  auto model = Model::load(dir);
-  Runner runner(*model, *ops);
-  const json golden = read_json(dir / "golden.json");
-  std::vector<std::vector<int32_t>> prompts;
-  for (const auto& cs : golden["cases"]) prompts.push_back(cs["ids"].get<std::vector<int32_t>>());
+  auto fx = CudaModel::load(dir);
+  ASSERT_NE(fx, nullptr);
+  Runner& runner = fx->runner;
+  const auto& prompts = fx->prompts;
   const auto r = lathe::testing::batch_vs_single(runner, prompts, 7, 16);
   std::printf("[ batch ] %-12s %lld rows: worst logit diff %.2e, argmax flips %d\n", arch, (long long)r.rows, r.worst,
               r.argmax_diff);
@@ -265,13 +280,10 @@ TEST_P(CudaGolden, BatchedEqualsOneAtATime) {
 TEST(CudaEngine, BucketedOverlappedStepsGiveTheSameTokens) {
   LATHE_REQUIRE_SHARED(dir, "fixtures/models/llama");
   if (!ops::cuda_available()) GTEST_SKIP() << "no CUDA device: CUDA model tests skipped";
-  auto ops = ops::make_cuda_ops();
-  ASSERT_NE(ops, nullptr);
-  auto model = Model::load(dir);
-  Runner runner(*model, *ops);
-  const json golden = read_json(dir / "golden.json");
-  std::vector<std::vector<int32_t>> prompts;
-  for (const auto& cs : golden["cases"]) prompts.push_back(cs["ids"].get<std::vector<int32_t>>());
+  auto fx = CudaModel::load(dir);
+  ASSERT_NE(fx, nullptr);
+  Runner& runner = fx->runner;
+  const auto& prompts = fx->prompts;
   ASSERT_GE(prompts.size(), 2u);
   const auto run = [&](bool buckets, bool overlap, size_t requests) {
     runner.set_decode_buckets(buckets);
