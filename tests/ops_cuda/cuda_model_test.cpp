@@ -246,7 +246,8 @@ struct CudaModel {
     auto ops = ops::make_cuda_ops();
     if (!ops) return nullptr;
     auto fx = std::make_unique<CudaModel>(std::move(ops), Model::load(dir));
-    for (const auto& cs : read_json(dir / "golden.json")["cases"]) fx->prompts.push_back(cs["ids"].get<std::vector<int32_t>>());
+    const json golden = read_json(dir / "golden.json");  // (kept: a range over a temporary's member dangles)
+    for (const auto& cs : golden["cases"]) fx->prompts.push_back(cs["ids"].get<std::vector<int32_t>>());
     return fx;
   }
 };
