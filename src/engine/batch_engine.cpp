@@ -129,13 +129,18 @@ BatchEngine::~BatchEngine() {
   }
 }
 
+// A prompt chunk whose request wants prompt logprobs brings every position's logits.
+bool BatchEngine::all_rows(const Live& L, const StepItem& it) const {
+  return L.prompt_logprobs >= 0 && it.start + 1 < scheduler_.prompt_length(it.id);
+}
+
 // Whether a step must bring whole logits rows to the host (see step()): log-probabilities and
 // grammar masks need every entry, and a logit bias is applied to the whole row on the host.
 bool BatchEngine::needs_rows(const StepPlan& plan) const {
   for (const StepItem& it : plan.items) {
     const Live& L = live_.at(it.id);
     if (it.samples && (L.logprobs >= 0 || L.grammar || !L.sampler.config().logit_bias.empty())) return true;
-    if (L.prompt_logprobs >= 0 && it.start + 1 < scheduler_.prompt_length(it.id)) return true;  // kAll rows
+    if (all_rows(L, it)) return true;
   }
   return false;
 }
@@ -148,9 +153,7 @@ void BatchEngine::inputs(const StepPlan& plan, std::vector<model::SeqKv>& kvs, s
     const StepItem& it = plan.items[i];
     kvs[i].blocks = scheduler_.blocks(it.id);
     kvs[i].length = it.start;
-    // A prompt chunk whose request wants prompt logprobs brings every position's logits.
-    const Live& L = live_.at(it.id);
-    const bool all = L.prompt_logprobs >= 0 && it.start + 1 < scheduler_.prompt_length(it.id);
+    const bool all = all_rows(live_.at(it.id), it);
     seqs.push_back({scheduler_.tokens(it.id).subspan(size_t(it.start), size_t(it.count)), &kvs[i],
                     all ? model::LogitsFor::kAll : it.samples ? model::LogitsFor::kLast : model::LogitsFor::kNone});
   }

@@ -147,6 +147,7 @@ class BatchEngine {
     Clock::time_point launched;
     std::optional<Clock::time_point> after;  // the previous step's results, if it ran right before
   };
+  bool all_rows(const Live& L, const StepItem& it) const;  // every position's logits (prompt logprobs)
   bool needs_rows(const StepPlan& plan) const;
   void inputs(const StepPlan& plan, std::vector<model::SeqKv>& kvs, std::vector<model::SeqInput>& seqs) const;
   void launch(StepPlan plan);
