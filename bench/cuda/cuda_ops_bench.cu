@@ -15,6 +15,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <stdexcept>
@@ -285,16 +286,29 @@ void bench_exl2(Ops& ops, const char* mode, const std::vector<Linear>& shapes, c
 
 int main(int argc, char** argv) {
   // --quick: one shape a section; --exl2: only the EXL2 sections (all shapes, the reconstruct sizes too).
-  // --exl2 SHAPE: that EXL2 shape only (q, k, gate, down, lm_head).
+  // --exl2 SHAPE: that EXL2 shape only (q, k, gate, down, lm_head). --tokens 1,8,16: the EXL2 fast
+  // mode's token counts (default: a sweep).
   bool quick = false, exl2_only = false;
   std::string exl2_shape;
+  std::vector<int64_t> tokens;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--quick") == 0) quick = true;
     else if (std::strcmp(argv[i], "--exl2") == 0) {
       exl2_only = true;
       if (i + 1 < argc && argv[i + 1][0] != '-') exl2_shape = argv[++i];
+    } else if (std::strcmp(argv[i], "--tokens") == 0 && i + 1 < argc) {
+      for (const char* at = argv[++i]; *at;) {
+        char* end = nullptr;
+        const long v = std::strtol(at, &end, 10);
+        if (end == at || v <= 0) {
+          std::fprintf(stderr, "cuda_ops_bench: --tokens wants a list of positive counts, e.g. 1,8,16\n");
+          return 2;
+        }
+        tokens.push_back(v);
+        at = *end == ',' ? end + 1 : end;
+      }
     } else {
-      std::fprintf(stderr, "usage: cuda_ops_bench [--quick] [--exl2 [SHAPE]]\n");
+      std::fprintf(stderr, "usage: cuda_ops_bench [--quick] [--exl2 [SHAPE]] [--tokens N,N,...]\n");
       return 2;
     }
   }
@@ -319,10 +333,11 @@ int main(int argc, char** argv) {
       if (!exl2_shape.empty())
         std::erase_if(exl2_shapes, [&](const Linear& l) { return exl2_shape != l.name; });
       bench_exl2(*fast_exl2, "fast mode", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes,
-                 !exl2_shape.empty() ? std::vector<int64_t>{1}
+                 !tokens.empty()      ? tokens
+                 : !exl2_shape.empty() ? std::vector<int64_t>{1}
                  : exl2_only        ? std::vector<int64_t>{1, 2, 4, 8, 16, 32, 64, 256, 512, 2048}
                            : std::vector<int64_t>{1, 2, 4, 6, 8, 16, 32, 64, 256});
-      if (exl2_shape.empty())
+      if (exl2_shape.empty() && tokens.empty())
         bench_exl2(*ops, "exact mode (fp32)", quick ? std::vector<Linear>{exl2_shapes[2]} : exl2_shapes, {1, 8});
     }
     if (exl2_only) return 0;

@@ -43,6 +43,10 @@ class Context {
   size_t blas_workspace_bytes = 0;
   struct LtPlans* lt_plans = nullptr;  // cuBLASLt descriptors and algorithms per GEMM shape
   bool capturing = false;    // a graph is being recorded: no allocation, no synchronisation
+  // Fast-mode EXL2 decode sizes (1..kExl2DirectTokens) go to exl2_direct; false: the ring kernel
+  // (exl2_stream) up to kExl2StreamFastTokens and exl2_tc above. LATHE_EXL2_DECODE=direct|ring
+  // overrides kExl2DirectByDefault (a measuring aid).
+  bool exl2_direct = false;
 
   // Device memory of at least `bytes` for `slot`, reused across calls. Growing waits for the
   // stream first, so earlier kernels that still read the old buffer finish before it is freed.
@@ -111,6 +115,11 @@ void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0,
 //    layer reconstructed into float16 and cuBLAS.
 void exl2_stream(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);  // tokens [t0, t0 + n) of every layer
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
+//  * exl2_direct (exl2_direct.cu): fast mode, 1..kExl2DirectTokens tokens (Context::exl2_direct):
+//    weights straight into registers, no shared-memory ring.
+void exl2_direct(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
+inline constexpr int64_t kExl2DirectTokens = 16;
+inline constexpr bool kExl2DirectByDefault = false;
 inline constexpr int64_t kExl2StreamTokens = 16;
 inline constexpr int64_t kExl2StreamFastTokens = 8;
 inline constexpr int64_t kExl2TcTokens = 32;

@@ -191,6 +191,10 @@ class CudaOps final : public Ops {
     const char* pdl = std::getenv("LATHE_PDL");
     ctx_.pdl = prop.major >= 9 && !(pdl && std::string_view(pdl) == "0");
     ctx_.smem_optin = prop.sharedMemPerBlockOptin;
+    // LATHE_EXL2_DECODE=direct|ring: which kernels serve fast-mode EXL2 decode sizes
+    // (Context::exl2_direct; for comparing them).
+    const char* exl2 = std::getenv("LATHE_EXL2_DECODE");
+    ctx_.exl2_direct = exl2 ? std::string_view(exl2) == "direct" : cuda::kExl2DirectByDefault;
 
     cudaStream_t stream = nullptr;
     LATHE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

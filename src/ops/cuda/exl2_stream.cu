@@ -160,7 +160,7 @@ __global__ void __launch_bounds__(kThreads)
   const int N = int(w.out_features), Np = (N + 31) / 32 * 32, G = int(w.tiled_num_groups);
   const int S = Np / kStripCols, V = int(w.tiled_rows), s = blockIdx.y;
   const int g0 = int(int64_t(s) * G / splits), g1 = int(int64_t(s + 1) * G / splits);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, q = lane & 3;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int strip = bx * kWarps + warp;
   const bool mine = strip < S;
   constexpr int kPlanes = SPLIT ? 2 : 1;
@@ -215,39 +215,9 @@ __global__ void __launch_bounds__(kThreads)
     issue(gi + slots, k);
   }
 
-  // Element e of tile (t, m): token 8 t + 2 q + e % 2, column 16 m + g + 8 (e / 2) of the strip.
-  const int col0 = strip * kStripCols;
-  const auto token_of = [&](int t, int e) { return 8 * t + 2 * q + (e & 1); };
-  const auto col_of = [&](int m, int e) { return col0 + 16 * m + g + 8 * (e >> 1); };
-  const auto bias_of = [&](int col) { return w.bias ? __half2float(__ushort_as_half(w.bias[col])) : 0.f; };
-  float* __restrict__ y = P.y[mi];
-  float* __restrict__ partial = P.partial[mi];
-  if (splits == 1) {
-    if (!mine) return;
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int tok = token_of(t, e), col = col_of(m, e);
-          if (tok < n_valid && col < N) y[int64_t(tok) * N + col] = acc[t][m][e] + bias_of(col);
-        }
-    return;
-  }
-  if (mine)
-#pragma unroll
-    for (int t = 0; t < NT; ++t)
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int tok = token_of(t, e);
-          if (tok < n_valid) partial[(int64_t(s) * n_valid + tok) * Np + col_of(m, e)] = acc[t][m][e];
-        }
-  if (!tiled::last_split(counters, splits)) return;
   const int cols0 = bx * kWarps * kStripCols;
-  tiled::merge_splits(partial, splits, n_valid, Np, cols0, min(kWarps * kStripCols, N - cols0), N, w.bias, y);
+  tiled::finish_strips<NT>(acc, mine, strip * kStripCols, n_valid, N, Np, splits, s, cols0, min(kWarps * kStripCols, N - cols0),
+                           w.bias, P.y[mi], P.partial[mi], counters);
 }
 
 template <int NT, bool SPLIT>
