@@ -104,6 +104,9 @@ struct Exl2Batch {
 // kMatmulX.
 // Launched as a programmatic dependent (pdl.cuh).
 void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0, int n, Exl2Batch& b, bool split);
+// b.partial for the layers with k-splits (b.splits set): [splits][n][padded_out] fp32 rows each, in
+// scratch kExl2 (exl2_tc.cu).
+void exl2_assign_partials(Context& ctx, const Exl2MultiParams& p, int64_t n, Exl2Batch& b);
 // The EXL2 kernels on the tiled layout, and which serves a call (exl2.cu; crossovers measured on
 // the H100, bench/RESULTS.md):
 //  * exl2_stream (exl2_stream.cu): 1..kExl2StreamTokens tokens a launch, both modes (exact: split

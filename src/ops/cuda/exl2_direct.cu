@@ -380,17 +380,7 @@ void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
   const int64_t K = p.w[0].in_features;
   b.up = p.glu_up ? p.glu_up + t0 * K : nullptr;
   b.glu_act = p.glu_act;
-  size_t partial_bytes = 0;
-  for (int i = 0; i < p.count; ++i)
-    if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
-  if (partial_bytes) {
-    auto* at = static_cast<float*>(ctx.scratch(Scratch::kExl2, partial_bytes));
-    for (int i = 0; i < p.count; ++i)
-      if (b.splits[i] > 1) {
-        b.partial[i] = at;
-        at += int64_t(b.splits[i]) * n * p.w[i].padded_out();
-      }
-  }
+  exl2_assign_partials(ctx, p, n, b);
   int* counters = static_cast<int*>(ctx.zeroed_scratch(Scratch::kCounters, sizeof(int) * size_t(std::max<int64_t>(col_blocks, 1024))));
   launch_pdl(ctx, exl2_direct_kernel<NT>, dim3(unsigned(col_blocks), unsigned(grid_y)), dim3(kThreads), smem, n,
              p.x + t0 * K, b, counters, int(table_groups), int(vcap), int(xstride), tune.ahead);

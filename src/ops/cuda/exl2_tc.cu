@@ -398,18 +398,8 @@ void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
   }
   // Scratch: pre-gathered activations (more than one token; see the top of the file), then the
   // partial rows of every layer with k-splits.
-  size_t partial_bytes = 0;
-  for (int i = 0; i < p.count; ++i)
-    if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
   exl2_gather_activations(ctx, p, t0, n, b, false);
-  if (partial_bytes) {
-    auto* at = static_cast<float*>(ctx.scratch(Scratch::kExl2, partial_bytes));
-    for (int i = 0; i < p.count; ++i)
-      if (b.splits[i] > 1) {
-        b.partial[i] = at;
-        at += int64_t(b.splits[i]) * n * p.w[i].padded_out();
-      }
-  }
+  exl2_assign_partials(ctx, p, n, b);
   int* counters = static_cast<int*>(ctx.zeroed_scratch(Scratch::kCounters, sizeof(int) * size_t(std::max<int64_t>(col_blocks, 1024))));
   const dim3 grid{unsigned(col_blocks), unsigned(grid_y)};
   launch_pdl(ctx, exl2_tc_kernel<MT>, grid, dim3(kThreads), smem, n, b, counters, int(stage_words), int(lut_groups),
@@ -441,6 +431,19 @@ void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0,
     launch_pdl(ctx, exl2_gather_bf16_kernel<false>, grid, dim3(256), 0, x, nn, K, b);
 }
 
+
+void exl2_assign_partials(Context& ctx, const Exl2MultiParams& p, int64_t n, Exl2Batch& b) {
+  size_t partial_bytes = 0;
+  for (int i = 0; i < p.count; ++i)
+    if (b.splits[i] > 1) partial_bytes += sizeof(float) * size_t(int64_t(b.splits[i]) * n * p.w[i].padded_out());
+  if (!partial_bytes) return;
+  auto* at = static_cast<float*>(ctx.scratch(Scratch::kExl2, partial_bytes));
+  for (int i = 0; i < p.count; ++i)
+    if (b.splits[i] > 1) {
+      b.partial[i] = at;
+      at += int64_t(b.splits[i]) * n * p.w[i].padded_out();
+    }
+}
 
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n) {
   if (ctx.exact_matmul) raise(ErrorKind::kInternal, "cuda exl2_tc: fast mode only (exact mode runs exl2_stream)");
