@@ -17,8 +17,10 @@ KvPool::KvPool(const ModelConfig& c, int64_t num_blocks, int64_t block_size, ops
     fail(ErrorKind::kInvalidArgument, "KV cache needs at least one block of at least one position (got {} x {})",
          num_blocks, block_size);
   if (num_blocks * block_size + 1 > (int64_t(1) << 31) - 1)
-    fail(ErrorKind::kOutOfRange, "KV cache of {} x {} positions is too large (at most 2^31 - 1)", num_blocks,
-         block_size);
+    fail(ErrorKind::kOutOfRange,
+         "KV cache of {} x {} positions is too large (at most 2^31 - 2 positions); lower --ctx (or the number of "
+         "sequences)",
+         num_blocks, block_size);
   if (quant_ != ops::KvQuant::kNone && !ops.supports_kv_quant(c.head_dim))
     fail(ErrorKind::kUnsupported,
          "a {} K/V cache needs a head size the {} backend's attention reads quantized ({}), and this model's is {}; "

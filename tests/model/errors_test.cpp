@@ -134,5 +134,21 @@ TEST(KvCacheSizing, HostBackendHasNoDeviceLimit) {
   EXPECT_EQ(cpu->kv_dtype(model->config().head_dim), DType::kF32);
 }
 
+// More positions than the cache can index is refused before anything is allocated, on any backend,
+// saying what to change.
+TEST(KvCacheSizing, TooManyPositionsSaysWhatToLower) {
+  LATHE_REQUIRE_SHARED(src, "fixtures/models/llama");
+  auto model = Model::load(src);
+  auto cpu = ops::make_cpu_ops();
+  try {
+    KvCache cache(model->config(), (int64_t(1) << 31) - 1, *cpu);
+    ADD_FAILURE() << "a " << cache.bytes() << "-byte KV cache was allocated";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kOutOfRange);
+    EXPECT_NE(std::string(e.what()).find("KV cache"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--ctx"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace lathe::model

@@ -43,10 +43,11 @@ class Context {
   size_t blas_workspace_bytes = 0;
   struct LtPlans* lt_plans = nullptr;  // cuBLASLt descriptors and algorithms per GEMM shape
   bool capturing = false;    // a graph is being recorded: no allocation, no synchronisation
-  // Fast-mode EXL2 decode sizes (1..kExl2DirectTokens) go to exl2_direct; false: the ring kernel
-  // (exl2_stream) up to kExl2StreamFastTokens and exl2_tc above. LATHE_EXL2_DECODE=direct|ring
-  // overrides kExl2DirectByDefault (a measuring aid).
-  bool exl2_direct = false;
+  // Fast-mode EXL2 matmuls of 1..exl2_direct_tokens tokens go to exl2_direct; larger ones to the
+  // ring kernel (exl2_stream) up to kExl2StreamFastTokens and exl2_tc above.
+  // LATHE_EXL2_DECODE=direct (every decode size, up to kExl2DirectTokens), =ring (none) or =direct:N
+  // overrides kExl2DirectDefaultTokens (a measuring aid).
+  int64_t exl2_direct_tokens = 0;
 
   // Device memory of at least `bytes` for `slot`, reused across calls. Growing waits for the
   // stream first, so earlier kernels that still read the old buffer finish before it is freed.
@@ -118,11 +119,14 @@ void exl2_assign_partials(Context& ctx, const Exl2MultiParams& p, int64_t n, Exl
 //    layer reconstructed into float16 and cuBLAS.
 void exl2_stream(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);  // tokens [t0, t0 + n) of every layer
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
-//  * exl2_direct (exl2_direct.cu): fast mode, 1..kExl2DirectTokens tokens (Context::exl2_direct):
+//  * exl2_direct (exl2_direct.cu): fast mode, 1..kExl2DirectTokens tokens (Context::exl2_direct_tokens):
 //    weights straight into registers, no shared-memory ring.
 void exl2_direct(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
 inline constexpr int64_t kExl2DirectTokens = 16;
-inline constexpr bool kExl2DirectByDefault = false;
+// Up to this many tokens exl2_direct is the default. 0 until it beats the ring kernel in the 8B
+// decode (bench/RESULTS.md): as a kernel it is ahead at one token, behind from 8 (its per-block
+// activation gather), level in the model.
+inline constexpr int64_t kExl2DirectDefaultTokens = 0;
 inline constexpr int64_t kExl2StreamTokens = 16;
 inline constexpr int64_t kExl2StreamFastTokens = 8;
 inline constexpr int64_t kExl2TcTokens = 32;

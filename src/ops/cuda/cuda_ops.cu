@@ -191,10 +191,16 @@ class CudaOps final : public Ops {
     const char* pdl = std::getenv("LATHE_PDL");
     ctx_.pdl = prop.major >= 9 && !(pdl && std::string_view(pdl) == "0");
     ctx_.smem_optin = prop.sharedMemPerBlockOptin;
-    // LATHE_EXL2_DECODE=direct|ring: which kernels serve fast-mode EXL2 decode sizes
-    // (Context::exl2_direct; for comparing them).
-    const char* exl2 = std::getenv("LATHE_EXL2_DECODE");
-    ctx_.exl2_direct = exl2 ? std::string_view(exl2) == "direct" : cuda::kExl2DirectByDefault;
+    // LATHE_EXL2_DECODE=direct|ring|direct:N: which kernels serve fast-mode EXL2 decode sizes
+    // (Context::exl2_direct_tokens; for comparing them).
+    ctx_.exl2_direct_tokens = cuda::kExl2DirectDefaultTokens;
+    if (const char* e = std::getenv("LATHE_EXL2_DECODE")) {
+      const std::string_view v(e);
+      if (v == "ring") ctx_.exl2_direct_tokens = 0;
+      else if (v == "direct") ctx_.exl2_direct_tokens = cuda::kExl2DirectTokens;
+      else if (v.starts_with("direct:"))
+        ctx_.exl2_direct_tokens = std::clamp<int64_t>(std::atoi(e + 7), 0, cuda::kExl2DirectTokens);
+    }
 
     cudaStream_t stream = nullptr;
     LATHE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

@@ -1,10 +1,10 @@
 // EXL2 matmul on the CUDA backend (ops.h Exl2View, Ops::matmul_exl2), from the tiled layout the
 // loader makes at upload (quant/exl2_tiled.h; wants_exl2_tiled): which kernel serves a call, and
 // the path for large token counts.
-//  * Decode sizes: exl2_direct (exl2_direct.cu) up to kExl2DirectTokens tokens in fast mode (with
-//    LATHE_EXL2_DECODE=ring: exl2_stream up to kExl2StreamFastTokens, as before it); exl2_stream
-//    (exl2_stream.cu) in exact mode up to kExl2ExactMaxTokens in launches of kExl2StreamTokens
-//    (split bf16 activations, fp32-accurate); exl2_tc (exl2_tc.cu) for the rest of fast mode up to
+//  * Decode sizes, fast mode: exl2_direct (exl2_direct.cu) up to Context::exl2_direct_tokens
+//    (kExl2DirectDefaultTokens unless LATHE_EXL2_DECODE says otherwise), exl2_stream above that up to
+//    kExl2StreamFastTokens; exl2_stream (exl2_stream.cu) in exact mode up to kExl2ExactMaxTokens
+//    in launches of kExl2StreamTokens (split bf16 activations, fp32-accurate); exl2_tc (exl2_tc.cu) for the rest of fast mode up to
 //    kExl2FastMaxTokens, in launches of up to kExl2TcTokens. Each launch reads the packed weights
 //    once, fp32 accumulation.
 //  * Above: the layer is reconstructed into float16 in chunks of output columns (padded act-order
@@ -192,7 +192,7 @@ void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p) {
     return;
   }
   if (!ctx.exact_matmul) {
-    if (ctx.exl2_direct && p.n <= kExl2DirectTokens) return exl2_direct(ctx, p, 0, p.n);
+    if (p.n <= ctx.exl2_direct_tokens) return exl2_direct(ctx, p, 0, p.n);
     if (p.n <= kExl2StreamFastTokens) return exl2_stream(ctx, p, 0, p.n);
     // Launches of equal size, each at most kExl2TcTokens.
     const int64_t launches = (p.n + kExl2TcTokens - 1) / kExl2TcTokens, each = (p.n + launches - 1) / launches;

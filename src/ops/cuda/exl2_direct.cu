@@ -10,11 +10,11 @@
 // (bench/RESULTS.md). Here, per 32 x 32 unit and lane: one or two vector loads of its words
 // (a warp reads 32 * bits contiguous words), one 16-byte shared load of its activations, the
 // dequantization and 2 mma per token tile and k step.
-//  * Every warp streams one 32-column strip over the block's k-split, a run of groups of equal bit
-//    width at a time (EXL2 layers hold a few runs, widest first). Within a run the lane keeps D units
-//    in flight in registers (D from the width: ~16-20 registers): after a unit's products its
-//    registers are refilled with the unit D ahead. The first loads go out before pdl_wait (weights
-//    are no kernel's output), as in the ring kernel.
+//  * Every warp streams one 32-column strip over the block's k-split, one group at a time: the
+//    group's units go from memory into registers as a batch (4 units; 2 at 8 bits) before any of
+//    them is used, so their latencies overlap, and lane 0 keeps the strip's next `ahead` groups on
+//    their way into L2 with bulk prefetches (Hopper). The first groups' prefetches, and everything
+//    else constant (group table, scale codes, the split's permutation), go out before pdl_wait.
 //  * Each block gathers its k-split's activation rows itself (no gather kernel: one launch and one
 //    dependency fewer per matmul): the split's act-order permutation is staged before pdl_wait
 //    (constant data), so after it only the loads of x (and up, for a fused glu) are left. They are
@@ -50,7 +50,7 @@ using tiled::mma_bf16;
 constexpr int kWarps = 4;  // strips per block
 constexpr int kThreads = kWarps * 32;
 constexpr int kDefaultBlocksPerSm = 0;  // k-splits fill the GPU with about this many blocks per SM (0: kMinBlocks),
-constexpr int kDefaultMinSplitGroups = 2;  // but give each block at least this many groups
+constexpr int kDefaultMinSplitGroups = 4;  // but give each block at least this many groups (4: gate at one token 22.2 us against 25.2 with 2)
 constexpr int kDefaultAhead = 2;  // groups of its strip a warp has on the way into L2
 constexpr int kMaxXBytes = 24 * 1024;  // a block's activations
 // Resident blocks an SM the registers must allow (64 registers a thread at one token tile, 80 at two;
@@ -233,28 +233,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<NT>)
   st.g1 = g1;
   st.Np = Np;
   st.strip = strip;
-  // Constant data while the previous kernel finishes: the first groups into L2, the split's rows'
-  // input channels into shared memory.
+  // Everything but the activations is constant data (weights), staged while the previous kernel
+  // finishes: the first groups into L2; the split's rows' input channels, the strips' scale codes and
+  // each group's max into shared memory. After pdl_wait only the activation gather is left before the
+  // weight loads.
   if (mine)
     for (int gi = g0; gi < g0 + ahead; ++gi) prefetch_group(st, gi);
   for (int i = threadIdx.x; i < vrows / 4; i += kThreads) tiled::cp_async16(perm + 4 * i, w.tiled_perm + vbegin + 4 * i);
-  tiled::cp_async_commit();
-
-  // Then each group's max, the strips' scale codes, and the activations (the previous kernel's
-  // output: after pdl_wait).
-  pdl_wait();
-  for (int i = threadIdx.x; i < g1 - g0; i += kThreads) {
-    const int stored = gtab[i * 8 + 6];
-    const float mx = __half2float(__ushort_as_half(__ldg(w.q_scale_max + stored)));
-    gtab[i * 8 + 7] = __float_as_int(mx * (1.f / 256.f));
-  }
   for (int i = threadIdx.x; i < (g1 - g0) * kWarps; i += kThreads) {
     const int gi = g0 + i / kWarps, si = bx * kWarps + i % kWarps;
     if (si < S) tiled::cp_async16(codes + i * 4, w.tiled_scale + (int64_t(gi) * S + si) * 4);
   }
   tiled::cp_async_commit();
+  for (int i = threadIdx.x; i < g1 - g0; i += kThreads) {
+    const int stored = gtab[i * 8 + 6];
+    const float mx = __half2float(__ushort_as_half(__ldg(w.q_scale_max + stored)));
+    gtab[i * 8 + 7] = __float_as_int(mx * (1.f / 256.f));
+  }
   tiled::cp_async_wait<0>();
   __syncthreads();
+  pdl_wait();
   {
     // xs[t][fragment order of v] = bf16(x[t, perm[v]]) (act(x) * up with a fused glu; 0 on padding
     // rows); kBatch loads in flight a thread.
@@ -317,10 +315,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<NT>)
                            w.bias, P.y[mi], P.partial[mi], counters);
 }
 
-// LATHE_EXL2_TUNE="blocks=B,groups=G,ahead=A" (a measuring aid): blocks per SM, least groups a
-// split, groups a warp keeps prefetching into L2 ahead of its loads.
+// LATHE_EXL2_TUNE="blocks=B,groups=G,ahead=A,wave=1" (a measuring aid): blocks per SM, least groups
+// a split, groups a warp keeps prefetching into L2 ahead of its loads, k-splits rounded down so the
+// grid is one wave. Any separator works (',' or '/'; the keys are found by name).
 struct Tune {
-  int blocks_per_sm = kDefaultBlocksPerSm, min_groups = kDefaultMinSplitGroups, ahead = kDefaultAhead;
+  int blocks_per_sm = kDefaultBlocksPerSm, min_groups = kDefaultMinSplitGroups, ahead = kDefaultAhead, one_wave = 0;
   Tune() {
     const char* e = std::getenv("LATHE_EXL2_TUNE");
     if (!e) return;
@@ -332,6 +331,7 @@ struct Tune {
     value("blocks=", blocks_per_sm);
     value("groups=", min_groups);
     value("ahead=", ahead);
+    value("wave=", one_wave);
   }
 };
 
@@ -355,7 +355,8 @@ void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
     const Exl2View& w = p.w[i];
     const int64_t G = w.tiled_num_groups;
     const int64_t per_sm = tune.blocks_per_sm > 0 ? tune.blocks_per_sm : kMinBlocks<NT>;
-    int64_t splits = std::clamp<int64_t>((per_sm * int64_t(ctx.sm_count) + col_blocks - 1) / col_blocks, 1,
+    const int64_t slots = per_sm * int64_t(ctx.sm_count);
+    int64_t splits = std::clamp<int64_t>(tune.one_wave ? slots / col_blocks : (slots + col_blocks - 1) / col_blocks, 1,
                                          std::max<int64_t>(1, G / std::max(1, tune.min_groups)));
     const auto rows = [&] { return (G + splits - 1) / splits * w.max_tiled_rows; };
     while (splits < G && n * rows() * 2 > kMaxXBytes) ++splits;
