@@ -105,6 +105,9 @@ struct Exl2Batch {
 // kMatmulX.
 // Launched as a programmatic dependent (pdl.cuh).
 void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0, int n, Exl2Batch& b, bool split);
+// b.count, b.w, b.y (from token t0) and b.col_end for p's layers, in column blocks of `strips`
+// strips each; returns all the layers' column blocks (exl2_tc.cu).
+int64_t exl2_batch_layers(const Exl2MultiParams& p, int64_t t0, int strips, Exl2Batch& b);
 // b.partial for the layers with k-splits (b.splits set): [splits][n][padded_out] fp32 rows each, in
 // scratch kExl2 (exl2_tc.cu).
 void exl2_assign_partials(Context& ctx, const Exl2MultiParams& p, int64_t n, Exl2Batch& b);

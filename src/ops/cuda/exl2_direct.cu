@@ -339,15 +339,7 @@ template <int NT>
 void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
   static const Tune tune;
   Exl2Batch b{};
-  b.count = p.count;
-  int64_t col_blocks = 0;
-  for (int i = 0; i < p.count; ++i) {
-    const Exl2View& w = p.w[i];
-    b.w[i] = w;
-    b.y[i] = p.y[i] + t0 * w.out_features;
-    col_blocks += (w.padded_out() / kStripCols + kWarps - 1) / kWarps;
-    b.col_end[i] = int(col_blocks);
-  }
+  const int64_t col_blocks = exl2_batch_layers(p, t0, kWarps, b);
   // Per layer, k-splits so that all the layers' blocks come to about blocks_per_sm per SM, at least
   // min_groups groups a split, and more splits when the activations would not fit.
   int64_t xstride = 0, table_groups = 0, grid_y = 1;

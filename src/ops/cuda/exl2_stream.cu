@@ -224,16 +224,10 @@ template <int NT, bool SPLIT>
 void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
   constexpr int kPlanes = SPLIT ? 2 : 1;
   Exl2Batch b{};
-  b.count = p.count;
-  int64_t col_blocks = 0, slot_words = 0;
-  for (int i = 0; i < p.count; ++i) {
-    const Exl2View& w = p.w[i];
-    b.w[i] = w;
-    b.y[i] = p.y[i] + t0 * w.out_features;
-    col_blocks += (w.padded_out() / kStripCols + kWarps - 1) / kWarps;
-    b.col_end[i] = int(col_blocks);
-    slot_words = std::max<int64_t>(slot_words, w.max_tiled_qrows * kStripCols + kSlotHeader);
-  }
+  const int64_t col_blocks = exl2_batch_layers(p, t0, kWarps, b);
+  int64_t slot_words = 0;
+  for (int i = 0; i < p.count; ++i)
+    slot_words = std::max<int64_t>(slot_words, p.w[i].max_tiled_qrows * kStripCols + kSlotHeader);
   // Per layer, k-splits so that all the layers' blocks come to about kBlocksPerSm per SM, at least
   // kMinSplitGroups groups a split, and more splits when the activations would not fit.
   int64_t xstride = 0, table_groups = 0, grid_y = 1;

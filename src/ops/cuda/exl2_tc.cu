@@ -351,16 +351,10 @@ __global__ void __launch_bounds__(kThreads, MT == 1 ? 4 : 1)
 template <int MT>
 void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
   Exl2Batch b{};
-  b.count = p.count;
-  int64_t col_blocks = 0, stage_words = 0;
-  for (int i = 0; i < p.count; ++i) {
-    const Exl2View& w = p.w[i];
-    b.w[i] = w;
-    b.y[i] = p.y[i] + t0 * w.out_features;
-    col_blocks += (w.padded_out() / kStripCols + kStrips - 1) / kStrips;
-    b.col_end[i] = int(col_blocks);
-    stage_words = std::max<int64_t>(stage_words, w.max_tiled_qrows * kBlockCols + 16);
-  }
+  const int64_t col_blocks = exl2_batch_layers(p, t0, kStrips, b);
+  int64_t stage_words = 0;
+  for (int i = 0; i < p.count; ++i)
+    stage_words = std::max<int64_t>(stage_words, p.w[i].max_tiled_qrows * kBlockCols + 16);
   // Per layer, k-splits so that all the layers' blocks come to about kBlocksPerSm per SM (their
   // stages keep enough bytes in flight and hide each other's start-up), at least kMinSplitGroups
   // groups a split, and fewer rows per split when the activations would not fit.
@@ -431,6 +425,19 @@ void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0,
     launch_pdl(ctx, exl2_gather_bf16_kernel<false>, grid, dim3(256), 0, x, nn, K, b);
 }
 
+
+int64_t exl2_batch_layers(const Exl2MultiParams& p, int64_t t0, int strips, Exl2Batch& b) {
+  b.count = p.count;
+  int64_t col_blocks = 0;
+  for (int i = 0; i < p.count; ++i) {
+    const Exl2View& w = p.w[i];
+    b.w[i] = w;
+    b.y[i] = p.y[i] + t0 * w.out_features;
+    col_blocks += (w.padded_out() / tiled::kStripCols + strips - 1) / strips;
+    b.col_end[i] = int(col_blocks);
+  }
+  return col_blocks;
+}
 
 void exl2_assign_partials(Context& ctx, const Exl2MultiParams& p, int64_t n, Exl2Batch& b) {
   size_t partial_bytes = 0;
