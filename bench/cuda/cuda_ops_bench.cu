@@ -272,6 +272,7 @@ void bench_exl2(Ops& ops, const char* mode, const std::vector<Linear>& shapes, c
       p.w.tiled_num_groups = G;
       p.w.max_tiled_rows = 128;
       p.w.max_tiled_qrows = 16;
+      p.w.tiled_qrows = G * 16;
       const double ms = time_ms(ops, [&](int i) {
         p.w.tiled = static_cast<const uint32_t*>(qw[size_t(i % copies)].data());
         p.w.tiled_scale = static_cast<const uint32_t*>(qs[size_t(i % copies)].data());

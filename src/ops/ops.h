@@ -256,6 +256,7 @@ struct Exl2View {
   int64_t tiled_num_groups = 0;           // stored groups above kExl2TiledMaxGroupRows rows are cut
   int64_t max_tiled_rows = 0;             // the largest tiled group's padded rows
   int64_t max_tiled_qrows = 0;            // the largest tiled group's padded rows * bits / 32
+  int64_t tiled_qrows = 0;                // all tiled groups' padded rows * bits / 32 (a strip's words / 32)
   int64_t padded_out() const { return (out_features + 31) / 32 * 32; }
 };
 

@@ -64,6 +64,7 @@ Exl2Tiled exl2_tile(const ops::Exl2View& v) {
   }
   const int64_t TG = t.num_groups();
   t.padded_rows = vrow;
+  t.qrows = tq;
   t.perm.assign(size_t(vrow), -1);
   for (int64_t g = 0; g < TG; ++g) {
     const int32_t* row = &t.groups[size_t(g * 8)];
@@ -154,6 +155,7 @@ void exl2_attach_tiled(ops::Exl2View& v, const Exl2Tiled& t) {
   v.tiled_num_groups = t.num_groups();
   v.max_tiled_rows = t.max_group_rows;
   v.max_tiled_qrows = t.max_group_qrows;
+  v.tiled_qrows = t.qrows;
 }
 
 }  // namespace lathe::quant

@@ -45,6 +45,7 @@ struct Exl2Tiled {
   int64_t padded_rows = 0;       // all groups' padded rows
   int64_t max_group_rows = 0;    // largest padded rows
   int64_t max_group_qrows = 0;   // largest padded rows * bits / 32
+  int64_t qrows = 0;             // all groups' padded rows * bits / 32
   int64_t num_groups() const { return int64_t(groups.size() / 8); }
 };
 

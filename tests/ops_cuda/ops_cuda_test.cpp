@@ -1194,8 +1194,8 @@ double exl2_error(Ops& ref, Ops& dev, const lathe::testing::Exl2Case& c, const s
 // to 64 tokens: 1, 2, 4 m-tiles): every width, mixed widths in one layer, odd output counts (padded
 // columns), bias, layers big enough for k-splits (the last-block merge; run twice: counters reset).
 // A fast-mode backend with its EXL2 decode sizes on the given kernels (LATHE_EXL2_DECODE: "direct"
-// for exl2_direct, "ring" for the ring and tensor-core kernels): both stay tested, whichever is the
-// default.
+// for exl2_direct, "bulk" for exl2_bulk, "ring" for the ring and tensor-core kernels): all stay
+// tested, whichever is the default.
 std::unique_ptr<Ops> make_fast_backend(const char* decode) {
   ::setenv("LATHE_EXL2_DECODE", decode, 1);
   auto ops = make_cuda_ops(BackendOptions{.exact_matmul = false});
@@ -1207,7 +1207,8 @@ TEST_F(CudaParity, MatmulExl2MatchesReference) {
   using quant::Exl2Group;
   auto fast = make_fast_backend("direct");
   auto ring = make_fast_backend("ring");
-  ASSERT_TRUE(fast && ring);
+  auto bulk = make_fast_backend("bulk");
+  ASSERT_TRUE(fast && ring && bulk);
   const std::vector<std::vector<Exl2Group>> layouts = {
       {{2, 64}}, {{3, 64}}, {{4, 64}}, {{5, 64}}, {{6, 64}}, {{8, 64}},
       {{8, 32}, {6, 32}, {5, 64}, {4, 128}, {3, 32}, {2, 32}},
@@ -1215,10 +1216,10 @@ TEST_F(CudaParity, MatmulExl2MatchesReference) {
   std::vector<Exl2Group> big(32, Exl2Group{4, 128});
   big[0] = {6, 128};
   big[31] = {3, 128};
-  for (int mode : {0, 1, 2}) {
+  for (int mode : {0, 1, 2, 3}) {
     const bool exact = mode == 0;
-    Ops& dev = exact ? *cuda : mode == 1 ? *fast : *ring;
-    Worst worst(exact ? "matmul_exl2 (exact)" : mode == 1 ? "matmul_exl2 (fast, direct)" : "matmul_exl2 (fast, ring)");
+    Ops& dev = exact ? *cuda : mode == 1 ? *fast : mode == 2 ? *ring : *bulk;
+    Worst worst(exact ? "matmul_exl2 (exact)" : mode == 1 ? "matmul_exl2 (fast, direct)" : mode == 2 ? "matmul_exl2 (fast, ring)" : "matmul_exl2 (fast, bulk)");
     for (int rep = 0; rep < 2; ++rep)
       for (const auto& groups : {layouts[size_t(rep * 3)], layouts[size_t(rep * 3 + 1)], layouts[size_t(rep * 3 + 2)],
                                  layouts[6], big})
@@ -1243,13 +1244,14 @@ TEST_F(CudaParity, MatmulExl2MultiMatchesEachLayer) {
   using quant::Exl2Group;
   auto fast = make_fast_backend("direct");
   auto ring = make_fast_backend("ring");
-  ASSERT_TRUE(fast && ring);
+  auto bulk = make_fast_backend("bulk");
+  ASSERT_TRUE(fast && ring && bulk);
   std::vector<Exl2Group> wide(16, Exl2Group{4, 128}), mixed = {{6, 128}, {5, 256}, {4, 1024}, {3, 512}, {2, 128}};
   wide[0] = {8, 128};
-  for (int mode : {0, 1, 2}) {
+  for (int mode : {0, 1, 2, 3}) {
     const bool exact = mode == 0;
-    Ops& dev = exact ? *cuda : mode == 1 ? *fast : *ring;
-    Worst worst(exact ? "matmul_exl2_multi (exact)" : mode == 1 ? "matmul_exl2_multi (fast, direct)" : "matmul_exl2_multi (fast, ring)");
+    Ops& dev = exact ? *cuda : mode == 1 ? *fast : mode == 2 ? *ring : *bulk;
+    Worst worst(exact ? "matmul_exl2_multi (exact)" : mode == 1 ? "matmul_exl2_multi (fast, direct)" : mode == 2 ? "matmul_exl2_multi (fast, ring)" : "matmul_exl2_multi (fast, bulk)");
     for (int64_t n : {1, 3, 9, 16, 40, 300}) {
       if (exact && n == 40) continue;
       const std::vector<lathe::testing::Exl2Case> layers = {lathe::testing::random_exl2(rng, 2048, wide, true),
@@ -1294,13 +1296,14 @@ TEST_F(CudaParity, MatmulExl2FusedGluMatchesReference) {
   using quant::Exl2Group;
   auto fast = make_fast_backend("direct");
   auto ring = make_fast_backend("ring");
-  ASSERT_TRUE(fast && ring);
+  auto bulk = make_fast_backend("bulk");
+  ASSERT_TRUE(fast && ring && bulk);
   std::vector<Exl2Group> groups(8, Exl2Group{4, 128});
   groups[0] = {6, 128};
-  for (int mode : {0, 1, 2}) {
+  for (int mode : {0, 1, 2, 3}) {
     const bool exact = mode == 0;
-    Ops& dev = exact ? *cuda : mode == 1 ? *fast : *ring;
-    Worst worst(exact ? "matmul_exl2 fused glu (exact)" : mode == 1 ? "matmul_exl2 fused glu (fast, direct)" : "matmul_exl2 fused glu (fast, ring)");
+    Ops& dev = exact ? *cuda : mode == 1 ? *fast : mode == 2 ? *ring : *bulk;
+    Worst worst(exact ? "matmul_exl2 fused glu (exact)" : mode == 1 ? "matmul_exl2 fused glu (fast, direct)" : mode == 2 ? "matmul_exl2 fused glu (fast, ring)" : "matmul_exl2 fused glu (fast, bulk)");
     for (Activation act : {Activation::kSilu, Activation::kGeluTanh, Activation::kGelu, Activation::kRelu})
       for (int64_t n : {1, 2, 9, 40}) {
         const auto c = lathe::testing::random_exl2(rng, 300, groups, act == Activation::kGelu);
@@ -1334,7 +1337,8 @@ TEST_F(CudaParity, MatmulExl2FusedGluMatchesReference) {
 TEST_F(CudaParity, MatmulExl2FastHandlesLargeActivations) {
   auto fast = make_fast_backend("direct");
   auto ring = make_fast_backend("ring");
-  ASSERT_TRUE(fast && ring);
+  auto bulk = make_fast_backend("bulk");
+  ASSERT_TRUE(fast && ring && bulk);
   Worst worst("matmul_exl2 (fast, large x)");
   for (int bits : {4, 8}) {
     const auto c = lathe::testing::random_exl2(rng, 300, {{bits, 128}, {bits, 128}}, false);
@@ -1343,6 +1347,7 @@ TEST_F(CudaParity, MatmulExl2FastHandlesLargeActivations) {
     for (size_t i = 0; i < x.size(); ++i) x[i] *= i % 7 == 0 ? 1e6f : i % 5 == 0 ? 1e-3f : 3e4f;
     worst.check(exl2_error(*ref, *fast, c, x, n), kExl2FastTol, std::to_string(bits) + " bits, direct");
     worst.check(exl2_error(*ref, *ring, c, x, n), kExl2FastTol, std::to_string(bits) + " bits, ring");
+    worst.check(exl2_error(*ref, *bulk, c, x, n), kExl2FastTol, std::to_string(bits) + " bits, bulk");
   }
 }
 

@@ -58,6 +58,7 @@ TEST(Exl2Tiled, EveryCodeReadsBack) {
       EXPECT_EQ(act, c.K);
       EXPECT_EQ(t.padded_rows, padded);
       EXPECT_EQ(t.weight.size(), size_t(tq * Np));
+      EXPECT_EQ(t.qrows, tq);
     }
 }
 
@@ -75,6 +76,7 @@ TEST(Exl2Tiled, AttachFillsTheView) {
   EXPECT_EQ(v.tiled_num_groups, 2);
   EXPECT_EQ(v.max_tiled_rows, 64);
   EXPECT_EQ(v.max_tiled_qrows, 8);
+  EXPECT_EQ(v.tiled_qrows, 8 + 2);  // 64 rows of 4 bits, then 16 rows of 2 bits padded to 32
 }
 
 }  // namespace

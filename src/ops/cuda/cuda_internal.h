@@ -43,11 +43,13 @@ class Context {
   size_t blas_workspace_bytes = 0;
   struct LtPlans* lt_plans = nullptr;  // cuBLASLt descriptors and algorithms per GEMM shape
   bool capturing = false;    // a graph is being recorded: no allocation, no synchronisation
-  // Fast-mode EXL2 matmuls of 1..exl2_direct_tokens tokens go to exl2_direct; larger ones to the
-  // ring kernel (exl2_stream) up to kExl2StreamFastTokens and exl2_tc above.
-  // LATHE_EXL2_DECODE=direct (every decode size, up to kExl2DirectTokens), =ring (none) or =direct:N
-  // overrides kExl2DirectDefaultTokens (a measuring aid).
-  int64_t exl2_direct_tokens = 0;
+  // Fast-mode EXL2 matmuls of 1..exl2_decode_tokens tokens go to exl2_decode's kernel; larger ones
+  // (and all of them with kRing) to the ring kernel (exl2_stream) up to kExl2StreamFastTokens and
+  // exl2_tc above. LATHE_EXL2_DECODE=ring|direct|bulk (every size the kernel takes) or direct:N,
+  // bulk:N overrides the default (kExl2DefaultDecode; a measuring aid). Bulk needs Hopper.
+  enum class Exl2Decode : int { kRing, kDirect, kBulk };
+  Exl2Decode exl2_decode = Exl2Decode::kRing;
+  int64_t exl2_decode_tokens = 0;
 
   // Device memory of at least `bytes` for `slot`, reused across calls. Growing waits for the
   // stream first, so earlier kernels that still read the old buffer finish before it is freed.
@@ -103,8 +105,10 @@ struct Exl2Batch {
 // Fills b.xg for p's tokens [t0, t0 + n): per layer, [planes][n][tiled_rows] bf16 x[t, perm[v]] (0 on
 // padding rows; with p.glu_up, act(x) * up in place of x); split: plane 1 holds the remainders x - hi rounded again. In scratch
 // kMatmulX.
-// Launched as a programmatic dependent (pdl.cuh).
-void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0, int n, Exl2Batch& b, bool split);
+// frag: each 32-row unit's rows in fragment order (tiled::fragment_row; exl2_bulk reads a lane's 8
+// values of a unit as one 16-byte load). Launched as a programmatic dependent (pdl.cuh).
+void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0, int n, Exl2Batch& b, bool split,
+                             bool frag = false);
 // b.count, b.w, b.y (from token t0) and b.col_end for p's layers, in column blocks of `strips`
 // strips each; returns all the layers' column blocks (exl2_tc.cu).
 int64_t exl2_batch_layers(const Exl2MultiParams& p, int64_t t0, int strips, Exl2Batch& b);
@@ -122,14 +126,21 @@ void exl2_assign_partials(Context& ctx, const Exl2MultiParams& p, int64_t n, Exl
 //    layer reconstructed into float16 and cuBLAS.
 void exl2_stream(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);  // tokens [t0, t0 + n) of every layer
 void exl2_tc(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
-//  * exl2_direct (exl2_direct.cu): fast mode, 1..kExl2DirectTokens tokens (Context::exl2_direct_tokens):
-//    weights straight into registers, no shared-memory ring.
+//  * exl2_direct (exl2_direct.cu): fast mode, 1..kExl2DirectTokens tokens: weights straight into
+//    registers, no shared-memory ring.
 void exl2_direct(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
 inline constexpr int64_t kExl2DirectTokens = 16;
-// Up to this many tokens exl2_direct is the default. 0 until it beats the ring kernel in the 8B
-// decode (bench/RESULTS.md): as a kernel it is ahead at one token, behind from 8 (its per-block
-// activation gather), level in the model.
-inline constexpr int64_t kExl2DirectDefaultTokens = 0;
+//  * exl2_bulk (exl2_bulk.cu): fast mode, 1..kExl2BulkTokens tokens, compute capability 9+: stream-K
+//    over the call's bytes, bulk copies into per-warp rings, one block an SM so the next matmul's
+//    weights stream while this one runs.
+void exl2_bulk(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n);
+inline constexpr int64_t kExl2BulkTokens = 8;
+// The value after KEY (e.g. "ring=") in LATHE_EXL2_TUNE, at least `least`; `fallback` when it is not
+// there. The decode kernels' tuning knobs (a measuring aid): keys are found by name, any separator.
+int exl2_tune(const char* key, int fallback, int least);
+// The default decode kernel and up to how many tokens it serves (Context::exl2_decode).
+inline constexpr Context::Exl2Decode kExl2DefaultDecode = Context::Exl2Decode::kRing;
+inline constexpr int64_t kExl2DefaultDecodeTokens = 0;
 inline constexpr int64_t kExl2StreamTokens = 16;
 inline constexpr int64_t kExl2StreamFastTokens = 8;
 inline constexpr int64_t kExl2TcTokens = 32;

@@ -191,16 +191,22 @@ class CudaOps final : public Ops {
     const char* pdl = std::getenv("LATHE_PDL");
     ctx_.pdl = prop.major >= 9 && !(pdl && std::string_view(pdl) == "0");
     ctx_.smem_optin = prop.sharedMemPerBlockOptin;
-    // LATHE_EXL2_DECODE=direct|ring|direct:N: which kernels serve fast-mode EXL2 decode sizes
-    // (Context::exl2_direct_tokens; for comparing them).
-    ctx_.exl2_direct_tokens = cuda::kExl2DirectDefaultTokens;
+    // LATHE_EXL2_DECODE=ring|direct|bulk|direct:N|bulk:N: which kernel serves fast-mode EXL2 decode
+    // sizes (Context::exl2_decode; for comparing them). Bulk copies need Hopper: elsewhere, ring.
+    ctx_.exl2_decode = cuda::kExl2DefaultDecode;
+    ctx_.exl2_decode_tokens = cuda::kExl2DefaultDecodeTokens;
     if (const char* e = std::getenv("LATHE_EXL2_DECODE")) {
       const std::string_view v(e);
-      if (v == "ring") ctx_.exl2_direct_tokens = 0;
-      else if (v == "direct") ctx_.exl2_direct_tokens = cuda::kExl2DirectTokens;
-      else if (v.starts_with("direct:"))
-        ctx_.exl2_direct_tokens = std::clamp<int64_t>(std::atoi(e + 7), 0, cuda::kExl2DirectTokens);
+      using D = cuda::Context::Exl2Decode;
+      const auto pick = [&](D d, int64_t most, size_t name) {
+        ctx_.exl2_decode = d;
+        ctx_.exl2_decode_tokens = v.size() > name && v[name] == ':' ? std::clamp<int64_t>(std::atoi(e + name + 1), 0, most) : most;
+      };
+      if (v == "ring") ctx_.exl2_decode_tokens = 0;
+      else if (v.starts_with("direct")) pick(D::kDirect, cuda::kExl2DirectTokens, 6);
+      else if (v.starts_with("bulk")) pick(D::kBulk, cuda::kExl2BulkTokens, 4);
     }
+    if (ctx_.exl2_decode == cuda::Context::Exl2Decode::kBulk && prop.major < 9) ctx_.exl2_decode_tokens = 0;
 
     cudaStream_t stream = nullptr;
     LATHE_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));

@@ -1,8 +1,8 @@
 // EXL2 matmul on the CUDA backend (ops.h Exl2View, Ops::matmul_exl2), from the tiled layout the
 // loader makes at upload (quant/exl2_tiled.h; wants_exl2_tiled): which kernel serves a call, and
 // the path for large token counts.
-//  * Decode sizes, fast mode: exl2_direct (exl2_direct.cu) up to Context::exl2_direct_tokens
-//    (kExl2DirectDefaultTokens unless LATHE_EXL2_DECODE says otherwise), exl2_stream above that up to
+//  * Decode sizes, fast mode: exl2_bulk (exl2_bulk.cu) or exl2_direct (exl2_direct.cu) up to
+//    Context::exl2_decode_tokens (kExl2DefaultDecode unless LATHE_EXL2_DECODE says otherwise), exl2_stream above that up to
 //    kExl2StreamFastTokens; exl2_stream (exl2_stream.cu) in exact mode up to kExl2ExactMaxTokens
 //    in launches of kExl2StreamTokens (split bf16 activations, fp32-accurate); exl2_tc (exl2_tc.cu) for the rest of fast mode up to
 //    kExl2FastMaxTokens, in launches of up to kExl2TcTokens. Each launch reads the packed weights
@@ -16,6 +16,8 @@
 //    float16 copy of every layer resident.
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
+#include <string>
 
 #include "ops/cuda/check.h"
 #include "ops/cuda/common.cuh"
@@ -161,6 +163,15 @@ void check_layer(const Exl2View& w) {
 }
 }  // namespace
 
+int exl2_tune(const char* key, int fallback, int least) {
+  const char* e = std::getenv("LATHE_EXL2_TUNE");
+  if (!e) return fallback;
+  const std::string s(e);
+  const size_t at = s.find(key);
+  if (at == std::string::npos) return fallback;
+  return std::max(least, std::atoi(s.c_str() + at + std::char_traits<char>::length(key)));
+}
+
 void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p) {
   if (p.n <= 0 || p.count <= 0) return;
   if (p.count > 3) raise(ErrorKind::kInvalidArgument, "cuda matmul_exl2_multi: at most 3 layers a call");
@@ -192,7 +203,10 @@ void matmul_exl2_multi(Context& ctx, const Exl2MultiParams& p) {
     return;
   }
   if (!ctx.exact_matmul) {
-    if (p.n <= ctx.exl2_direct_tokens) return exl2_direct(ctx, p, 0, p.n);
+    if (p.n <= ctx.exl2_decode_tokens) {
+      if (ctx.exl2_decode == Context::Exl2Decode::kBulk) return exl2_bulk(ctx, p, 0, p.n);
+      if (ctx.exl2_decode == Context::Exl2Decode::kDirect) return exl2_direct(ctx, p, 0, p.n);
+    }
     if (p.n <= kExl2StreamFastTokens) return exl2_stream(ctx, p, 0, p.n);
     // Launches of equal size, each at most kExl2TcTokens.
     const int64_t launches = (p.n + kExl2TcTokens - 1) / kExl2TcTokens, each = (p.n + launches - 1) / launches;

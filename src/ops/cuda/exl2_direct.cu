@@ -29,8 +29,6 @@
 #include <cuda_bf16.h>
 
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 
 #include "ops/cuda/activation.cuh"
 #include "ops/cuda/check.h"
@@ -46,6 +44,8 @@ using tiled::Group;
 using tiled::kStripCols;
 using tiled::kUnitRows;
 using tiled::mma_bf16;
+using tiled::fragment_row;
+using tiled::unit_products;
 
 constexpr int kWarps = 4;  // strips per block
 constexpr int kThreads = kWarps * 32;
@@ -57,14 +57,6 @@ constexpr int kMaxXBytes = 24 * 1024;  // a block's activations
 // nvcc spills nothing at one tile there).
 template <int NT>
 inline constexpr int kMinBlocks = NT == 1 ? 8 : 6;
-
-// Where row r (0..31) of a unit goes in fragment order: the row pairs lane q reads for both k steps
-// of m16n8k16 (rows 2q, 8 + 2q, 16 + 2q, 24 + 2q and the row after each) become adjacent.
-__host__ __device__ constexpr int fragment_row(int r) {
-  const int pair = r >> 1;  // = q + 4 s
-  return 2 * ((pair & 3) * 4 + (pair >> 2)) + (r & 1);
-}
-static_assert(fragment_row(2) == 8 && fragment_row(9) == 3 && fragment_row(17) == 5 && fragment_row(31) == 31);
 
 template <typename T>
 __device__ __forceinline__ T load_stream(const T* p) {
@@ -98,31 +90,6 @@ __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
   return v;
-}
-
-// One unit's products: c[t][m] += (16 columns m of the strip) x (token tile t), both k steps.
-// xv[t]: the lane's activations of the unit in fragment order (k step h: b0 = word 2h, b1 = 2h + 1).
-template <int BITS, int NT>
-__device__ __forceinline__ void unit_products(const uint32_t (&r)[BITS], const uint4 (&xv)[NT], float (&c)[NT][2][4]) {
-  constexpr int P0 = tiled::first_plane(BITS), P1 = BITS - P0;
-#pragma unroll
-  for (int h = 0; h < 2; ++h) {
-    uint32_t m[P0 / 2];
-#pragma unroll
-    for (int i = 0; i < P0 / 2; ++i) m[i] = r[(P0 / 2) * h + i];
-    uint32_t sec = 0;
-    if constexpr (P1 == 1) sec = r[P0] >> (8 * h);
-    if constexpr (P1 == 2) sec = r[P0 + h];
-    uint32_t b[8];
-    tiled::pairs_of<BITS>(m, sec, b);
-    const uint32_t a0[4] = {b[0], b[2], b[1], b[3]}, a1[4] = {b[4], b[6], b[5], b[7]};
-#pragma unroll
-    for (int t = 0; t < NT; ++t) {
-      const uint32_t x0 = h ? xv[t].z : xv[t].x, x1 = h ? xv[t].w : xv[t].y;
-      mma_bf16(c[t][0], a0, x0, x1);
-      mma_bf16(c[t][1], a1, x0, x1);
-    }
-  }
 }
 
 // One group's products for the lane's strip: its units' words from memory (`src`: the group's first
@@ -319,20 +286,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks<NT>)
 // a split, groups a warp keeps prefetching into L2 ahead of its loads, k-splits rounded down so the
 // grid is one wave. Any separator works (',' or '/'; the keys are found by name).
 struct Tune {
-  int blocks_per_sm = kDefaultBlocksPerSm, min_groups = kDefaultMinSplitGroups, ahead = kDefaultAhead, one_wave = 0;
-  Tune() {
-    const char* e = std::getenv("LATHE_EXL2_TUNE");
-    if (!e) return;
-    const std::string s(e);
-    const auto value = [&](const char* key, int& out) {
-      const size_t at = s.find(key);
-      if (at != std::string::npos) out = std::max(0, std::atoi(s.c_str() + at + std::char_traits<char>::length(key)));
-    };
-    value("blocks=", blocks_per_sm);
-    value("groups=", min_groups);
-    value("ahead=", ahead);
-    value("wave=", one_wave);
-  }
+  int blocks_per_sm = exl2_tune("blocks=", kDefaultBlocksPerSm, 0), min_groups = exl2_tune("groups=", kDefaultMinSplitGroups, 0),
+      ahead = exl2_tune("ahead=", kDefaultAhead, 0), one_wave = exl2_tune("wave=", 0, 0);
 };
 
 template <int NT>

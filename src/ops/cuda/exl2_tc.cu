@@ -131,7 +131,7 @@ __device__ __forceinline__ void group_tc(const uint32_t* strip, int units, int h
 
 // xg[plane][t][v] = x[t, perm[v]] (0 on padding rows) as bf16, for layer blockIdx.y of the batch;
 // SPLIT: plane 1 holds x - hi rounded again.
-template <bool SPLIT>
+template <bool SPLIT, bool FRAG>
 __global__ void exl2_gather_bf16_kernel(const float* __restrict__ x, int64_t n, int64_t K, const __grid_constant__ Exl2Batch P) {
   pdl_enter();  // the matmul may start streaming its weights now; x is the previous kernel's output
   const Exl2View& w = P.w[blockIdx.y];
@@ -146,6 +146,10 @@ __global__ void exl2_gather_bf16_kernel(const float* __restrict__ x, int64_t n, 
     if (P.up) val = activate(P.glu_act, val) * P.up[t * K + ch];  // a fused glu, as the glu op computes it
   }
   const __nv_bfloat16 hi = __float2bfloat16_rn(val);
+  if constexpr (FRAG) {
+    xg[t * V + (v & ~int64_t(31)) + tiled::fragment_row(int(v & 31))] = hi;
+    return;
+  }
   xg[i] = hi;
   if constexpr (SPLIT) xg[n * V + i] = __float2bfloat16_rn(val - __bfloat162float(hi));
 }
@@ -403,7 +407,8 @@ void launch(Context& ctx, int n, const Exl2MultiParams& p, int64_t t0) {
 
 }  // namespace
 
-void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0, int n, Exl2Batch& b, bool split) {
+void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0, int n, Exl2Batch& b, bool split, bool frag) {
+  if (split && frag) raise(ErrorKind::kInternal, "cuda exl2_gather_activations: fragment order has no remainder plane");
   const float* x = p.x + t0 * p.w[0].in_features;
   b.up = p.glu_up ? p.glu_up + t0 * p.w[0].in_features : nullptr;
   b.glu_act = p.glu_act;
@@ -420,9 +425,11 @@ void exl2_gather_activations(Context& ctx, const Exl2MultiParams& p, int64_t t0,
   const dim3 grid{unsigned((most + 255) / 256), unsigned(b.count)};
   const int64_t K = b.w[0].in_features, nn = n;
   if (split)
-    launch_pdl(ctx, exl2_gather_bf16_kernel<true>, grid, dim3(256), 0, x, nn, K, b);
+    launch_pdl(ctx, exl2_gather_bf16_kernel<true, false>, grid, dim3(256), 0, x, nn, K, b);
+  else if (frag)
+    launch_pdl(ctx, exl2_gather_bf16_kernel<false, true>, grid, dim3(256), 0, x, nn, K, b);
   else
-    launch_pdl(ctx, exl2_gather_bf16_kernel<false>, grid, dim3(256), 0, x, nn, K, b);
+    launch_pdl(ctx, exl2_gather_bf16_kernel<false, false>, grid, dim3(256), 0, x, nn, K, b);
 }
 
 

@@ -236,4 +236,37 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// Where row r (0..31) of a unit goes in fragment order: the row pairs lane q reads for both k steps
+// of m16n8k16 (rows 2q, 8 + 2q, 16 + 2q, 24 + 2q and the row after each) become adjacent.
+__host__ __device__ constexpr int fragment_row(int r) {
+  const int pair = r >> 1;  // = q + 4 s
+  return 2 * ((pair & 3) * 4 + (pair >> 2)) + (r & 1);
+}
+static_assert(fragment_row(2) == 8 && fragment_row(9) == 3 && fragment_row(17) == 5 && fragment_row(31) == 31);
+
+// One unit's products: c[t][m] += (16 columns m of the strip) x (token tile t), both k steps.
+// xv[t]: the lane's activations of the unit in fragment order (k step h: b0 = word 2h, b1 = 2h + 1).
+template <int BITS, int NT>
+__device__ __forceinline__ void unit_products(const uint32_t (&r)[BITS], const uint4 (&xv)[NT], float (&c)[NT][2][4]) {
+  constexpr int P0 = tiled::first_plane(BITS), P1 = BITS - P0;
+#pragma unroll
+  for (int h = 0; h < 2; ++h) {
+    uint32_t m[P0 / 2];
+#pragma unroll
+    for (int i = 0; i < P0 / 2; ++i) m[i] = r[(P0 / 2) * h + i];
+    uint32_t sec = 0;
+    if constexpr (P1 == 1) sec = r[P0] >> (8 * h);
+    if constexpr (P1 == 2) sec = r[P0 + h];
+    uint32_t b[8];
+    tiled::pairs_of<BITS>(m, sec, b);
+    const uint32_t a0[4] = {b[0], b[2], b[1], b[3]}, a1[4] = {b[4], b[6], b[5], b[7]};
+#pragma unroll
+    for (int t = 0; t < NT; ++t) {
+      const uint32_t x0 = h ? xv[t].z : xv[t].x, x1 = h ? xv[t].w : xv[t].y;
+      mma_bf16(c[t][0], a0, x0, x1);
+      mma_bf16(c[t][1], a1, x0, x1);
+    }
+  }
+}
+
 }  // namespace lathe::ops::cuda::tiled
