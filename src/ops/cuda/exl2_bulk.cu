@@ -166,7 +166,9 @@ __device__ __forceinline__ void item_products(const uint32_t* slot, int units, c
 }
 #endif  // __CUDA_ARCH__ >= 900
 
-__global__ void __launch_bounds__(kThreads, 2)
+// MB: blocks an SM the registers must allow (2: 115 registers, no spills; 3: 80, some spills).
+template <int MB>
+__global__ void __launch_bounds__(kThreads, MB)
     exl2_bulk_kernel(int n_valid, const __grid_constant__ Exl2Batch P, const __grid_constant__ BulkPlan Q,
                      int* __restrict__ counters) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -423,14 +425,17 @@ void exl2_bulk(Context& ctx, const Exl2MultiParams& p, int64_t t0, int64_t n) {
   const size_t smem = size_t(kWarps) * size_t(q.ring_bytes + kQueue * 8);
   const size_t limit = ctx.smem_optin > 1024 ? ctx.smem_optin - 1024 : 0;
   if (smem > limit) raise(ErrorKind::kUnsupported, "cuda matmul_exl2: the bulk decode path's ring does not fit");
-  static size_t allowed = 48 * 1024;
-  if (smem > allowed) {
-    LATHE_CUDA_CHECK(cudaFuncSetAttribute(exl2_bulk_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
-    allowed = limit;
+  // Up to 2 blocks an SM the registers allow as they are; 3 or more take the instance capped at 80.
+  auto* kernel = tune.blocks_per_sm >= 3 ? exl2_bulk_kernel<3> : exl2_bulk_kernel<2>;
+  static size_t allowed[2] = {48 * 1024, 48 * 1024};
+  size_t& ok = allowed[tune.blocks_per_sm >= 3 ? 1 : 0];
+  if (smem > ok) {
+    LATHE_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(limit)));
+    ok = limit;
   }
   exl2_gather_activations(ctx, p, t0, int(n), b, false, true);
   int* counters = static_cast<int*>(ctx.zeroed_scratch(Scratch::kCounters, sizeof(int) * size_t(std::max<int64_t>(strips, 1024))));
-  launch_pdl(ctx, exl2_bulk_kernel, dim3(unsigned((W + kWarps - 1) / kWarps)), dim3(kThreads), smem, int(n), b, q, counters);
+  launch_pdl(ctx, kernel, dim3(unsigned((W + kWarps - 1) / kWarps)), dim3(kThreads), smem, int(n), b, q, counters);
 }
 
 }  // namespace lathe::ops::cuda
