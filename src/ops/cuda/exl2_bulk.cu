@@ -121,29 +121,6 @@ __device__ __forceinline__ void advance(const Exl2Batch& P, Cursor& c) {
 // that would cross the end goes to the start instead.
 __device__ __forceinline__ int ring_start(int at, int bytes, int rb) { return at % rb + bytes <= rb ? at : (at / rb + 1) * rb; }
 
-// The lane's BITS words of one unit in shared memory (plane 0: p0 words a lane at p0 * lane; plane 1
-// after it, p1 words a lane).
-template <int BITS>
-__device__ __forceinline__ void load_unit(const uint32_t* unit, int lane, uint32_t (&r)[BITS]) {
-  constexpr int P0 = tiled::first_plane(BITS), P1 = BITS - P0;
-  if constexpr (P0 == 2) {
-    const uint2 v = *reinterpret_cast<const uint2*>(unit + 2 * lane);
-    r[0] = v.x, r[1] = v.y;
-  } else if constexpr (P0 == 4) {
-    const uint4 v = *reinterpret_cast<const uint4*>(unit + 4 * lane);
-    r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
-  } else {
-    const uint4 v = *reinterpret_cast<const uint4*>(unit + 8 * lane);
-    const uint4 u = *reinterpret_cast<const uint4*>(unit + 8 * lane + 4);
-    r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w, r[4] = u.x, r[5] = u.y, r[6] = u.z, r[7] = u.w;
-  }
-  if constexpr (P1 == 1) r[P0] = unit[32 * P0 + lane];
-  if constexpr (P1 == 2) {
-    const uint2 v = *reinterpret_cast<const uint2*>(unit + 32 * P0 + 2 * lane);
-    r[P0] = v.x, r[P0 + 1] = v.y;
-  }
-}
-
 // An item's products (at most 4 units) from its ring slot; xv[u]: the lane's activations of unit u.
 // Even and odd units accumulate apart (two mma chains of half the length), added at the end.
 template <int BITS>
@@ -155,7 +132,7 @@ __device__ __forceinline__ void item_products(const uint32_t* slot, int units, c
   for (int u = 0; u < 4; ++u)
     if (u < units) {
       uint32_t r[BITS];
-      load_unit<BITS>(slot + u * kUnitRows * BITS, lane, r);
+      tiled::load_unit<BITS, false>(slot + u * kUnitRows * BITS, lane, r);
       const uint4 x[1] = {xv[u]};
       tiled::unit_products<BITS, 1>(r, x, u & 1 ? odd : c);
     }
@@ -260,14 +237,8 @@ __global__ void __launch_bounds__(kThreads, MB)
     const int64_t hi = lo + int64_t(__ldg(w.tiled_groups + (G - 1) * 8 + 2)) * kItemBytesPerQrow;
     const int64_t a = lo * W / T, b = hi * W / T;
     const auto bias_of = [&](int col) { return w.bias ? __half2float(__ushort_as_half(w.bias[col])) : 0.f; };
-    if (a == b) {
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int t = 2 * q + (e & 1), col = s * kStripCols + 16 * m + g + 8 * (e >> 1);
-          if (t < n_valid && col < N) y[int64_t(t) * N + col] = acc[0][m][e] + bias_of(col);
-        }
+    if (a == b) {  // the warp's own strip: y (+ bias) directly, as a kernel with one k-split
+      tiled::finish_strips<1>(acc, true, s * kStripCols, n_valid, N, 0, 1, 0, 0, 0, w.bias, y, nullptr, nullptr);
       return;
     }
     const int k = int(b - a + 1), slot = int(wid - a);

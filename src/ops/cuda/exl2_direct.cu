@@ -58,34 +58,6 @@ constexpr int kMaxXBytes = 24 * 1024;  // a block's activations
 template <int NT>
 inline constexpr int kMinBlocks = NT == 1 ? 8 : 6;
 
-template <typename T>
-__device__ __forceinline__ T load_stream(const T* p) {
-  return __ldcs(p);  // read once a step: evict first, keep L2 for activations and the K/V cache
-}
-
-// The lane's BITS words of one unit (tiled layout: plane 0, p0 words a lane at p0 * lane; plane 1
-// after it, p1 words a lane).
-template <int BITS>
-__device__ __forceinline__ void load_unit(const uint32_t* __restrict__ unit, int lane, uint32_t (&r)[BITS]) {
-  constexpr int P0 = tiled::first_plane(BITS), P1 = BITS - P0;
-  if constexpr (P0 == 2) {
-    const uint2 v = load_stream(reinterpret_cast<const uint2*>(unit + 2 * lane));
-    r[0] = v.x, r[1] = v.y;
-  } else if constexpr (P0 == 4) {
-    const uint4 v = load_stream(reinterpret_cast<const uint4*>(unit + 4 * lane));
-    r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
-  } else {
-    const uint4 v = load_stream(reinterpret_cast<const uint4*>(unit + 8 * lane));
-    const uint4 u = load_stream(reinterpret_cast<const uint4*>(unit + 8 * lane + 4));
-    r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w, r[4] = u.x, r[5] = u.y, r[6] = u.z, r[7] = u.w;
-  }
-  if constexpr (P1 == 1) r[P0] = load_stream(unit + 32 * P0 + lane);
-  if constexpr (P1 == 2) {
-    const uint2 v = load_stream(reinterpret_cast<const uint2*>(unit + 32 * P0 + 2 * lane));
-    r[P0] = v.x, r[P0 + 1] = v.y;
-  }
-}
-
 __device__ __forceinline__ uint4 lds128(uint32_t addr) {
   uint4 v;
   asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];\n" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "r"(addr));
@@ -111,14 +83,14 @@ __device__ __forceinline__ void group_products(const uint32_t* __restrict__ src,
     for (int u0 = 0; u0 < 4; u0 += kBatch) {
       uint32_t r[kBatch][BITS];
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) load_unit<BITS>(src + (u0 + u) * kUnitWords, lane, r[u]);
+      for (int u = 0; u < kBatch; ++u) tiled::load_unit<BITS, true>(src + (u0 + u) * kUnitWords, lane, r[u]);
 #pragma unroll
       for (int u = 0; u < kBatch; ++u) products(r[u], u0 + u);
     }
   } else {
     for (int u = 0; u < units; ++u) {
       uint32_t r[BITS];
-      load_unit<BITS>(src + u * kUnitWords, lane, r);
+      tiled::load_unit<BITS, true>(src + u * kUnitWords, lane, r);
       products(r, u);
     }
   }

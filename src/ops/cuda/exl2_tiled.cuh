@@ -236,6 +236,34 @@ __device__ __forceinline__ void mma_bf16(float (&d)[4], const uint32_t (&a)[4], 
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// The lane's BITS words of one unit (plane 0: p0 words a lane at p0 * lane; plane 1 after it, p1
+// words a lane), from global memory read once a step (STREAM: evict first, keeping L2 for the
+// activations and the K/V cache) or from shared memory.
+template <int BITS, bool STREAM>
+__device__ __forceinline__ void load_unit(const uint32_t* __restrict__ unit, int lane, uint32_t (&r)[BITS]) {
+  constexpr int P0 = first_plane(BITS), P1 = BITS - P0;
+  const auto ld = [](const auto* p) {
+    if constexpr (STREAM) return __ldcs(p);
+    else return *p;
+  };
+  if constexpr (P0 == 2) {
+    const uint2 v = ld(reinterpret_cast<const uint2*>(unit + 2 * lane));
+    r[0] = v.x, r[1] = v.y;
+  } else if constexpr (P0 == 4) {
+    const uint4 v = ld(reinterpret_cast<const uint4*>(unit + 4 * lane));
+    r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w;
+  } else {
+    const uint4 v = ld(reinterpret_cast<const uint4*>(unit + 8 * lane));
+    const uint4 u = ld(reinterpret_cast<const uint4*>(unit + 8 * lane + 4));
+    r[0] = v.x, r[1] = v.y, r[2] = v.z, r[3] = v.w, r[4] = u.x, r[5] = u.y, r[6] = u.z, r[7] = u.w;
+  }
+  if constexpr (P1 == 1) r[P0] = ld(unit + 32 * P0 + lane);
+  if constexpr (P1 == 2) {
+    const uint2 v = ld(reinterpret_cast<const uint2*>(unit + 32 * P0 + 2 * lane));
+    r[P0] = v.x, r[P0 + 1] = v.y;
+  }
+}
+
 // Where row r (0..31) of a unit goes in fragment order: the row pairs lane q reads for both k steps
 // of m16n8k16 (rows 2q, 8 + 2q, 16 + 2q, 24 + 2q and the row after each) become adjacent.
 __host__ __device__ constexpr int fragment_row(int r) {
